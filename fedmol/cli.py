@@ -1,0 +1,70 @@
+"""The `fedmol` command. Each area registers its subcommands from its own `cli` module.
+
+Imports of heavy libraries (rdkit, torch, flwr, mlflow) happen inside the commands, so
+`fedmol --help` answers at once.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+from fedmol.errors import FedmolError
+
+app = typer.Typer(
+    name="fedmol",
+    help=(
+        "Federated multi-task molecular property models.\n\n"
+        "Sites prepare their compound data (fedmol keygen, fedmol prepare), train locally "
+        "(fedmol train) and join federations; operators run the server; chemists score "
+        "compounds with the shared model. Start with `fedmol demo`."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+_err = Console(stderr=True)
+
+
+def _register() -> None:
+    # Each area owns its commands; a missing area (not yet built) simply adds nothing.
+    import importlib
+
+    for module in ("datasets.cli", "models.cli", "client.cli", "server.cli"):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name == module:
+                continue
+            raise
+        mod.register(app)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `fedmol` console script. Returns the process exit code."""
+    _register()
+    try:
+        app(args=argv, standalone_mode=False)
+    except FedmolError as exc:
+        _err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        return exc.exit_code
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.Abort:
+        _err.print("aborted")
+        return 130
+    except Exception as exc:  # click usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            return exc.exit_code
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
