@@ -1,0 +1,253 @@
+"""A site's side of a federation, free of Flower: its store, private heads on disk, the ledger.
+
+`SiteNode.train_round` and `SiteNode.evaluate_round` take the shared arrays the server sent
+(plain numpy) and return what may leave the site: the shared arrays after local training,
+aggregate metrics and a report. The Flower adapter (`client.client_app`) only converts records.
+
+Private heads live in ``<store>/federations/<federation-id>/private_heads.pt`` between rounds
+(Flower's ``context.state`` lasts only one run, and is serialised with every message); the
+outbox ledger ``<store>/outbox.jsonl`` records every array and metric name that left the site.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedmol import wire
+from fedmol.config import FederationConfig
+from fedmol.errors import ConfigError, StoreError
+
+log = logging.getLogger("fedmol.client")
+
+
+@dataclass
+class RoundReply:
+    """What a site sends back: nothing here is per-compound."""
+
+    arrays: dict[str, np.ndarray] | None  # shared parameters (train replies only)
+    metrics: dict[str, float]  # same keys at every site
+    report: dict[str, str]  # wire.REP_* -> str (JSON for structured values)
+
+
+class SiteNode:
+    """One site: a prepared store plus the private state it keeps across rounds and runs."""
+
+    def __init__(self, store_path: str | Path, name: str = "", *, report_task_names: bool = False) -> None:
+        self.store_path = Path(store_path).expanduser().resolve()
+        self._name = name
+        self.report_task_names = report_task_names
+
+    # -- data ------------------------------------------------------------------------------
+    @cached_property
+    def store(self):  # noqa: ANN201 - datasets.store.SiteStore
+        from datasets.store import SiteStore
+
+        return SiteStore.load(self.store_path)
+
+    @property
+    def name(self) -> str:
+        return self._name or str(self.store.settings.get("site_name") or self.store_path.name)
+
+    def rows(self, cfg: FederationConfig, split: str) -> np.ndarray:
+        folds = self.store.folds
+        if split == "test":
+            return np.flatnonzero(folds == cfg.test_fold)
+        if split == "valid":
+            return np.flatnonzero(folds == cfg.valid_fold)
+        return np.flatnonzero((folds != cfg.test_fold) & (folds != cfg.valid_fold))
+
+    # -- model -----------------------------------------------------------------------------
+    def spec(self, cfg: FederationConfig):  # noqa: ANN201 - models.spec.ModelSpec
+        from models.spec import build_spec
+
+        if self.store.n_features != cfg.n_bits:
+            raise StoreError(
+                f"site {self.name}: the store has {self.store.n_features}-bit features but the "
+                f"consortium uses n-bits={cfg.n_bits}: prepare the data with the consortium's settings"
+            )
+        consortium = cfg.consortium_task_list
+        shared_names = {n for n, _ in consortium}
+        private = [(t.name, t.kind) for t in self.store.trainable_tasks() if t.name not in shared_names]
+        return build_spec(cfg.n_bits, consortium, private, hidden=cfg.hidden_sizes, dropout=cfg.dropout,
+                          input_transform=cfg.input_transform)
+
+    def private_dir(self, federation_id: str) -> Path:
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in federation_id)
+        return self.store_path / "federations" / safe
+
+    def build_model(self, cfg: FederationConfig, shared: dict[str, np.ndarray], federation_id: str):  # noqa: ANN201
+        """The site's model: the received shared parameters plus its own private heads."""
+        import torch
+
+        from models.network import MultiTaskNet
+
+        model = MultiTaskNet(self.spec(cfg), seed=cfg.seed)
+        model.load_shared_state_dict(shared)
+        path = self.private_dir(federation_id) / "private_heads.pt"
+        fresh = not path.exists()
+        if not fresh:
+            model.load_private_state_dict(torch.load(path, weights_only=True))
+        return model, fresh
+
+    def save_private(self, model, federation_id: str) -> Path:  # noqa: ANN001
+        import torch
+
+        folder = self.private_dir(federation_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "private_heads.pt"
+        tmp = path.with_suffix(".tmp")
+        torch.save({k: v.detach().cpu() for k, v in model.private_state_dict().items()}, tmp)
+        tmp.replace(path)
+        return path
+
+    # -- rounds ----------------------------------------------------------------------------
+    def train_round(self, cfg: FederationConfig, shared: dict[str, np.ndarray], *, server_round: int,
+                    federation_id: str, proximal_mu: float = 0.0) -> RoundReply:
+        """Train the received model on the site's training folds; keep private heads on disk."""
+        import torch
+
+        from models.data import TaskData
+        from models.training import TrainConfig, fit_target_scaling, train_epochs
+
+        t0 = time.perf_counter()
+        model, fresh = self.build_model(cfg, shared, federation_id)
+        spec = model.spec
+        train = TaskData.from_store(self.store, spec, self.rows(cfg, "train"))
+        if fresh:
+            fit_target_scaling(model, train)  # private regression heads only
+        tc = TrainConfig(
+            epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.lr, optimizer=cfg.optimizer,  # type: ignore[arg-type]
+            momentum=cfg.momentum, weight_decay=cfg.weight_decay, lr_step_epoch=10**6, lr_gamma=1.0,
+            device=cfg.device, seed=cfg.seed * 100_003 + server_round, proximal_mu=proximal_mu,
+        )
+        reference = None
+        if proximal_mu > 0:
+            reference = {k: torch.as_tensor(v) for k, v in shared.items() if k in dict(model.named_parameters())}
+        result = train_epochs(model, train, tc, prox_reference=reference)
+        self.save_private(model, federation_id)
+        out = {k: v.detach().cpu().numpy() for k, v in model.shared_state_dict().items()}
+        n_labels = int(train.n_labels())
+        metrics = {
+            wire.NUM_TRAIN_LABELS: float(max(n_labels, 1)),
+            wire.TRAIN_LOSS: float(result.final_loss),
+        }
+        summary = {"train_seconds": time.perf_counter() - t0, "n_train_compounds": int(train.n),
+                   "n_train_labels": n_labels}
+        reply = RoundReply(out, metrics, self._report(summary))
+        self.record_outbox(reply, phase="train", server_round=server_round, federation_id=federation_id)
+        return reply
+
+    def evaluate_round(self, cfg: FederationConfig, shared: dict[str, np.ndarray], *, server_round: int,
+                       federation_id: str) -> RoundReply:
+        """Metrics of the received shared model with this site's private heads, on valid and test folds."""
+        from models.data import TaskData
+        from models.training import evaluate
+
+        model, _ = self.build_model(cfg, shared, federation_id)
+        results = {}
+        for split in ("valid", "test"):
+            data = TaskData.from_store(self.store, model.spec, self.rows(cfg, split), trainable_only=False)
+            results[split] = evaluate(model, data, device=cfg.device)
+        names = self._task_labels(model.spec)
+        task_metrics = {split: {names.get(t, t): m for t, m in r.per_task.items()} for split, r in results.items()}
+        summary: dict[str, Any] = {}
+        for split, r in results.items():
+            for k, v in r.summary.items():
+                summary[f"{split}_{k}"] = v
+            summary[f"{split}_score"] = r.score
+        metrics = {
+            wire.NUM_TRAIN_LABELS: float(max(results["test"].n_labels, 1)),
+            wire.NUM_EVAL_LABELS: float(results["valid"].n_labels + results["test"].n_labels),
+            wire.VALID_LOSS: float(results["valid"].loss),
+            wire.TEST_LOSS: float(results["test"].loss),
+        }
+        reply = RoundReply(None, metrics, self._report(summary, task_metrics))
+        self.record_outbox(reply, phase="evaluate", server_round=server_round, federation_id=federation_id)
+        return reply
+
+    def _task_labels(self, spec) -> dict[str, str]:  # noqa: ANN001
+        """Private task names stay at the site unless it chose to report them."""
+        if self.report_task_names:
+            return {}
+        labels: dict[str, str] = {}
+        for head in spec.heads:
+            if not head.shared:
+                for i, t in enumerate(head.tasks):
+                    labels[t] = f"private:{head.kind[:3]}:{i}"
+        return labels
+
+    def _report(self, summary: dict[str, Any], task_metrics: dict[str, Any] | None = None) -> dict[str, str]:
+        settings = self.store.settings
+        return {
+            wire.REP_SITE: self.name,
+            wire.REP_SUMMARY: json.dumps(summary, default=float),
+            wire.REP_TASK_METRICS: json.dumps(task_metrics or {}, default=float),
+            wire.REP_KEY_FINGERPRINT: str(settings.get("key_fingerprint", "")),
+            wire.REP_REFERENCE_HASH: str(settings.get("reference_hash", "")),
+            wire.REP_N_BITS: str(self.store.n_features),
+            wire.REP_PREP_SETTINGS: json.dumps(public_settings(settings), default=str),
+        }
+
+    # -- the outbox ledger -----------------------------------------------------------------
+    @property
+    def ledger_path(self) -> Path:
+        return self.store_path / "outbox.jsonl"
+
+    def record_outbox(self, reply: RoundReply, *, phase: str, server_round: int, federation_id: str) -> None:
+        """Append what this reply sends: array names, shapes, dtypes, bytes, sha256; metric names."""
+        arrays = []
+        for name, arr in (reply.arrays or {}).items():
+            data = np.ascontiguousarray(arr)
+            arrays.append({"name": name, "shape": list(data.shape), "dtype": str(data.dtype),
+                           "bytes": int(data.nbytes), "sha256": hashlib.sha256(data.tobytes()).hexdigest()})
+        entry = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "federation_id": federation_id,
+            "round": server_round,
+            "phase": phase,
+            "arrays": arrays,
+            "metric_names": sorted(reply.metrics),
+            "report_keys": sorted(reply.report),
+            "task_metric_names": sorted(json.loads(reply.report.get(wire.REP_TASK_METRICS, "{}")).get("test", {})),
+            "bytes_total": int(sum(a["bytes"] for a in arrays)),
+        }
+        with self.ledger_path.open("a") as fh:
+            fh.write(json.dumps(entry) + "\n")
+
+
+def public_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """Preparation settings a scoring model needs (standardisation, featurisation); no paths, no key."""
+    return {k: v for k, v in settings.items() if k in ("standardize", "featurize", "folds", "format_version")}
+
+
+_NODES: dict[tuple[str, str], SiteNode] = {}
+
+
+def site_for(node_config: dict[str, Any], cfg: FederationConfig) -> SiteNode:
+    """The SiteNode named by a SuperNode's node config (cached per process: data stays warm).
+
+    Deployment: ``--node-config 'site-store="/data/store" site-name="acme"'``.
+    Simulation: ``sim-store-dir`` in the run config and Flower's ``partition-id``.
+    """
+    store = node_config.get("site-store")
+    if not store:
+        if not cfg.sim_store_dir or "partition-id" not in node_config:
+            raise ConfigError(
+                "this SuperNode has no site store: start it with --node-config 'site-store=\"/path/to/store\"'"
+            )
+        store = str(Path(cfg.sim_store_dir) / f"site-{int(node_config['partition-id'])}")
+    name = str(node_config.get("site-name", ""))
+    key = (str(store), name)
+    if key not in _NODES:
+        report = str(node_config.get("report-task-names", cfg.report_task_names)).lower() in ("true", "1", "yes")
+        _NODES[key] = SiteNode(store, name, report_task_names=report)
+    return _NODES[key]

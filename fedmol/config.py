@@ -1,0 +1,162 @@
+"""The consortium's run configuration, converted once at the edge into a frozen dataclass.
+
+Flower hands the ServerApp and ClientApps ``context.run_config``: a flat dict of kebab-case
+keys from ``[tool.flwr.app.config]`` in pyproject.toml, overridden by ``flwr run --run-config``.
+`FederationConfig.from_run_config` is the only place that reads it; unknown keys are an error
+so a typo cannot silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from fedmol.errors import ConfigError
+
+STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedmedian", "trimmed-mean")
+TASK_KINDS = ("classification", "regression")
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    """Every setting of a federation. Field names are the run-config keys with ``_`` for ``-``."""
+
+    num_server_rounds: int = 3
+    strategy: str = "fedavg"
+    min_sites: int = 2  # a round needs at least this many sites to answer
+    fraction_train: float = 1.0
+    round_timeout: float = 3600.0  # seconds to wait for the sites' replies in one round
+    # Server-side optimiser (FedAdam/FedYogi) and robust aggregation.
+    server_lr: float = 0.01
+    trimmed_beta: float = 0.2
+    # Local training on the sites.
+    local_epochs: int = 1
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    batch_size: int = 128
+    proximal_mu: float = 0.01  # FedProx only
+    head_epochs: int = 1  # epochs of private-head training on top of the received trunk
+    device: str = "auto"
+    seed: int = 0
+    # Model.
+    n_bits: int = 32768
+    hidden: str = "400"  # comma-separated layer sizes
+    dropout: float = 0.2
+    input_transform: str = "binary"
+    consortium_tasks: str = ""  # "task:classification,task2:regression"; the shared heads
+    # Data on the sites.
+    test_fold: int = 0
+    valid_fold: int = 1
+    sim_store_dir: str = ""  # simulation only: site stores are sim_store_dir/site-<partition-id>
+    # Tracking, checkpoints, registry.
+    output_dir: str = "~/.fedmol/server"  # checkpoints and the default MLflow store live here
+    tracking_uri: str = ""  # default: sqlite:///<output_dir>/mlflow.db
+    experiment: str = "fedmol"
+    run_name: str = ""
+    model_name: str = "fedmol-shared"
+    register_model: bool = True
+    resume: str = ""  # a checkpoint directory (or "latest" in output_dir) to continue from
+    table_name: str = "federation"  # the data-set name written in the federation-gain table
+    report_task_names: bool = False  # sites report private tasks by name (else "private:<kind>:<i>")
+
+    @classmethod
+    def from_run_config(cls, run_config: dict[str, Any]) -> FederationConfig:
+        """Build from Flower's run config; raise `ConfigError` on an unknown key or bad value."""
+        known = {f.name.replace("_", "-"): f for f in fields(cls)}
+        unknown = sorted(set(run_config) - set(known))
+        if unknown:
+            raise ConfigError(
+                f"unknown run-config key(s) {unknown}; known keys: {sorted(known)}"
+            )
+        values: dict[str, Any] = {}
+        for key, value in run_config.items():
+            f = known[key]
+            values[f.name] = _coerce(key, value, f.type)
+        cfg = cls(**values)
+        cfg.validate()
+        return cfg
+
+    def to_run_config(self) -> dict[str, Any]:
+        return {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)}
+
+    def replace(self, **changes: Any) -> FederationConfig:
+        return dataclasses.replace(self, **changes)
+
+    def validate(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"strategy {self.strategy!r} is not one of {STRATEGIES}")
+        if self.num_server_rounds < 1:
+            raise ConfigError("num-server-rounds must be at least 1")
+        if self.min_sites < 1:
+            raise ConfigError("min-sites must be at least 1")
+        if self.optimizer not in ("sgd", "adam"):
+            raise ConfigError(f"optimizer {self.optimizer!r} is not one of ('sgd', 'adam')")
+        if self.test_fold == self.valid_fold:
+            raise ConfigError("test-fold and valid-fold must differ")
+        self.hidden_sizes  # noqa: B018 - parses and raises on a bad value
+        self.consortium_task_list  # noqa: B018
+
+    @property
+    def hidden_sizes(self) -> tuple[int, ...]:
+        try:
+            sizes = tuple(int(s) for s in str(self.hidden).split(",") if s.strip())
+        except ValueError as exc:
+            raise ConfigError(f"hidden={self.hidden!r}: expected comma-separated integers") from exc
+        if not sizes or min(sizes) < 1:
+            raise ConfigError(f"hidden={self.hidden!r}: expected positive layer sizes, e.g. '400,400'")
+        return sizes
+
+    @property
+    def consortium_task_list(self) -> list[tuple[str, str]]:
+        """The consortium's shared tasks as (name, kind), in the order every site uses."""
+        out: list[tuple[str, str]] = []
+        for item in str(self.consortium_tasks).split(","):
+            item = item.strip()
+            if not item:
+                continue
+            name, sep, kind = item.rpartition(":")
+            if not sep or kind not in TASK_KINDS or not name:
+                raise ConfigError(
+                    f"consortium-tasks entry {item!r}: expected NAME:classification or NAME:regression"
+                )
+            out.append((name, kind))
+        names = [n for n, _ in out]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"consortium-tasks lists a task twice: {names}")
+        return out
+
+    @property
+    def output_path(self) -> Path:
+        return Path(self.output_dir).expanduser().resolve()
+
+    @property
+    def resolved_tracking_uri(self) -> str:
+        if self.tracking_uri:
+            return self.tracking_uri
+        return f"sqlite:///{self.output_path / 'mlflow.db'}"
+
+
+def _coerce(key: str, value: Any, type_name: Any) -> Any:
+    type_name = str(type_name)
+    try:
+        if type_name == "bool":
+            if isinstance(value, str):
+                if value.lower() in ("true", "1", "yes"):
+                    return True
+                if value.lower() in ("false", "0", "no"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if type_name == "int":
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if type_name == "float":
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"run-config key {key!r}: {value!r} is not a valid {type_name}") from exc

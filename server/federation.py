@@ -1,0 +1,133 @@
+"""A federation from start (or resume) to the registered model; the body of the ServerApp."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import ConfigRecord, Context
+from flwr.serverapp import Grid
+
+from fedmol import wire
+from fedmol.config import FederationConfig
+from fedmol.records import to_array_record
+from server.checkpoint import Checkpoint, resolve_resume
+from server.rounds import HookedStrategy, RoundOutcome
+from server.strategies import make_strategy, restore_strategy_state
+from server.tracking import Checkpointer, MlflowTracker
+
+log = logging.getLogger("fedmol.server")
+
+
+def initial_shared_arrays(cfg: FederationConfig) -> tuple[dict[str, np.ndarray], Any]:
+    """The shared part of a fresh model (trunk + consortium heads) and its spec, seeded."""
+    from models.network import MultiTaskNet
+    from models.spec import build_spec
+
+    spec = build_spec(cfg.n_bits, cfg.consortium_task_list, [], hidden=cfg.hidden_sizes,
+                      dropout=cfg.dropout, input_transform=cfg.input_transform)  # type: ignore[arg-type]
+    model = MultiTaskNet(spec, seed=cfg.seed)
+    return {k: v.detach().cpu().numpy() for k, v in model.shared_state_dict().items()}, spec
+
+
+@dataclass
+class FinalReport:
+    """Collects the last round's per-site test metrics for the federation-gain table."""
+
+    rows: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # site -> task -> metrics
+    prep_settings: dict[str, Any] = field(default_factory=dict)
+    server_round: int = 0
+
+    def on_round(self, outcome: RoundOutcome, strategy: HookedStrategy) -> None:
+        if outcome.phase != "evaluate":
+            return
+        self.server_round = outcome.server_round
+        self.rows = {r.site: r.task_metrics.get("test", {}) for r in outcome.reports}
+
+
+def run_federation(grid: Grid, context: Context) -> dict[str, Any]:
+    """Run (or resume) the federation described by the run config; return where things are."""
+    cfg = FederationConfig.from_run_config(dict(context.run_config))
+    cfg.output_path.mkdir(parents=True, exist_ok=True)
+
+    arrays, spec = initial_shared_arrays(cfg)
+    start_round, federation_id, mlflow_run_id, reference = 0, "", "", ""
+    ckpt: Checkpoint | None = None
+    if cfg.resume:
+        ckpt = Checkpoint.load(resolve_resume(cfg.resume, cfg.output_path))
+        arrays, start_round = ckpt.arrays, ckpt.server_round
+        federation_id, mlflow_run_id, reference = ckpt.federation_id, ckpt.mlflow_run_id, ckpt.reference_hash
+        log.info("resuming federation %s after round %d", federation_id, start_round)
+    federation_id = federation_id or uuid.uuid4().hex[:12]
+
+    tracker = MlflowTracker(cfg, run_id=mlflow_run_id, run_name=cfg.run_name or f"federation-{federation_id}")
+    tracker.set_tag("fedmol.federation-id", federation_id)
+    tracker.set_tag(f"fedmol.flower-run.{context.run_id}", f"from round {start_round + 1}")
+    if not mlflow_run_id:
+        tracker.log_artifact_text(spec.to_json(), "model_spec.json")
+
+    inner = make_strategy(cfg)
+    if ckpt is not None:
+        restore_strategy_state(inner, ckpt.strategy_state)
+    final = FinalReport()
+    hooks = [tracker, Checkpointer(cfg, federation_id, tracker.run_id), final]
+    strategy = HookedStrategy(inner, hooks, round_offset=start_round, total_rounds=cfg.num_server_rounds,
+                              expected_fingerprint=reference)
+    remaining = cfg.num_server_rounds - start_round
+    result_arrays = to_array_record(arrays)
+    if remaining > 0:
+        round_config = ConfigRecord({wire.CFG_FEDERATION_ID: federation_id})
+        result = strategy.start(
+            grid=grid, initial_arrays=result_arrays, num_rounds=remaining, timeout=cfg.round_timeout,
+            train_config=round_config, evaluate_config=ConfigRecord(dict(round_config)),
+        )
+        result_arrays = result.arrays if len(result.arrays) else result_arrays
+    else:
+        log.info("nothing to do: the checkpoint already has all %d rounds", cfg.num_server_rounds)
+
+    outputs: dict[str, Any] = {"federation_id": federation_id, "mlflow_run_id": tracker.run_id,
+                               "tracking_uri": tracker.uri}
+    out_dir = cfg.output_path / "federations" / federation_id
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if final.rows:
+        table_path = write_federated_table(cfg, final.rows, out_dir)
+        tracker.log_artifact(table_path, "tables")
+        outputs["table"] = str(table_path)
+    model_dir = out_dir / "model"
+    from server.registry import save_shared_model
+
+    save_shared_model(model_dir, spec, {k: v.numpy() for k, v in result_arrays.items()},
+                      meta={"federation_id": federation_id, "rounds": cfg.num_server_rounds,
+                            "reference_hash": strategy.expected_fingerprint,
+                            "prep_settings": _prep_settings(strategy)})
+    outputs["model_dir"] = str(model_dir)
+    if cfg.register_model:
+        from server.registry import register_model
+
+        outputs["model_uri"] = register_model(tracker, model_dir, cfg.model_name)
+    tracker.finish()
+    (out_dir / "outputs.json").write_text(json.dumps(outputs, indent=2))
+    (cfg.output_path / "last_federation.json").write_text(json.dumps(outputs, indent=2))
+    log.info("federation %s done: %s", federation_id, outputs)
+    return outputs
+
+
+def _prep_settings(strategy: HookedStrategy) -> dict[str, Any]:
+    return strategy.prep_settings
+
+
+def write_federated_table(cfg: FederationConfig, rows: dict[str, dict[str, dict[str, float]]],
+                          out_dir: Path) -> Path:
+    """The final round's per-site, per-task test metrics, in the baselines' table format."""
+    from models.report import GainTable
+
+    table = GainTable.from_site_metrics(cfg.table_name, "federated", rows)
+    path = out_dir / "federated_table.json"
+    table.to_json(path)
+    table.to_markdown(path.with_suffix(".md"))
+    return path

@@ -1,0 +1,227 @@
+"""Per-round behaviour written once: a thin wrapper around any Flower strategy.
+
+`HookedStrategy` delegates sampling and aggregation to a Flower strategy (FedAvg, FedProx,
+FedAdam, ...) and, around it:
+
+* validates every site's update (expected array names and shapes, finite values) and drops an
+  invalid one with a logged reason before the strategy sees it;
+* offsets round numbers, so a resumed federation continues at the round after its checkpoint;
+* hands each round's site reports to hooks (tracking, checkpoints, the final table).
+
+Flower's own round loop (`Strategy.start`) runs unchanged: nothing of it is copied here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from fedmol import wire
+
+log = logging.getLogger("fedmol.server")
+
+
+@dataclass
+class SiteReport:
+    """What one site said in one reply: aggregate metrics only, never per-compound values."""
+
+    node_id: int
+    site: str
+    metrics: dict[str, float]
+    task_metrics: dict[str, Any] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+    key_fingerprint: str = ""
+    reference_hash: str = ""
+    prep_settings: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_message(cls, msg: Message) -> SiteReport:
+        content = msg.content
+        metrics: dict[str, float] = {}
+        for rec in content.metric_records.values():
+            metrics.update({k: float(v) for k, v in rec.items() if not isinstance(v, list)})
+        report = content.config_records.get(wire.REPORT, ConfigRecord())
+        return cls(
+            node_id=msg.metadata.src_node_id,
+            site=str(report.get(wire.REP_SITE, f"node-{msg.metadata.src_node_id}")),
+            metrics=metrics,
+            task_metrics=json.loads(str(report.get(wire.REP_TASK_METRICS, "{}"))),
+            summary=json.loads(str(report.get(wire.REP_SUMMARY, "{}"))),
+            key_fingerprint=str(report.get(wire.REP_KEY_FINGERPRINT, "")),
+            reference_hash=str(report.get(wire.REP_REFERENCE_HASH, "")),
+            prep_settings=json.loads(str(report.get(wire.REP_PREP_SETTINGS, "{}"))),
+        )
+
+
+@dataclass
+class RoundOutcome:
+    """One phase (train or evaluate) of one round, as the hooks see it."""
+
+    server_round: int
+    phase: str  # "train" | "evaluate"
+    reports: list[SiteReport]
+    rejected: list[tuple[str, str]]  # (site, reason) of replies dropped by validation
+    missing: list[str]  # sites sampled that did not answer (error or timeout)
+    metrics: MetricRecord | None
+    arrays: ArrayRecord | None = None  # the new global model (train only)
+
+
+class RoundHook(Protocol):
+    def on_round(self, outcome: RoundOutcome, strategy: HookedStrategy) -> None: ...
+
+
+def validate_update(msg: Message, expected: dict[str, tuple[tuple[int, ...], str]]) -> str | None:
+    """Why a training reply cannot be aggregated, or None when it can.
+
+    expected: array name -> (shape, dtype) of the global model that was sent.
+    """
+    content = msg.content
+    if len(content.array_records) != 1:
+        return f"expected one ArrayRecord, got {len(content.array_records)}"
+    if len(content.metric_records) != 1:
+        return f"expected one MetricRecord, got {len(content.metric_records)}"
+    record = next(iter(content.array_records.values()))
+    names = set(record.keys())
+    if names != set(expected):
+        extra = sorted(names - set(expected))[:5]
+        lacking = sorted(set(expected) - names)[:5]
+        return f"array names differ from the global model (unexpected {extra}, missing {lacking})"
+    for name, arr in record.items():
+        shape, _ = expected[name]
+        if tuple(arr.shape) != shape:
+            return f"array {name!r} has shape {tuple(arr.shape)}, expected {shape}"
+        values = arr.numpy()
+        if not np.issubdtype(values.dtype, np.floating) and not np.issubdtype(values.dtype, np.integer):
+            return f"array {name!r} has dtype {values.dtype}"
+        if not np.all(np.isfinite(values)):
+            return f"array {name!r} holds NaN or infinite values"
+    metrics = next(iter(content.metric_records.values()))
+    weight = metrics.get(wire.NUM_TRAIN_LABELS)
+    if not isinstance(weight, (int, float)) or not np.isfinite(weight) or weight <= 0:
+        return f"{wire.NUM_TRAIN_LABELS} must be a positive number, got {weight!r}"
+    return None
+
+
+class HookedStrategy(Strategy):
+    """Wrap a Flower strategy: validate updates, offset rounds, call hooks once per phase."""
+
+    def __init__(
+        self,
+        inner: Strategy,
+        hooks: Sequence[RoundHook] = (),
+        *,
+        round_offset: int = 0,
+        total_rounds: int | None = None,
+        expected_fingerprint: str = "",
+    ) -> None:
+        self.inner = inner
+        self.hooks = list(hooks)
+        self.round_offset = round_offset
+        self.total_rounds = total_rounds
+        self.expected_fingerprint = expected_fingerprint
+        self.site_names: dict[int, str] = {}
+        self._expected: dict[str, tuple[tuple[int, ...], str]] = {}
+        self._sampled: dict[str, list[int]] = {"train": [], "evaluate": []}
+        self.last_arrays: ArrayRecord | None = None
+        self.prep_settings: dict[str, Any] = {}  # the sites' standardisation/featurisation settings
+
+    # -- rounds as the consortium numbers them -----------------------------------------
+    def _round(self, server_round: int) -> int:
+        return server_round + self.round_offset
+
+    def summary(self) -> None:
+        self.inner.summary()
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        rnd = self._round(server_round)
+        self._expected = {k: (tuple(a.shape), a.dtype) for k, a in arrays.items()}
+        messages = list(self.inner.configure_train(rnd, arrays, config, grid))
+        self._sampled["train"] = [m.metadata.dst_node_id for m in messages]
+        return messages
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        rnd = self._round(server_round)
+        replies = list(replies)
+        accepted, rejected = [], []
+        for msg in replies:
+            if msg.has_error():
+                continue
+            report = SiteReport.from_message(msg)
+            reason = validate_update(msg, self._expected) or self._check_fingerprint(report)
+            if reason:
+                log.warning("round %d: update from site %s rejected: %s", rnd, report.site, reason)
+                rejected.append((report.site, reason))
+            else:
+                accepted.append(msg)
+        missing = self._missing("train", replies)
+        arrays, metrics = (None, None)
+        if accepted:
+            arrays, metrics = self.inner.aggregate_train(rnd, accepted)
+        if arrays is not None:
+            self.last_arrays = arrays
+        reports = [self._remember(SiteReport.from_message(m)) for m in accepted]
+        self._fire(RoundOutcome(rnd, "train", reports, rejected, missing, metrics, arrays))
+        return arrays, metrics
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        rnd = self._round(server_round)
+        config = ConfigRecord(dict(config))
+        config[wire.CFG_FINAL] = self.total_rounds is not None and rnd >= self.total_rounds
+        messages = list(self.inner.configure_evaluate(rnd, arrays, config, grid))
+        self._sampled["evaluate"] = [m.metadata.dst_node_id for m in messages]
+        return messages
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        rnd = self._round(server_round)
+        replies = [m for m in replies if not m.has_error()]
+        missing = self._missing("evaluate", replies)
+        good = [m for m in replies if len(m.content.metric_records) == 1]
+        metrics = self.inner.aggregate_evaluate(rnd, good) if good else None
+        reports = [self._remember(SiteReport.from_message(m)) for m in good]
+        self._fire(RoundOutcome(rnd, "evaluate", reports, [], missing, metrics, self.last_arrays))
+        return metrics
+
+    # -- helpers -------------------------------------------------------------------------
+    def _check_fingerprint(self, report: SiteReport) -> str | None:
+        """Every site must have prepared its data with the consortium's key and settings."""
+        if not report.reference_hash:
+            return "the site sent no reference hash"
+        if not self.expected_fingerprint:
+            self.expected_fingerprint = report.reference_hash
+            return None
+        if report.reference_hash != self.expected_fingerprint:
+            return (
+                f"reference hash {report.reference_hash[:12]} differs from the consortium's "
+                f"{self.expected_fingerprint[:12]}: the site prepared its data with another key or settings"
+            )
+        return None
+
+    def _remember(self, report: SiteReport) -> SiteReport:
+        self.site_names[report.node_id] = report.site
+        if report.prep_settings and not self.prep_settings:
+            self.prep_settings = report.prep_settings
+        return report
+
+    def _missing(self, phase: str, replies: list[Message]) -> list[str]:
+        answered = {m.metadata.src_node_id for m in replies if not m.has_error()}
+        return [self.site_names.get(n, f"node-{n}") for n in self._sampled[phase] if n not in answered]
+
+    def _fire(self, outcome: RoundOutcome) -> None:
+        if outcome.missing:
+            log.warning("round %d %s: no reply from %s", outcome.server_round, outcome.phase, outcome.missing)
+        for hook in self.hooks:
+            hook.on_round(outcome, self)

@@ -1,0 +1,18 @@
+"""The Flower ServerApp: read the run config and run the federation (`server.federation`)."""
+
+from __future__ import annotations
+
+import logging
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    from server.federation import run_federation
+
+    logging.getLogger("fedmol").setLevel(logging.INFO)
+    run_federation(grid, context)

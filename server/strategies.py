@@ -1,0 +1,71 @@
+"""Flower's own strategies, selected by one run-config key.
+
+Every strategy weights sites by their number of training labels (`fedmol.wire.NUM_TRAIN_LABELS`)
+and reads the shared model from the same record keys.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedMedian, FedProx, FedTrimmedAvg, FedYogi, Strategy
+
+from fedmol import wire
+from fedmol.config import FederationConfig
+
+
+def make_strategy(cfg: FederationConfig) -> Strategy:
+    """The Flower strategy named by ``cfg.strategy``, sampling every site each round by default."""
+    common: dict[str, Any] = dict(
+        fraction_train=cfg.fraction_train,
+        fraction_evaluate=1.0,
+        min_train_nodes=cfg.min_sites,
+        min_evaluate_nodes=cfg.min_sites,
+        min_available_nodes=cfg.min_sites,
+        weighted_by_key=wire.NUM_TRAIN_LABELS,
+        arrayrecord_key=wire.ARRAYS,
+        configrecord_key=wire.CONFIG,
+    )
+    if cfg.strategy == "fedavg":
+        return FedAvg(**common)
+    if cfg.strategy == "fedprox":
+        return FedProx(proximal_mu=cfg.proximal_mu, **common)
+    if cfg.strategy == "fedadam":
+        return FedAdam(eta=cfg.server_lr, eta_l=cfg.lr, **common)
+    if cfg.strategy == "fedyogi":
+        return FedYogi(eta=cfg.server_lr, eta_l=cfg.lr, **common)
+    if cfg.strategy == "fedmedian":
+        return FedMedian(**common)
+    if cfg.strategy == "trimmed-mean":
+        return FedTrimmedAvg(beta=cfg.trimmed_beta, **common)
+    raise AssertionError(cfg.strategy)  # FederationConfig.validate lists the choices
+
+
+# The optimiser state a server-side optimiser (FedAdam/FedYogi/FedAdagrad) keeps between rounds.
+_OPT_STATE = ("m_t", "v_t")
+
+
+def strategy_state(strategy: Strategy) -> dict[str, np.ndarray]:
+    """Arrays to checkpoint so a resumed run continues the server optimiser exactly.
+
+    Keys are ``<attribute>/<parameter name>``; empty for strategies without state.
+    """
+    out: dict[str, np.ndarray] = {}
+    for attr in _OPT_STATE:
+        state = getattr(strategy, attr, None)
+        if state:
+            for name, arr in state.items():
+                out[f"{attr}/{name}"] = np.asarray(arr)
+    return out
+
+
+def restore_strategy_state(strategy: Strategy, arrays: dict[str, np.ndarray]) -> None:
+    """Inverse of `strategy_state`."""
+    for attr in _OPT_STATE:
+        prefix = f"{attr}/"
+        part = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+        if part:
+            if not hasattr(strategy, attr):
+                raise ValueError(f"checkpoint has {attr} state but {type(strategy).__name__} keeps none")
+            setattr(strategy, attr, part)
