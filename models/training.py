@@ -1,0 +1,446 @@
+"""Training, evaluation and prediction: the `train_epochs`/`evaluate`/`predict` trio used by
+``fedmol train``, the federation's clients, the baselines and the benchmarks.
+
+Defaults follow SparseChem: Adam, lr 1e-3, 20 epochs, lr x0.3 from epoch 10. The optimizer is
+returned so that a caller (a federation client) can keep its state between rounds; the lr step
+schedule is a pure function of the global epoch number (``start_epoch + epoch``), so it carries
+over rounds without a scheduler object.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import Tensor
+
+from fedmol.errors import ConfigError
+from models.data import TaskData, iter_batches, iter_feature_batches, transform_features
+from models.losses import LossSum, censored_mse, masked_bce
+from models.metrics import (
+    DEFAULT_THRESHOLDS,
+    MetricThresholds,
+    classification_metrics,
+    regression_metrics,
+    summarise,
+)
+from models.network import MultiTaskNet
+
+__all__ = ["TrainConfig", "TrainResult", "EpochRecord", "EvalResult", "Predictions", "resolve_device",
+           "train_epochs", "evaluate", "predict", "make_optimizer", "fit_target_scaling", "compute_loss"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that shapes a local training run. Units: lr per step; epochs are full passes.
+
+    patience: stop when the validation monitor has not improved for this many epochs (None: no
+        early stopping). With ``restore_best`` the best epoch's weights are put back at the end.
+    monitor: ``loss`` (validation loss, lower is better) or ``score`` (mean ROC-AUC over
+        classification tasks plus mean R² over regression tasks that qualify, higher is better).
+    proximal_mu: FedProx term mu/2 * ||w - w_ref||² over the parameters in ``prox_reference``.
+    num_threads: torch intra-op threads on CPU (None: leave torch's setting).
+    """
+
+    epochs: int = 20
+    batch_size: int = 256
+    lr: float = 1e-3
+    optimizer: Literal["adam", "sgd"] = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    lr_step_epoch: int = 10
+    lr_gamma: float = 0.3
+    patience: int | None = None
+    monitor: Literal["loss", "score"] = "loss"
+    restore_best: bool = True
+    device: str = "auto"
+    amp: Literal["auto", "on", "off"] = "auto"
+    seed: int = 0
+    proximal_mu: float = 0.0
+    num_threads: int | None = None
+    grad_clip: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("adam", "sgd"):
+            raise ConfigError(f"optimizer {self.optimizer!r}: use adam or sgd")
+        if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
+            raise ConfigError("epochs must be >= 0, batch_size >= 1 and lr > 0")
+        if self.lr_step_epoch < 1:
+            raise ConfigError("lr_step_epoch must be >= 1")
+        if self.monitor not in ("loss", "score"):
+            raise ConfigError(f"monitor {self.monitor!r}: use loss or score")
+        if self.amp not in ("auto", "on", "off"):
+            raise ConfigError(f"amp {self.amp!r}: use auto, on or off")
+
+    def lr_at(self, epoch: int) -> float:
+        """Learning rate of (0-based, global) ``epoch``: lr x gamma^(epoch // lr_step_epoch)."""
+        return self.lr * self.lr_gamma ** (epoch // self.lr_step_epoch)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def resolve_device(setting: str = "auto") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cpu``/``cuda``/``cuda:N`` as given."""
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(setting)
+    except RuntimeError as exc:
+        raise ConfigError(f"unknown device {setting!r}: use auto, cpu or cuda") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but no CUDA device is available: use auto or cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device {setting!r} is not supported: use auto, cpu or cuda")
+    return device
+
+
+def _amp_enabled(config: TrainConfig, device: torch.device) -> bool:
+    if config.amp == "off" or device.type != "cuda":
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """One epoch: global epoch number, lr, mean training loss per label, validation loss/score."""
+
+    epoch: int
+    lr: float
+    train_loss: float
+    n_labels: int
+    valid_loss: float | None = None
+    valid_score: float | None = None
+
+
+@dataclass
+class TrainResult:
+    """History per epoch, the best epoch (by the monitor) and the optimizer (keep its state)."""
+
+    history: list[EpochRecord]
+    optimizer: torch.optim.Optimizer
+    best_epoch: int | None = None
+    stopped_early: bool = False
+    n_train_labels: int = 0
+
+    @property
+    def final_loss(self) -> float:
+        return self.history[-1].train_loss if self.history else float("nan")
+
+
+def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """Adam or SGD (with momentum) over all parameters, per ``config``."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    # The fused kernels update the 13M-weight input layer 4-5x faster than the default loop on
+    # CPU (measured: Adam 15 ms vs 75 ms per step for 32768x400); the state_dict is the same.
+    kwargs: dict[str, Any] = {"lr": config.lr, "weight_decay": config.weight_decay, "fused": True}
+    if config.optimizer == "sgd":
+        kwargs["momentum"] = config.momentum
+    cls = torch.optim.Adam if config.optimizer == "adam" else torch.optim.SGD
+    try:
+        return cls(params, **kwargs)
+    except (RuntimeError, TypeError, ValueError):  # fused not available for this device/dtype
+        kwargs.pop("fused")
+        return cls(params, **kwargs)
+
+
+def fit_target_scaling(model: MultiTaskNet, data: TaskData, heads: list[str] | None = None) -> None:
+    """Set regression heads' target mean/std from ``data``'s uncensored labels.
+
+    heads: which heads (default: every *private* regression head; a shared head's scaling must
+    be the same at every site, so the federation sets it explicitly).
+    """
+    if heads is None:
+        heads = [h.name for h in model.spec.heads if h.kind == "regression" and not h.shared]
+    for name in heads:
+        mean, std = data.target_stats(name)
+        model.set_target_scaling(name, mean, std)
+
+
+def compute_loss(
+    model: MultiTaskNet, outputs: Mapping[str, Tensor], labels: Mapping[str, Any],
+    task_weights: Mapping[str, Tensor] | None = None,
+) -> LossSum:
+    """Sum of per-label losses over all heads (hybrid sets train together) and the label count."""
+    total: Tensor | None = None
+    count: Tensor | None = None
+    for name, out in outputs.items():
+        lab = labels[name]
+        head = model.heads[name]
+        w = task_weights.get(name) if task_weights else None
+        out32 = out.float()
+        if head.kind == "classification":
+            part = masked_bce(out32, lab.values, lab.mask, w)
+        else:
+            part = censored_mse(out32, head.standardise(lab.values), lab.mask, lab.censor, w)
+        total = part.total if total is None else total + part.total
+        count = part.count if count is None else count + part.count
+    assert total is not None and count is not None
+    return LossSum(total, count)
+
+
+def _seed_everything(seed: int, epoch: int) -> None:
+    torch.manual_seed(int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0]))
+
+
+def train_epochs(
+    model: MultiTaskNet,
+    train: TaskData,
+    config: TrainConfig = TrainConfig(),
+    *,
+    optimizer: torch.optim.Optimizer | None = None,
+    valid: TaskData | None = None,
+    prox_reference: Mapping[str, Tensor] | None = None,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+    start_epoch: int = 0,
+    task_weights: Mapping[str, Tensor] | None = None,
+    thresholds: MetricThresholds = DEFAULT_THRESHOLDS,
+) -> TrainResult:
+    """Train ``model`` in place for ``config.epochs`` epochs on ``train``.
+
+    optimizer: continue with this optimizer (its state kept, its lr set per epoch); a new one
+        from ``config`` when None.
+    valid: validation data for the history and early stopping (``config.patience``).
+    prox_reference: parameter name -> tensor (e.g. the global model of this round) for FedProx.
+    start_epoch: global epoch number of the first epoch (drives the lr steps and the shuffles).
+    task_weights: head name -> (n_tasks,) weights of the loss per task column.
+    Returns the history, best epoch and the optimizer. Loss is per present label.
+    """
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    device = resolve_device(config.device)
+    model.to(device)
+    if optimizer is None:
+        optimizer = make_optimizer(model, config)
+    use_amp = _amp_enabled(config, device)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    weights = {k: v.to(device) for k, v in task_weights.items()} if task_weights else None
+    prox = _prox_pairs(model, prox_reference, device) if config.proximal_mu > 0 and prox_reference else []
+
+    history: list[EpochRecord] = []
+    best_value: float | None = None
+    best_epoch: int | None = None
+    best_state: dict[str, Tensor] | None = None
+    stale = 0
+    stopped = False
+    for i in range(config.epochs):
+        epoch = start_epoch + i
+        lr = config.lr_at(epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        _seed_everything(config.seed, epoch)
+        model.train()
+        loss_sum = 0.0
+        n_labels = 0
+        for batch, labels in iter_batches(
+            train, config.batch_size, shuffle=True, seed=[config.seed, epoch], device=device
+        ):
+            optimizer.zero_grad(set_to_none=False)
+            with _autocast(device, use_amp):
+                outputs = model(batch)
+            parts = compute_loss(model, outputs, labels, weights)
+            count = float(parts.count.item())
+            if count == 0:
+                continue
+            loss = parts.total / count
+            if prox:
+                loss = loss + 0.5 * config.proximal_mu * sum((p - r).pow(2).sum() for p, r in prox)
+            scaler.scale(loss).backward()
+            if config.grad_clip:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            loss_sum += float(parts.total.detach().item())
+            n_labels += int(count)
+        record = EpochRecord(epoch=epoch, lr=lr, train_loss=loss_sum / max(n_labels, 1), n_labels=n_labels)
+        if valid is not None:
+            ev = evaluate(model, valid, batch_size=max(config.batch_size, 1024), thresholds=thresholds)
+            record = EpochRecord(epoch, lr, record.train_loss, n_labels, ev.loss, ev.score)
+            value = ev.loss if config.monitor == "loss" else ev.score
+            lower_is_better = config.monitor == "loss"
+            better = (
+                value is not None and math.isfinite(value)
+                and (best_value is None or (value < best_value if lower_is_better else value > best_value))
+            )
+            if better:
+                best_value, best_epoch, stale = value, epoch, 0
+                if config.restore_best:
+                    best_state = copy.deepcopy(model.state_dict())
+            else:
+                stale += 1
+        history.append(record)
+        if on_epoch is not None:
+            on_epoch(record)
+        if config.patience is not None and valid is not None and stale >= config.patience:
+            stopped = True
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return TrainResult(history=history, optimizer=optimizer, best_epoch=best_epoch, stopped_early=stopped,
+                       n_train_labels=train.n_labels())
+
+
+def _prox_pairs(
+    model: torch.nn.Module, reference: Mapping[str, Tensor], device: torch.device
+) -> list[tuple[Tensor, Tensor]]:
+    params = dict(model.named_parameters())
+    return [(params[k], torch.as_tensor(v).to(device).detach()) for k, v in reference.items() if k in params]
+
+
+def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager[Any]:
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.float16)
+
+
+# -- evaluation ----------------------------------------------------------------------------------
+@dataclass
+class EvalResult:
+    """Per-task metrics (only tasks that qualified), a summary, the mean loss per label, and
+    ``score``: mean ROC-AUC of classification tasks and mean R² of regression tasks, averaged
+    over the tasks that qualified (None when none did)."""
+
+    per_task: dict[str, dict[str, float]]
+    summary: dict[str, float]
+    loss: float
+    n_labels: int
+    kinds: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def score(self) -> float | None:
+        vals = [m["roc_auc"] if "roc_auc" in m else m["r2"] for m in self.per_task.values()]
+        vals = [v for v in vals if np.isfinite(v)]
+        return float(np.mean(vals)) if vals else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"per_task": self.per_task, "summary": self.summary, "loss": self.loss,
+                "n_labels": self.n_labels, "kinds": self.kinds, "score": self.score}
+
+
+@torch.no_grad()
+def _forward_all(
+    model: MultiTaskNet, X: sp.csr_matrix, batch_size: int, device: torch.device
+) -> dict[str, Tensor]:
+    outs: dict[str, list[Tensor]] = {name: [] for name in model.heads}
+    for batch in iter_feature_batches(X, batch_size, device):
+        for name, out in model(batch).items():
+            outs[name].append(out.float().cpu())
+    return {name: torch.cat(v) if v else torch.zeros(0, model.heads[name].linear.out_features)
+            for name, v in outs.items()}
+
+
+def evaluate(
+    model: MultiTaskNet,
+    data: TaskData,
+    *,
+    batch_size: int = 1024,
+    thresholds: MetricThresholds = DEFAULT_THRESHOLDS,
+    device: str | torch.device | None = None,
+) -> EvalResult:
+    """Metrics per task on ``data`` (eval mode, no dropout) and the mean loss per present label."""
+    dev = _model_device(model) if device is None else resolve_device(str(device))
+    model.to(dev)
+    was_training = model.training
+    model.eval()
+    outs = _forward_all(model, data.X, batch_size, dev)
+    model.train(was_training)
+    per_task: dict[str, dict[str, float]] = {}
+    kinds: dict[str, str] = {}
+    loss_total, loss_count = 0.0, 0.0
+    for head_spec in model.spec.heads:
+        head = model.heads[head_spec.name]
+        out = outs[head_spec.name]
+        labels = data.heads[head_spec.name].batch(np.arange(data.n))
+        parts = compute_loss(model, {head_spec.name: out.to(dev)},
+                             {head_spec.name: labels.to(dev)})
+        loss_total += float(parts.total)
+        loss_count += float(parts.count)
+        units = head.to_units(out.to(dev)).cpu().numpy()
+        values = data.heads[head_spec.name].values
+        censor = data.heads[head_spec.name].censor
+        for j, task in enumerate(head_spec.tasks):
+            kinds[task] = head_spec.kind
+            if head_spec.kind == "classification":
+                m = classification_metrics(values[:, j], units[:, j], thresholds)
+            else:
+                m = regression_metrics(values[:, j], units[:, j], censor[:, j], thresholds)
+            if m is not None:
+                per_task[task] = m
+    return EvalResult(per_task=per_task, summary=summarise(per_task, kinds),
+                      loss=loss_total / max(loss_count, 1.0), n_labels=int(loss_count), kinds=kinds)
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+# -- prediction ----------------------------------------------------------------------------------
+@dataclass
+class Predictions:
+    """Per-task predictions in task units (P(active) or de-standardised values), (n,) each.
+
+    std: per-task standard deviation over MC-dropout samples, (n,) each; None without sampling.
+    """
+
+    values: dict[str, np.ndarray]
+    kinds: dict[str, str]
+    std: dict[str, np.ndarray] | None = None
+
+    def __getitem__(self, task: str) -> np.ndarray:
+        return self.values[task]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.values)
+
+
+@torch.no_grad()
+def predict(
+    model: MultiTaskNet,
+    X: sp.spmatrix,
+    *,
+    batch_size: int = 1024,
+    mc_samples: int = 0,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    transformed: bool = False,
+) -> Predictions:
+    """Predict every task for the rows of ``X`` (n, n_features), raw stored values.
+
+    mc_samples > 0: the mean and std over that many forward passes with dropout on (MC
+    dropout, seeded); 0: one deterministic pass. ``transformed``: X already holds input weights.
+    """
+    from models.uncertainty import mc_dropout_outputs
+
+    dev = _model_device(model) if device is None else resolve_device(str(device))
+    model.to(dev)
+    if X.shape[1] != model.spec.n_features:
+        raise ConfigError(f"X has {X.shape[1]} features, the model expects {model.spec.n_features}")
+    Xt = X if transformed else transform_features(X, model.spec.input_transform)
+    was_training = model.training
+    std: dict[str, np.ndarray] | None = None
+    if mc_samples > 0:
+        mean_units, std_units = mc_dropout_outputs(model, Xt, mc_samples, seed=seed,
+                                                   batch_size=batch_size, device=dev)
+        units, std = mean_units, {}
+    else:
+        model.eval()
+        outs = _forward_all(model, Xt, batch_size, dev)
+        units = {name: model.heads[name].to_units(out.to(dev)).cpu().numpy() for name, out in outs.items()}
+    model.train(was_training)
+    values: dict[str, np.ndarray] = {}
+    kinds: dict[str, str] = {}
+    for head_spec in model.spec.heads:
+        for j, task in enumerate(head_spec.tasks):
+            values[task] = units[head_spec.name][:, j]
+            kinds[task] = head_spec.kind
+            if std is not None:
+                std[task] = std_units[head_spec.name][:, j]
+    return Predictions(values=values, kinds=kinds, std=std)
