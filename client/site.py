@@ -128,6 +128,7 @@ class SiteNode:
             epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.lr, optimizer=cfg.optimizer,  # type: ignore[arg-type]
             momentum=cfg.momentum, weight_decay=cfg.weight_decay, lr_step_epoch=10**6, lr_gamma=1.0,
             device=cfg.device, seed=cfg.seed * 100_003 + server_round, proximal_mu=proximal_mu,
+            num_threads=cfg.num_threads or None,
         )
         reference = None
         if proximal_mu > 0:
@@ -152,6 +153,10 @@ class SiteNode:
         from models.data import TaskData
         from models.training import evaluate
 
+        import torch
+
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
         model, _ = self.build_model(cfg, shared, federation_id)
         results = {}
         for split in ("valid", "test"):

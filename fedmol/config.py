@@ -41,6 +41,7 @@ class FederationConfig:
     proximal_mu: float = 0.01  # FedProx only
     head_epochs: int = 1  # epochs of private-head training on top of the received trunk
     device: str = "auto"
+    num_threads: int = 0  # torch CPU threads per site process (0: torch's default)
     seed: int = 0
     # Model.
     n_bits: int = 32768

@@ -104,6 +104,7 @@ def run_federation(grid: Grid, context: Context) -> dict[str, Any]:
     save_shared_model(model_dir, spec, {k: v.numpy() for k, v in result_arrays.items()},
                       meta={"federation_id": federation_id, "rounds": cfg.num_server_rounds,
                             "reference_hash": strategy.expected_fingerprint,
+                            "key_fingerprint": strategy.key_fingerprint,
                             "prep_settings": _prep_settings(strategy)})
     outputs["model_dir"] = str(model_dir)
     if cfg.register_model:

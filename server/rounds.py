@@ -132,6 +132,7 @@ class HookedStrategy(Strategy):
         self._sampled: dict[str, list[int]] = {"train": [], "evaluate": []}
         self.last_arrays: ArrayRecord | None = None
         self.prep_settings: dict[str, Any] = {}  # the sites' standardisation/featurisation settings
+        self.key_fingerprint = ""
 
     # -- rounds as the consortium numbers them -----------------------------------------
     def _round(self, server_round: int) -> int:
@@ -214,6 +215,8 @@ class HookedStrategy(Strategy):
         self.site_names[report.node_id] = report.site
         if report.prep_settings and not self.prep_settings:
             self.prep_settings = report.prep_settings
+        if report.key_fingerprint and not self.key_fingerprint:
+            self.key_fingerprint = report.key_fingerprint
         return report
 
     def _missing(self, phase: str, replies: list[Message]) -> list[str]:

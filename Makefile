@@ -1,0 +1,41 @@
+# Everything a fresh machine needs, in two commands:
+#   make demo   install into .venv and run the federated demo on data that ships with the package
+#   make test   install into .venv and run the whole test suite (what CI runs)
+# The exact versions used here are pinned in constraints.txt (CPU torch on this machine).
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+export MLFLOW_DISABLE_TELEMETRY := true
+export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
+
+.PHONY: install demo test test-fast lint bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -c constraints.txt -e '.[test]'
+	touch $@
+
+demo: install
+	$(VENV)/bin/fedmol demo
+
+test: install
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+bench: install
+	$(PY) benchmarks/featurize.py
+	$(PY) benchmarks/train_speed.py
+	$(PY) benchmarks/baselines.py
+
+clean:
+	rm -rf $(VENV) fedmol-demo .pytest_cache

@@ -1,0 +1,75 @@
+"""Publishing the shared model: a model folder, an MLflow pyfunc, a registry version.
+
+What a registered model contains (see README, "What a registered model contains"):
+
+* ``spec.json`` + ``weights.pt``: the trunk and consortium heads (no private head ever reaches
+  the server, so none is in the model);
+* ``meta.json``: rounds, federation id, the consortium's reference hash, and the sites'
+  standardisation/featurisation settings (radius, bits, counts...), never the key;
+* the pyfunc wrapper `server.pyfunc.FedmolPyfunc`, which turns SMILES into predictions.
+
+The consortium key is **not** in the model: the features are in the key-permuted space, so the
+model scores molecules only for someone who holds the key (a consortium member), given at load
+time as ``model_config={"key_file": ...}`` or the ``FEDMOL_KEY_FILE`` environment variable.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("fedmol.server")
+
+
+def save_shared_model(model_dir: Path, spec: Any, arrays: dict[str, np.ndarray], *, meta: dict[str, Any]) -> Path:
+    """Write the shared model (trunk + consortium heads) as spec + state_dict + meta."""
+    from models.io import save_model
+    from models.network import MultiTaskNet
+
+    model = MultiTaskNet(spec)
+    model.load_shared_state_dict(arrays)
+    save_model(model_dir, model, meta=meta)
+    return model_dir
+
+
+def pip_requirements() -> list[str]:
+    """Pinned requirements of the scoring environment, taken from this one."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    reqs = []
+    for dist in ("torch", "rdkit", "numpy", "scipy", "pandas", "scikit-learn", "mlflow"):
+        try:
+            reqs.append(f"{dist}=={version(dist).split('+')[0]}")
+        except PackageNotFoundError:
+            continue
+    return reqs
+
+
+def register_model(tracker: Any, model_dir: Path, name: str) -> str:
+    """Log ``model_dir`` as a pyfunc in the tracker's run and register it; return models:/NAME/VERSION."""
+    import mlflow
+
+    from server.pyfunc import FedmolPyfunc
+
+    mlflow.set_tracking_uri(tracker.uri)
+    with mlflow.start_run(run_id=tracker.run_id):
+        info = mlflow.pyfunc.log_model(
+            name="shared_model",
+            python_model=FedmolPyfunc(),
+            artifacts={"model": str(model_dir)},
+            pip_requirements=pip_requirements(),
+            registered_model_name=name,
+        )
+    version = info.registered_model_version
+    uri = f"models:/{name}/{version}"
+    tracker.set_tag("fedmol.registered-model", uri)
+    meta = json.loads((model_dir / "meta.json").read_text()) if (model_dir / "meta.json").exists() else {}
+    client = tracker.client
+    client.set_model_version_tag(name, str(version), "federation_id", str(meta.get("federation_id", "")))
+    client.set_model_version_tag(name, str(version), "reference_hash", str(meta.get("reference_hash", "")))
+    log.info("registered %s", uri)
+    return uri
