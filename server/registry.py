@@ -53,15 +53,18 @@ def register_model(tracker: Any, model_dir: Path, name: str) -> str:
     """Log ``model_dir`` as a pyfunc in the tracker's run and register it; return models:/NAME/VERSION."""
     import mlflow
 
-    from server.pyfunc import FedmolPyfunc
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
 
     mlflow.set_tracking_uri(tracker.uri)
+    signature = ModelSignature(inputs=Schema([ColSpec("string", "smiles")]))
     with mlflow.start_run(run_id=tracker.run_id):
         info = mlflow.pyfunc.log_model(
             name="shared_model",
-            python_model=FedmolPyfunc(),
+            python_model=str(Path(__file__).with_name("pyfunc_entry.py")),  # models from code: no pickle
             artifacts={"model": str(model_dir)},
             pip_requirements=pip_requirements(),
+            signature=signature,
             registered_model_name=name,
         )
     version = info.registered_model_version

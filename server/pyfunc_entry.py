@@ -1,0 +1,8 @@
+"""MLflow "models from code" entry: MLflow runs this file to build the pyfunc at load time,
+so nothing is pickled into the registered model."""
+
+import mlflow.models
+
+from server.pyfunc import FedmolPyfunc
+
+mlflow.models.set_model(FedmolPyfunc())
