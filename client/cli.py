@@ -1,0 +1,48 @@
+"""Site-side commands: `fedmol site ledger`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+site_app = typer.Typer(help="Commands a site runs on its own node.", no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(site_app, name="site")
+
+
+@site_app.command("ledger")
+def ledger(
+    store: Annotated[Path, typer.Argument(help="The site store whose outbox ledger to show.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON lines.")] = False,
+) -> None:
+    """Show everything this site has sent: per reply, the arrays (name, shape, bytes, sha256) and metric names.
+
+    Example: fedmol site ledger store/
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from fedmol.errors import InputError
+
+    path = store / "outbox.jsonl"
+    if not path.exists():
+        raise InputError(f"no outbox ledger at {path}: this site has not sent anything yet")
+    entries = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if as_json:
+        for e in entries:
+            print(json.dumps(e))
+        return
+    table = Table(title=f"outbox of {store}")
+    for col in ("time", "federation", "round", "phase", "arrays", "bytes", "metrics"):
+        table.add_column(col)
+    for e in entries:
+        names = sorted({a["name"].split(".")[0] + "." + a["name"].split(".")[1] for a in e["arrays"]})
+        table.add_row(e["time"], e["federation_id"], str(e["round"]), e["phase"],
+                      f"{len(e['arrays'])} ({', '.join(names)})" if e["arrays"] else "-",
+                      f"{e['bytes_total']:,}", ", ".join(e["metric_names"]))
+    Console().print(table)

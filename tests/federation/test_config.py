@@ -1,0 +1,42 @@
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from fedmol.config import FederationConfig
+from fedmol.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_pyproject_declares_every_key_with_its_default():
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    assert declared == FederationConfig().to_run_config()
+
+
+def test_run_config_round_trip_and_coercion():
+    cfg = FederationConfig.from_run_config({"num-server-rounds": "7", "register-model": "false", "lr": 1})
+    assert (cfg.num_server_rounds, cfg.register_model, cfg.lr) == (7, False, 1.0)
+    assert FederationConfig.from_run_config(cfg.to_run_config()) == cfg
+
+
+def test_unknown_key_is_an_error_that_lists_the_known_keys():
+    with pytest.raises(ConfigError, match="unknown run-config key.*num-server-round'.*known keys"):
+        FederationConfig.from_run_config({"num-server-round": 3})
+
+
+@pytest.mark.parametrize("changes, match", [
+    ({"strategy": "fedsgd"}, "strategy"),
+    ({"hidden": "400,x"}, "hidden"),
+    ({"consortium-tasks": "NR-AR:binary"}, "consortium-tasks"),
+    ({"test-fold": 1, "valid-fold": 1}, "differ"),
+    ({"num-server-rounds": 2.5}, "num-server-rounds"),
+])
+def test_bad_values_are_refused(changes, match):
+    with pytest.raises(ConfigError, match=match):
+        FederationConfig.from_run_config(changes)
+
+
+def test_consortium_tasks_keep_their_order():
+    cfg = FederationConfig(consortium_tasks="b:regression, a:classification")
+    assert cfg.consortium_task_list == [("b", "regression"), ("a", "classification")]

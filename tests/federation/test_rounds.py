@@ -1,0 +1,95 @@
+"""The strategy wrapper: update validation, aggregation maths against numpy, hooks, round offsets."""
+
+import numpy as np
+import pytest
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedMedian
+
+from fedmol import wire
+from server.rounds import HookedStrategy, validate_update
+from server.strategies import restore_strategy_state, strategy_state
+from tests.federation.messages import reply
+
+GLOBAL = {"trunk.w": np.zeros((3, 2), np.float32), "heads.consortium_classification.b": np.zeros(2, np.float32)}
+
+
+def expected():
+    return {k: (v.shape, str(v.dtype)) for k, v in GLOBAL.items()}
+
+
+class Recorder:
+    def __init__(self):
+        self.outcomes = []
+
+    def on_round(self, outcome, strategy):
+        self.outcomes.append(outcome)
+
+
+def wrapped(inner, **kw):
+    s = HookedStrategy(inner, [rec := Recorder()], **kw)
+    s._expected = expected()
+    s._sampled["train"] = [1, 2, 3]
+    return s, rec
+
+
+def arrays(value):
+    return {k: np.full_like(v, value) for k, v in GLOBAL.items()}
+
+
+@pytest.mark.parametrize("bad, reason", [
+    ({**arrays(1.0), "heads.private_regression.w": np.zeros(2, np.float32)}, "array names differ"),
+    ({"trunk.w": np.zeros((3, 3), np.float32), "heads.consortium_classification.b": np.zeros(2, np.float32)},
+     "shape"),
+    ({**arrays(1.0), "trunk.w": np.full((3, 2), np.nan, np.float32)}, "NaN"),
+])
+def test_invalid_updates_are_named(bad, reason):
+    assert reason in validate_update(reply(1, bad, 10), expected())
+
+
+def test_valid_update_passes_and_weight_must_be_positive():
+    assert validate_update(reply(1, arrays(1.0), 10), expected()) is None
+    assert "positive" in validate_update(reply(1, arrays(1.0), 0), expected())
+
+
+def test_fedavg_is_the_label_weighted_mean_and_bad_updates_are_dropped():
+    s, rec = wrapped(FedAvg(weighted_by_key=wire.NUM_TRAIN_LABELS, arrayrecord_key=wire.ARRAYS))
+    replies = [reply(1, arrays(1.0), 10), reply(2, arrays(4.0), 30),
+               reply(3, {**arrays(1.0), "trunk.w": np.full((3, 2), np.inf, np.float32)}, 1000)]
+    agg, _ = s.aggregate_train(1, replies)
+    np.testing.assert_allclose(agg["trunk.w"].numpy(), np.full((3, 2), (1 * 10 + 4 * 30) / 40))
+    out = rec.outcomes[-1]
+    assert [r.site for r in out.reports] == ["site1", "site2"]
+    assert out.rejected[0][0] == "site3" and "infinite" in out.rejected[0][1]
+
+
+def test_reference_hash_mismatch_is_rejected():
+    s, rec = wrapped(FedAvg(weighted_by_key=wire.NUM_TRAIN_LABELS))
+    s.aggregate_train(1, [reply(1, arrays(1.0), 10, reference_hash="A"), reply(2, arrays(2.0), 10, reference_hash="B")])
+    assert [site for site, _ in rec.outcomes[-1].rejected] == ["site2"]
+    assert "another key or settings" in rec.outcomes[-1].rejected[0][1]
+
+
+def test_median_outvotes_a_scaled_update():
+    s, _ = wrapped(FedMedian(weighted_by_key=wire.NUM_TRAIN_LABELS))
+    agg, _ = s.aggregate_train(1, [reply(1, arrays(1.0), 10), reply(2, arrays(1.2), 10), reply(3, arrays(1000.0), 10)])
+    np.testing.assert_allclose(agg["trunk.w"].numpy(), 1.2)
+
+
+def test_missing_sites_and_round_offset():
+    s, rec = wrapped(FedAvg(weighted_by_key=wire.NUM_TRAIN_LABELS), round_offset=4)
+    s.site_names[3] = "hospital"
+    s.aggregate_train(1, [reply(1, arrays(1.0), 10), reply(2, arrays(1.0), 10)])
+    assert rec.outcomes[-1].server_round == 5
+    assert rec.outcomes[-1].missing == ["hospital"]
+
+
+def test_fedadam_state_survives_a_checkpoint():
+    adam = FedAdam(weighted_by_key=wire.NUM_TRAIN_LABELS, eta=0.1)
+    adam.current_arrays = {k: v.copy() for k, v in GLOBAL.items()}
+    adam.aggregate_train(1, [reply(1, arrays(1.0), 10), reply(2, arrays(2.0), 10)])
+    state = strategy_state(adam)
+    assert state and all(k.split("/")[0] in ("m_t", "v_t") for k in state)
+    fresh = FedAdam(weighted_by_key=wire.NUM_TRAIN_LABELS, eta=0.1)
+    restore_strategy_state(fresh, state)
+    for attr in ("m_t", "v_t"):
+        for k in GLOBAL:
+            np.testing.assert_array_equal(getattr(fresh, attr)[k], getattr(adam, attr)[k])
