@@ -1,0 +1,115 @@
+"""Structure standardisation with RDKit's MolStandardize, MELLODDY-TUNER style.
+
+Order of steps (each can be switched off; all are recorded in settings.json):
+cleanup (normalise functional groups, disconnect metals, reionise) → parent fragment (largest
+organic fragment, so salts and solvents go) → heavy-atom limit → neutralise → stereo handling →
+canonical tautomer (enumeration capped). The heavy-atom limit and stereo handling also apply when
+standardisation is disabled, because they define a compound's identity.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from rdkit import Chem, RDLogger
+from rdkit.Chem.MolStandardize import rdMolStandardize
+
+__all__ = ["MoleculeReject", "StandardizeSettings", "Standardizer", "standardize_smiles"]
+
+StereoMode = Literal["drop", "keep"]
+
+
+@dataclass(frozen=True)
+class StandardizeSettings:
+    """How input structures become the compound that is featurised.
+
+    ``max_tautomers`` caps RDKit's tautomer enumeration (its own default is 1000); beyond the cap
+    the canonical tautomer is the best one found so far, which keeps run time bounded.
+    """
+
+    enabled: bool = True
+    cleanup: bool = True
+    parent_fragment: bool = True
+    neutralize: bool = True
+    canonical_tautomer: bool = True
+    max_tautomers: int = 100
+    max_heavy_atoms: int = 100
+    stereo: StereoMode = "drop"
+
+    def __post_init__(self) -> None:
+        if self.stereo not in ("drop", "keep"):
+            from fedmol.errors import ConfigError
+
+            raise ConfigError(f"stereo must be 'drop' or 'keep', not {self.stereo!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class MoleculeReject(Exception):
+    """A molecule that cannot enter the store; ``reason`` is the short text written to rejects.csv."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Standardizer:
+    """Reusable standardiser: builds RDKit's helper objects once (they are costly) per process."""
+
+    def __init__(self, settings: StandardizeSettings) -> None:
+        RDLogger.DisableLog("rdApp.*")  # bad input is reported in rejects.csv, not on stderr
+        self.settings = settings
+        self._chooser = rdMolStandardize.LargestFragmentChooser(preferOrganic=True)
+        self._uncharger = rdMolStandardize.Uncharger(canonicalOrder=True)
+        self._enumerator = rdMolStandardize.TautomerEnumerator()
+        self._enumerator.SetMaxTautomers(settings.max_tautomers)
+        self._enumerator.SetRemoveSp3Stereo(False)
+        self._enumerator.SetRemoveBondStereo(False)
+
+    def from_smiles(self, smiles: str) -> Chem.Mol:
+        """Parse and standardise one SMILES; raises MoleculeReject with the reason."""
+        if not isinstance(smiles, str) or not smiles.strip():
+            raise MoleculeReject("empty SMILES")
+        mol = Chem.MolFromSmiles(smiles.strip())
+        if mol is None:
+            raise MoleculeReject("unparsable SMILES (RDKit could not read or sanitise it)")
+        return self.standardize(mol)
+
+    def standardize(self, mol: Chem.Mol) -> Chem.Mol:
+        """Standardise a parsed molecule (a new object is returned; the input may be modified)."""
+        s = self.settings
+        if mol.GetNumAtoms() == 0:
+            raise MoleculeReject("empty molecule (no atoms)")
+        try:
+            if s.enabled:
+                if s.cleanup:
+                    mol = rdMolStandardize.Cleanup(mol)
+                if s.parent_fragment:
+                    mol = self._chooser.choose(mol)
+            self._check_size(mol)
+            if s.enabled and s.neutralize:
+                mol = self._uncharger.uncharge(mol)
+            if s.stereo == "drop":
+                Chem.RemoveStereochemistry(mol)
+            if s.enabled and s.canonical_tautomer:
+                mol = self._enumerator.Canonicalize(mol)
+        except MoleculeReject:
+            raise
+        except Exception as exc:  # RDKit raises plain RuntimeError/ValueError on odd input
+            raise MoleculeReject(f"standardisation failed: {str(exc).splitlines()[0][:80]}") from None
+        if mol.GetNumAtoms() == 0:
+            raise MoleculeReject("no atoms left after standardisation")
+        return mol
+
+    def _check_size(self, mol: Chem.Mol) -> None:
+        n = mol.GetNumHeavyAtoms()
+        if n > self.settings.max_heavy_atoms:
+            raise MoleculeReject(f"too large: {n} heavy atoms > {self.settings.max_heavy_atoms}")
+
+
+def standardize_smiles(smiles: str, settings: StandardizeSettings | None = None) -> str:
+    """Canonical SMILES of the standardised structure (convenience; raises MoleculeReject)."""
+    mol = Standardizer(settings or StandardizeSettings()).from_smiles(smiles)
+    return Chem.MolToSmiles(mol)
