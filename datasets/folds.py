@@ -7,7 +7,8 @@ rather than the generic (all-carbon, single-bond) one because generic scaffolds 
 different chemotypes (benzene, pyridine and cyclohexane all become C1CCCCC1) and make folds
 even more lopsided.
 
-Two kinds of molecules are hashed by their own identity (canonical SMILES without stereo)
+Two kinds of molecules are hashed by their own identity (canonical SMILES of the standardised
+molecule without stereo; isotope labels stay when stereo was dropped at standardisation)
 instead of their scaffold, so that they spread over all folds:
 
 * acyclic molecules, whose scaffold is empty (otherwise all of them share one fold);
@@ -71,19 +72,20 @@ class FoldAssigner:
         self._fold_key = subkey if subkey is not None else derive(key, "folds")
         self.settings = settings
 
-    def basis(self, mol: Chem.Mol) -> tuple[FoldBasis, str]:
+    def basis(self, mol: Chem.Mol, identity: str | None = None) -> tuple[FoldBasis, str]:
         """What the fold is hashed from: ("scaffold", scaffold SMILES), or ("acyclic" |
-        "single_ring", the molecule's own canonical SMILES without stereo)."""
+        "single_ring", the molecule's identity). The identity is its canonical SMILES without
+        stereo; a caller that already has it (stereo dropped at standardisation) passes it in."""
         ring_count = mol.GetRingInfo().NumRings()
-        if ring_count == 0:
-            return "acyclic", Chem.MolToSmiles(mol, isomericSmiles=False)
-        if ring_count == 1 and self.settings.split_single_ring:
+        if ring_count == 0 or (ring_count == 1 and self.settings.split_single_ring):
             # a molecule with one ring has a one-ring scaffold (Murcko keeps every ring)
-            return "single_ring", Chem.MolToSmiles(mol, isomericSmiles=False)
+            kind: FoldBasis = "acyclic" if ring_count == 0 else "single_ring"
+            return kind, identity if identity is not None else Chem.MolToSmiles(mol, isomericSmiles=False)
         return "scaffold", scaffold_smiles(mol)
 
-    def fold_of(self, mol: Chem.Mol) -> tuple[int, FoldBasis]:
-        basis, text = self.basis(mol)
+    def fold_of(self, mol: Chem.Mol, identity: str | None = None) -> tuple[int, FoldBasis]:
+        """(fold 0..n_folds-1, basis) of a molecule."""
+        basis, text = self.basis(mol, identity)
         return self.fold_of_text(text), basis
 
     def fold_of_text(self, text: str) -> int:

@@ -72,11 +72,14 @@ class _Worker:
         basis = np.full(n, -1, dtype=np.int8)
         std, feat, fold_of = self.standardizer, self.featurizer, self.folds.fold_of
         to_smiles = Chem.MolToSmiles
+        # With stereo dropped, the canonical SMILES is the stereo-free identity folds hash
+        # (isotopes stay in it), which saves a second canonicalisation per molecule.
+        reuse = self.settings.standardize.stereo == "drop"
         for i, smi in enumerate(smiles):
             try:
                 mol = std.from_smiles(smi)
-                canonical[i] = to_smiles(mol)
-                fold, kind = fold_of(mol)
+                canonical[i] = can = to_smiles(mol)
+                fold, kind = fold_of(mol, can if reuse else None)
                 feat.add(mol)
             except MoleculeReject as exc:
                 reasons[i] = exc.reason
