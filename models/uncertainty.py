@@ -178,9 +178,15 @@ def calibrate(model: torch.nn.Module, data: Any, *, fold: int | None = None, min
               batch_size: int = 1024) -> ConformalCalibration:
     """Fit conformal predictors for every task with labels in ``data`` (a `TaskData`, the
     validation fold). A classification task needs ``min_per_class`` labels of each class."""
-    from models.training import predict
+    from models.training import predict, single_threaded_blas
 
     preds = predict(model, data.X, batch_size=batch_size, transformed=True)
+    with single_threaded_blas():
+        return _fit_calibration(model, data, preds, fold, min_per_class)
+
+
+def _fit_calibration(model: torch.nn.Module, data: Any, preds: Any, fold: int | None,
+                     min_per_class: int) -> ConformalCalibration:
     cal = ConformalCalibration(fold=fold)
     for head in model.spec.heads:
         labels = data.heads[head.name]
