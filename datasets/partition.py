@@ -6,7 +6,7 @@ so this equals preparing each site's own file.
 
 * :func:`by_scaffold`: chemical-series skew. Molecules are grouped by Murcko scaffold (acyclic and
   single-ring molecules by their own SMILES, as for folds), the groups are clustered with k-means
-  on an SVD of their mean fingerprints, and whole clusters go to sites, largest first to the
+  on their mean fingerprints (folded to 1,024 columns), and whole clusters go to sites, largest first to the
   currently smallest site. No scaffold is split across sites.
 * :func:`by_label_skew`: label skew. For one task, the rows of each class (and the unlabelled
   rows) are split over sites with proportions drawn from Dirichlet(alpha); small alpha = strong
@@ -52,24 +52,29 @@ def scaffold_groups(store: SiteStore) -> np.ndarray:
 
 def by_scaffold(store: SiteStore, n_sites: int, seed: int, n_clusters: int | None = None) -> list[np.ndarray]:
     """Row indices per site, whole scaffold clusters per site (non-IID in chemistry)."""
+    import scipy.sparse as sp
     from sklearn.cluster import KMeans
-    from sklearn.decomposition import TruncatedSVD
 
     n = store.n_compounds
     _check_sites(n_sites, n, "compounds")
     groups = scaffold_groups(store)
     n_groups = int(groups.max()) + 1 if n else 0
     _check_sites(n_sites, n_groups, "scaffold groups")
-    # mean fingerprint of each scaffold group: (n_groups, n_features)
-    import scipy.sparse as sp
-
+    # Mean fingerprint of each scaffold group, folded to 1,024 columns (column mod 1024): folding
+    # keeps the similarity structure k-means needs and makes it fast. (n_groups, 1024) dense.
     member = sp.csr_matrix((np.ones(n), (groups, np.arange(n))), shape=(n_groups, n))
     sizes = np.asarray(member.sum(axis=1)).ravel()
-    centroids = sp.diags(1.0 / sizes) @ member @ store.X
+    width = min(1024, store.n_features)
+    fold = sp.csr_matrix((np.ones(store.n_features), (np.arange(store.n_features),
+                                                      np.arange(store.n_features) % width)))
+    centroids = np.asarray((sp.diags(1.0 / sizes) @ member @ store.X @ fold).todense(), dtype=np.float32)
     k = min(n_groups, n_clusters or 4 * n_sites)
-    n_comp = max(1, min(32, n_groups - 1, store.n_features - 1))
-    emb = TruncatedSVD(n_components=n_comp, n_iter=3, random_state=seed).fit_transform(centroids)
-    labels = KMeans(n_clusters=k, n_init=3, random_state=seed).fit_predict(emb, sample_weight=sizes)
+    from threadpoolctl import threadpool_limits
+
+    # one thread: the problem is small, and OpenMP threads competing with other processes
+    # (a federation simulation, pytest workers) made k-means ten times slower here
+    with threadpool_limits(limits=1):
+        labels = KMeans(n_clusters=k, n_init=3, random_state=seed).fit_predict(centroids, sample_weight=sizes)
     cluster_sizes = np.bincount(labels, weights=sizes, minlength=k)
     site_of_cluster = np.zeros(k, dtype=np.int64)
     load = np.zeros(n_sites)

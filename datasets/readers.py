@@ -159,7 +159,7 @@ def _sdf_record(text: str, Chem) -> dict[str, object]:  # noqa: N803 - module pa
     mol = Chem.MolFromMolBlock(molblock + "M  END\n") if molblock.strip() else None
     if mol is None:
         record["smiles"] = ""
-        record["pre_reject"] = "unreadable SDF record (RDKit could not read or sanitise the molblock)"
+        record["pre_reject"] = "unreadable SDF record: RDKit could not read or sanitise the molblock"
     else:
         record["smiles"] = Chem.MolToSmiles(mol)
     return record

@@ -74,14 +74,14 @@ class Standardizer:
             raise MoleculeReject("empty SMILES")
         mol = Chem.MolFromSmiles(smiles.strip())
         if mol is None:
-            raise MoleculeReject("unparsable SMILES (RDKit could not read or sanitise it)")
+            raise MoleculeReject("unparsable SMILES: RDKit could not read or sanitise it")
         return self.standardize(mol)
 
     def standardize(self, mol: Chem.Mol) -> Chem.Mol:
         """Standardise a parsed molecule (a new object is returned; the input may be modified)."""
         s = self.settings
         if mol.GetNumAtoms() == 0:
-            raise MoleculeReject("empty molecule (no atoms)")
+            raise MoleculeReject("empty molecule: no atoms")
         try:
             if s.enabled:
                 if s.cleanup:
