@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import pandas as pd
 
 from fedmol.errors import InputError
@@ -198,21 +199,24 @@ def frame_to_table(frame: pd.DataFrame, spec: TableSpec, source: str = "<frame>"
     ``first_line`` is the line number of the frame's first row (2 for a CSV with a header); None
     means the frame already has a ``line`` column.
     """
-    frame = frame.copy()
     if first_line is not None:
-        frame.insert(0, "line", range(first_line, first_line + len(frame)))
+        lines = np.arange(first_line, first_line + len(frame), dtype=np.int64)
         # rows that are entirely empty are blank lines, not records
-        data_cols = [c for c in frame.columns if c != "line"]
-        frame = frame[frame[data_cols].notna().any(axis=1)]
+        data_cols = [c for c in frame.columns if c != "pre_reject"]
+        present = frame[data_cols].notna().any(axis=1).to_numpy()
+        frame, lines = frame[present], lines[present]
+    else:
+        lines = frame["line"].to_numpy(dtype=np.int64)
     if len(frame) == 0:
         raise InputError(f"{source} has no records: expected one row per compound after the header")
-    columns = [c for c in frame.columns if c not in ("line", "pre_reject")]
+    internal = ("pre_reject",) if first_line is not None else ("line", "pre_reject")
+    columns = [c for c in frame.columns if c not in internal]
     smiles_col = _resolve(spec.smiles_col, columns, "SMILES", source)
     id_col = _resolve(spec.id_col, columns, "id", source) if spec.id_col else None
     if id_col is None and id_fallback and id_fallback in columns:
         id_col = id_fallback
     out = pd.DataFrame({
-        "line": frame["line"].astype("int64").to_numpy(),
+        "line": lines,
         "id": frame[id_col].astype("string").fillna("").astype(str).to_numpy() if id_col else "",
         "smiles": frame[smiles_col].astype("string").fillna("").astype(str).str.strip().to_numpy(),
         "pre_reject": frame["pre_reject"].astype(str).to_numpy() if "pre_reject" in frame else "",
@@ -237,6 +241,10 @@ def frame_to_table(frame: pd.DataFrame, spec: TableSpec, source: str = "<frame>"
             if c in used:
                 continue
             (task_cols if _looks_numeric(frame[c]) else ignored).append(c)
+    clash = [c for c in task_cols if c in _BASE]
+    if clash:
+        raise InputError(f"task column(s) {clash} in {source} clash with fedmol's own record fields "
+                         f"{_BASE}: rename them in the file")
     for c in task_cols:
         out[c] = frame[c].to_numpy()
     return RawTable(out, "wide", [str(c) for c in task_cols], source,

@@ -105,3 +105,19 @@ def test_unknown_threshold_task_is_an_input_error(key: bytes) -> None:
     df = pd.DataFrame({"smiles": ["CCO"], "p": [1.0]})
     with pytest.raises(InputError, match="unknown task"):
         prepare_frame(df, key, None, PrepareSettings(thresholds=(("q", 1.0),)), workers=1)
+
+
+def test_loading_and_subsetting_a_store_needs_no_rdkit(tmp_path: Path, key: bytes) -> None:
+    import subprocess
+    import sys
+
+    df = pd.DataFrame({"smiles": ["CCO", "CCN", "c1ccccc1"], "y": [1, 0, 1]})
+    prepare_frame(df, key, tmp_path / "s", PrepareSettings(), workers=1)
+    code = (
+        "import sys\n"
+        "from datasets.store import SiteStore\n"
+        f"s = SiteStore.load({str(tmp_path / 's')!r}).subset([0, 2])\n"
+        "assert s.n_compounds == 2 and s.X.shape[1] == 32768\n"
+        "assert 'rdkit' not in sys.modules, 'rdkit imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
