@@ -44,9 +44,9 @@ def prepare(
         help="CSV/TSV (wide or long), SDF or .smi file; .gz is read transparently.",
         show_default=False)] = None,
     key_file: Annotated[Path, typer.Option(
-        "--key-file", "-k", help="Consortium key (fedmol keygen).")] = Path("consortium.key"),
+        "--key-file", "-k", help="Consortium key file (make one with fedmol keygen).")] = ...,  # type: ignore[assignment]
     out: Annotated[Path, typer.Option(
-        "--out", "-o", help="Folder of the site store to write.")] = Path("store"),
+        "--out", "-o", help="Folder of the site store to write.")] = ...,  # type: ignore[assignment]
     embedded: Annotated[str | None, typer.Option(
         help="Prepare a demo set shipped with fedmol instead of INPUT: solubility or freesolv.")] = None,
     smiles_col: Annotated[str, typer.Option(help="Column holding the SMILES.")] = "smiles",

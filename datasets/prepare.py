@@ -160,7 +160,10 @@ def prepare_table(table: RawTable, key: bytes, out: Path | None, settings: Prepa
                             "smiles": frame["smiles"].to_numpy()[rejected],
                             "reason": reasons[rejected]}, columns=REJECT_COLUMNS)
     n_kept, n_rej = int(kept.sum()), int(rejected.sum())
-    assert n_kept + n_rej == n_read, "every row must be kept or rejected"
+    # every input row either reached a compound of the store or is listed in rejects, with a reason
+    in_store = int((comp_of_record >= 0).sum())
+    assert in_store + len(rejects) == n_read and in_store == n_kept, (in_store, len(rejects), n_read)
+    assert (rejects["reason"].str.len() > 0).all(), "a reject without a reason"
 
     from datasets.reference import reference_hash
 
