@@ -98,15 +98,24 @@ class SiteNode:
             model.load_private_state_dict(torch.load(path, weights_only=True))
         return model, fresh
 
-    def save_private(self, model, federation_id: str) -> Path:  # noqa: ANN001
+    def save_private(self, model, federation_id: str, server_round: int) -> Path:  # noqa: ANN001
+        """Keep the private heads on disk; note their hash per round in a site-local history."""
         import torch
 
         folder = self.private_dir(federation_id)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / "private_heads.pt"
         tmp = path.with_suffix(".tmp")
-        torch.save({k: v.detach().cpu() for k, v in model.private_state_dict().items()}, tmp)
+        state = {k: v.detach().cpu() for k, v in model.private_state_dict().items()}
+        torch.save(state, tmp)
         tmp.replace(path)
+        digest = hashlib.sha256()
+        for k in sorted(state):
+            digest.update(k.encode())
+            digest.update(state[k].numpy().tobytes())
+        with (folder / "history.jsonl").open("a") as fh:
+            fh.write(json.dumps({"round": server_round, "private_sha256": digest.hexdigest(),
+                                 "names": sorted(state)}) + "\n")
         return path
 
     # -- rounds ----------------------------------------------------------------------------
@@ -134,7 +143,7 @@ class SiteNode:
         if proximal_mu > 0:
             reference = {k: torch.as_tensor(v) for k, v in shared.items() if k in dict(model.named_parameters())}
         result = train_epochs(model, train, tc, prox_reference=reference)
-        self.save_private(model, federation_id)
+        self.save_private(model, federation_id, server_round)
         out = {k: v.detach().cpu().numpy() for k, v in model.shared_state_dict().items()}
         n_labels = int(train.n_labels())
         metrics = {

@@ -60,21 +60,25 @@ def site_frames(seed: int = 0) -> dict[str, pd.DataFrame]:
 
 
 def prepare_sites(opts: DemoOptions, key_path: Path, progress: Any = None) -> dict[str, Path]:
+    """Each site prepares its own table with the consortium key into ``out/sites/site-<i>``."""
+    from datasets.featurize import FeaturizeSettings
     from datasets.keys import load_key
     from datasets.prepare import PrepareSettings, prepare_frame
-    from datasets.featurize import FeaturizeSettings
+    from datasets.readers import TableSpec
 
     key = load_key(key_path)
     stores: dict[str, Path] = {}
     for i, (site, frame) in enumerate(site_frames(opts.seed).items()):
         out = opts.out / "sites" / f"site-{i}"
         settings = PrepareSettings(
-            smiles_col="smiles",
-            task_cols=tuple(c for c in frame.columns if c != "smiles"),
+            table=TableSpec(smiles_col="smiles", task_cols=tuple(c for c in frame.columns if c != "smiles")),
             featurize=FeaturizeSettings(n_bits=opts.n_bits),
-            site_name=site,
         )
-        prepare_frame(frame.reset_index(drop=True), key, out, settings, workers=1, progress=False)
+        result = prepare_frame(frame.reset_index(drop=True), key, None, settings, workers=1, progress=False,
+                               source=f"embedded:{site}")
+        result.store.settings["site_name"] = site
+        result.store.save(out)
+        result.rejects.to_csv(out / "rejects.csv", index=False)
         stores[site] = out
         if progress:
             progress(site)

@@ -127,7 +127,7 @@ def write_federated_table(cfg: FederationConfig, rows: dict[str, dict[str, dict[
     """The final round's per-site, per-task test metrics, in the baselines' table format."""
     from models.report import GainTable
 
-    table = GainTable.from_site_metrics(cfg.table_name, "federated", rows)
+    table = GainTable.from_site_metrics(cfg.table_name, "federated", rows, metric="score")
     path = out_dir / "federated_table.json"
     table.to_json(path)
     table.to_markdown(path.with_suffix(".md"))

@@ -1,0 +1,128 @@
+"""Local-only and pooled baselines on the same sites, folds and model shape as a federation.
+
+* **local**: each site trains alone on its training folds (early stopping on its validation fold)
+  and is tested on its own test fold;
+* **pooled**: all sites' training folds in one place (the upper reference a federation tries to
+  reach). Consortium tasks are one column; private tasks stay separate per site (two sites'
+  private "IC50" are different assays). Tested on each site's test fold.
+
+Results are `models.report.GainTable` values with metric ``score`` (ROC-AUC for classification,
+R² for regression), the same table the federation writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from datasets.store import SiteStore, TaskInfo
+from fedmol.config import FederationConfig
+from models.report import GainTable
+
+SEP = "::"  # pooled private task name: "<site>::<task>"
+
+
+def _splits(store: SiteStore, cfg: FederationConfig) -> dict[str, np.ndarray]:
+    f = store.folds
+    return {"train": np.flatnonzero((f != cfg.test_fold) & (f != cfg.valid_fold)),
+            "valid": np.flatnonzero(f == cfg.valid_fold), "test": np.flatnonzero(f == cfg.test_fold)}
+
+
+def _train_and_test(store: SiteStore, consortium: list[tuple[str, str]], cfg: FederationConfig, epochs: int,
+                    test_sets: Mapping[str, tuple[SiteStore, Callable[[str], str | None]]]) -> dict[str, dict]:
+    """Train one model on ``store`` and return site -> task -> metrics on each test store."""
+    from models.data import TaskData
+    from models.network import MultiTaskNet
+    from models.spec import build_spec
+    from models.training import TrainConfig, evaluate, fit_target_scaling, train_epochs
+
+    shared = {n for n, _ in consortium}
+    private = [(t.name, t.kind) for t in store.trainable_tasks() if t.name not in shared]
+    spec = build_spec(cfg.n_bits, consortium, private, hidden=cfg.hidden_sizes, dropout=cfg.dropout,
+                      input_transform=cfg.input_transform)  # type: ignore[arg-type]
+    model = MultiTaskNet(spec, seed=cfg.seed)
+    split = _splits(store, cfg)
+    train = TaskData.from_store(store, spec, split["train"])
+    valid = TaskData.from_store(store, spec, split["valid"])
+    fit_target_scaling(model, train, [h.name for h in spec.heads if h.kind == "regression"])
+    tc = TrainConfig(epochs=epochs, lr=1e-3, optimizer="adam", patience=5, monitor="loss", seed=cfg.seed,
+                     device=cfg.device, num_threads=cfg.num_threads or None, lr_step_epoch=max(epochs // 2, 1))
+    train_epochs(model, train, tc, valid=valid)
+    out: dict[str, dict] = {}
+    for site, (test_store, rename) in test_sets.items():
+        test = _aligned(test_store, spec, rename, _splits(test_store, cfg)["test"])
+        per_task = evaluate(model, test, device=cfg.device).per_task
+        out[site] = {name: m for t, m in per_task.items() if (name := _back(t, site)) is not None}
+    return out
+
+
+def _back(task: str, site: str) -> str | None:
+    """Pooled column name -> the site's own task name (None for another site's private task)."""
+    if SEP in task:
+        owner, name = task.split(SEP, 1)
+        return name if owner == site else None
+    return task
+
+
+def _aligned(store: SiteStore, spec, rename: Callable[[str], str | None], rows: np.ndarray):  # noqa: ANN001
+    from models.data import TaskData
+
+    names = [rename(t.name) or f"\0{t.name}" for t in store.tasks]
+    return TaskData.from_arrays(spec, store.X, store.Y, store.censor, names, rows)
+
+
+def pooled_store(stores: Mapping[str, SiteStore], consortium: list[tuple[str, str]]) -> SiteStore:
+    """All sites' rows in one store; private tasks renamed ``<site>::<task>``, consortium tasks shared."""
+    shared = {n for n, _ in consortium}
+    columns: dict[str, TaskInfo] = {}
+    for site, store in stores.items():
+        for t in store.tasks:
+            name = t.name if t.name in shared else f"{site}{SEP}{t.name}"
+            columns.setdefault(name, TaskInfo(name=name, kind=t.kind, source=t.source, trainable=True))
+    index = {n: j for j, n in enumerate(columns)}
+    n_total = sum(s.n_compounds for s in stores.values())
+    Y = np.full((n_total, len(columns)), np.nan, np.float32)
+    censor = np.zeros(Y.shape, np.int8)
+    start = 0
+    for site, store in stores.items():
+        rows = slice(start, start + store.n_compounds)
+        for j, t in enumerate(store.tasks):
+            if not t.trainable:
+                continue
+            col = index[t.name if t.name in shared else f"{site}{SEP}{t.name}"]
+            Y[rows, col] = store.Y[:, j]
+            censor[rows, col] = store.censor[:, j]
+        start += store.n_compounds
+    X = sp.vstack([s.X for s in stores.values()], format="csr")
+    folds = np.concatenate([s.folds for s in stores.values()])
+    return SiteStore(X=X, Y=Y, censor=censor, folds=folds, tasks=list(columns.values()))
+
+
+def train_baselines(store_paths: Mapping[str, Path], cfg: FederationConfig, *, epochs: int = 25,
+                    dataset: str | None = None, on_model: Callable[[str], None] | None = None) -> GainTable:
+    """Local-only (per site) and pooled models, each tested on every site's test fold."""
+    stores = {site: SiteStore.load(p) for site, p in store_paths.items()}
+    consortium = cfg.consortium_task_list
+    shared = {n for n, _ in consortium}
+    table = GainTable(dataset or cfg.table_name, "score")
+    for site, store in stores.items():
+        res = _train_and_test(store, consortium, cfg, epochs, {site: (store, lambda n: n)})
+        table.add("local", site, {t: _score(m) for t, m in res[site].items()})
+        if on_model:
+            on_model(f"local:{site}")
+    pooled = pooled_store(stores, consortium)
+    tests = {site: (store, (lambda n, s=site: n if n in shared else f"{s}{SEP}{n}"))
+             for site, store in stores.items()}
+    res = _train_and_test(pooled, consortium, cfg, epochs, tests)
+    for site, per_task in res.items():
+        table.add("pooled", site, {t: _score(m) for t, m in per_task.items()})
+    if on_model:
+        on_model("pooled")
+    return table
+
+
+def _score(m: Mapping[str, float]) -> float:
+    return float(m["roc_auc"] if "roc_auc" in m else m["r2"])
