@@ -8,10 +8,12 @@ site of a consortium produces the same scrambled feature space and the server, w
 cannot map a weight back to a substructure. Optional RDKit 2D descriptors are appended after the
 ``n_bits`` fingerprint columns (not permuted; see ``DESCRIPTORS``).
 
-Speed: RDKit's ``GetCountFingerprint(mol).GetNonzeroElements()`` returns the folded non-zero
-positions as a small dict without building a dense 32k array (measured ~3x faster than
-``GetCountFingerprintAsNumPy`` and faster than ``GetFingerprint().GetOnBits()``), so the binary
-variant is taken from it too. The permutation and CSR assembly are vectorised per chunk.
+Speed: per molecule there is one RDKit call returning only the non-zero positions, never a dense
+32k array (``GetCountFingerprintAsNumPy`` measured ~3x slower):
+``GetSparseCountFingerprint(mol).GetNonzeroElements()``, a small dict of unfolded ids, folded
+by ``& (n_bits - 1)`` (``GetCountFingerprint`` when n_bits is not a power of two). Interleaved
+timings on HIV put it ~15% above ``GetFingerprint`` alone, i.e. a few percent of parse +
+fingerprint. Folding, permutation and CSR assembly are vectorised per block.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from functools import lru_cache
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -123,39 +126,56 @@ class Featurizer:
         self._gen = rdFingerprintGenerator.GetMorganGenerator(
             radius=settings.radius, fpSize=settings.n_bits, includeChirality=settings.use_chirality
         )
+        # For n_bits = 2^k, RDKit's folded bit is the unfolded 32-bit id mod n_bits (checked on
+        # 20,000 HIV molecules, bits and counts), and the unfolded sparse call is the cheapest.
+        # Its result is a plain dict, which numpy flattens at C speed; GetOnBits() would return an
+        # RDKit sequence that Python iterates element by element (measured 6x slower to flatten).
+        self._fold = settings.n_bits & (settings.n_bits - 1) == 0
+        self._counts = settings.counts
+        gen = self._gen
+        if self._fold:
+            self._nonzero = lambda mol: gen.GetSparseCountFingerprint(mol).GetNonzeroElements()
+        else:
+            self._nonzero = lambda mol: gen.GetCountFingerprint(mol).GetNonzeroElements()
         self._reset()
 
     def _reset(self) -> None:
-        self._keys: list[int] = []
-        self._vals: list[int] = []
-        self._lengths: list[int] = []
+        self._rows: list[dict[int, int]] = []  # per molecule: {bit id: count}
         self._dense: list[list[float]] = []
 
     def add(self, mol: Chem.Mol) -> None:
-        """Append one molecule's row (hot path: one RDKit call and two list extends)."""
-        nz = self._gen.GetCountFingerprint(mol).GetNonzeroElements()
-        self._keys.extend(nz.keys())
-        self._vals.extend(nz.values())
-        self._lengths.append(len(nz))
+        """Append one molecule's row. Hot path: one RDKit call returning the non-zero positions;
+        folding, permutation and flattening happen once per block in finish()."""
+        self._rows.append(self._nonzero(mol))
         if self.settings.descriptors:
             self._dense.append([_squash(f(mol)) for _, f in DESCRIPTORS])
 
     def finish(self) -> SparseRows:
-        """The rows added since the last finish(), as CSR parts (indices permuted, per-row unsorted)."""
-        indptr = np.zeros(len(self._lengths) + 1, dtype=np.int64)
-        np.cumsum(self._lengths, out=indptr[1:])
-        indices = np.asarray(self._keys, dtype=np.int32)
+        """The rows added since the last finish(), as CSR parts with sorted, unique indices."""
+        rows = self._rows
+        n_bits = self.settings.n_bits
+        lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+        indptr = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=indptr[1:])
+        nnz = int(indptr[-1])
+        indices = np.fromiter(chain.from_iterable(rows), dtype=np.int64, count=nnz)
+        if self._fold:
+            indices &= n_bits - 1  # unfolded 32-bit ids -> folded positions (n_bits is 2^k)
         if self.permutation is not None:
             indices = self.permutation[indices]
-        if self.settings.counts:
-            data = np.asarray(self._vals, dtype=np.float32)
+        if self._counts:
+            data = np.fromiter(chain.from_iterable(r.values() for r in rows), dtype=np.float32, count=nnz)
         else:
-            data = np.ones(len(indices), dtype=np.float32)
+            data = np.ones(nnz, dtype=np.float32)
+        X = sp.csr_matrix((data, indices.astype(np.int32), indptr), shape=(len(rows), n_bits))
+        X.sum_duplicates()  # bits that collide when folding: counts add up
+        if not self.settings.counts:
+            X.data[:] = 1.0
         dense = None
         if self.settings.descriptors:
             dense = np.asarray(self._dense, dtype=np.float32).reshape(-1, len(DESCRIPTORS))
         self._reset()
-        return SparseRows(indptr, indices, data, dense)
+        return SparseRows(X.indptr.astype(np.int64), X.indices, X.data, dense)
 
 
 def _squash(x: float) -> float:

@@ -130,3 +130,19 @@ def test_standardisation_takes_the_neutral_parent(smiles: str) -> None:
     from datasets.standardize import standardize_smiles
 
     assert standardize_smiles(smiles) == "O=C(O)c1ccccc1"
+
+
+@pytest.mark.parametrize("n_bits", [32768, 2048, 1000])
+@pytest.mark.parametrize("counts", [False, True])
+def test_features_match_rdkit_folded_fingerprints(n_bits: int, counts: bool) -> None:
+    from rdkit.Chem import rdFingerprintGenerator
+
+    smiles = ["CC(=O)Oc1ccccc1C(=O)O", "CN1C=NC2=C1C(=O)N(C(=O)N2C)C", "CCCCCCCCCCCCCCCC(=O)O",
+              "Clc1ccc(cc1)C(c1ccccc1)N1CCN(CC1)CCOCC(=O)O"]
+    gen = rdFingerprintGenerator.GetMorganGenerator(radius=3, fpSize=n_bits)
+    expected = np.zeros((len(smiles), n_bits), dtype=np.float32)
+    for i, s in enumerate(smiles):
+        for bit, count in gen.GetCountFingerprint(Chem.MolFromSmiles(s)).GetNonzeroElements().items():
+            expected[i, bit] = count if counts else 1.0
+    X = featurize_smiles(smiles, FeaturizeSettings(n_bits=n_bits, counts=counts))
+    assert np.array_equal(X.toarray(), expected)
