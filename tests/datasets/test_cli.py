@@ -138,3 +138,15 @@ def test_prepare_tox21_default_settings(tmp_path: Path, key_file: Path, data_dir
     assert s["compounds"] == store.n_compounds
     assert s["folds"]["max_over_min"] < 1.3  # acyclic and single-ring molecules spread out
     assert all(t.trainable for t in store.tasks)
+
+
+def test_prepare_embedded_demo(tmp_path: Path, key_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _run(capsys, "prepare", "--embedded", "freesolv", "-k", str(key_file),
+                          "-o", str(tmp_path / "demo"), "--no-standardize", "--workers", "1")
+    assert code == 0, err
+    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert summary["read"] == 642 and summary["kept"] + summary["rejected"] == 642
+    assert summary["tasks_trainable"] == 1
+    code, _, err = _run(capsys, "prepare", "--embedded", "tox99", "-k", str(key_file),
+                        "-o", str(tmp_path / "x"))
+    _assert_one_line_error(code, err, "solubility, freesolv")
