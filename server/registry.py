@@ -65,6 +65,8 @@ def register_model(tracker: Any, model_dir: Path, name: str) -> str:
             artifacts={"model": str(model_dir)},
             pip_requirements=pip_requirements(),
             signature=signature,
+            # Declares the keys a loader may set; the key file is never stored with the model.
+            model_config={"key_file": "", "mc_samples": 20},
             registered_model_name=name,
         )
     version = info.registered_model_version

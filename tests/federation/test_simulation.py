@@ -11,6 +11,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -24,13 +26,34 @@ from server.launcher import LocalSuperLink, flwr_run
 pytestmark = pytest.mark.slow
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
-CONSORTIUM = ["NR-AhR", "SR-MMP"]
-PRIVATE = ["SR-ARE", "SR-ARE", "SR-HSE"]  # per site; the same name at two sites is two private assays
+CONSORTIUM = ["NR-AhR", "SR-p53"]
+PRIVATE = ["SR-ARE", "SR-MMP", "SR-ARE"]  # per site; one name at two sites is two private assays
 N_SITES, ROWS_PER_SITE, N_BITS = 3, 450, 2048
 
 
-class Killed(Exception):
-    pass
+def _kill_after_round_1(link: LocalSuperLink, server_dir: Path, timeout: float = 600) -> None:
+    """Kill the simulation (ServerApp and ClientApps) as soon as round 1's checkpoint exists,
+    and the `flwr run` that streams it; the SuperLink and its SuperExec live on."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = list((server_dir / "checkpoints").glob("*/state.json"))
+        if states and json.loads(states[0].read_text())["server_round"] >= 1:
+            break
+        time.sleep(0.02)
+    for proc in psutil.Process(link.proc.pid).children(recursive=True):
+        if "flwr-simulation" in " ".join(_cmdline(proc)):
+            for victim in [*proc.children(recursive=True), proc]:
+                victim.kill()
+    for proc in psutil.Process().children(recursive=True):
+        if " run " in " ".join(_cmdline(proc)) and "flwr" in " ".join(_cmdline(proc)):
+            proc.kill()
+
+
+def _cmdline(proc: psutil.Process) -> list[str]:
+    try:
+        return proc.cmdline()
+    except psutil.Error:  # zombies and processes that just ended
+        return []
 
 
 @pytest.fixture(scope="module")
@@ -64,21 +87,14 @@ def federation(tmp_path_factory):
     sim = {"num-supernodes": N_SITES, "client-resources-num-cpus": 1}
     lines: list[str] = []
     with LocalSuperLink(root / "flower") as link:
-        def kill_after_round_1(line: str) -> None:
-            lines.append(line)
-            if "[ROUND 2/2]" in line:  # round 1 finished: its checkpoint is on disk
-                # The ServerApp runs inside flwr-simulation; the SuperLink and its SuperExec live on.
-                for proc in psutil.Process(link.proc.pid).children(recursive=True):
-                    if "flwr-simulation" in " ".join(proc.cmdline()):
-                        for victim in [*proc.children(recursive=True), proc]:
-                            victim.kill()
-                raise Killed
-
-        with pytest.raises(Killed):
-            flwr_run(link, cfg.to_run_config(), federation_config=sim, on_line=kill_after_round_1, timeout=600)
+        watcher = threading.Thread(target=_kill_after_round_1, args=(link, root / "server"), daemon=True)
+        watcher.start()
+        first_code = flwr_run(link, cfg.to_run_config(), federation_config=sim, on_line=lines.append, timeout=600)
+        watcher.join(timeout=5)
         ckpt_state = json.loads(next((root / "server" / "checkpoints").glob("*/state.json")).read_text())
         code = flwr_run(link, cfg.replace(resume="latest").to_run_config(), federation_config=sim,
                         on_line=lines.append, timeout=600)
+    assert first_code != 0, "the first run should have been killed after round 1"
     assert code == 0, "\n".join(lines[-40:])
     outputs = json.loads((root / "server" / "last_federation.json").read_text())
     return {"root": root, "cfg": cfg, "key": key_path, "outputs": outputs, "ckpt_after_kill": ckpt_state,
@@ -125,7 +141,7 @@ def test_private_heads_changed_between_rounds(federation):
         by_round = {r["round"]: r["private_sha256"] for r in rows}
         assert set(by_round) >= {1, 2}
         assert by_round[1] != by_round[2]
-        assert all(n.startswith("heads.private_") for r in rows for n in r["names"])
+        assert all(r["names"] and all(n.startswith("heads.private_") for n in r["names"]) for r in rows)
 
 
 def test_no_site_smiles_in_server_artifacts(federation):
