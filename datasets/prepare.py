@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -397,8 +397,3 @@ class _progress:
     def __exit__(self, *exc: object) -> None:
         if self.enabled:
             self._bar.stop()
-
-
-def with_thresholds(settings: PrepareSettings, thresholds: dict[str, float]) -> PrepareSettings:
-    """A copy of ``settings`` with extra thresholds (helper for the CLI)."""
-    return replace(settings, thresholds=tuple(sorted({**dict(settings.thresholds), **thresholds}.items())))

@@ -124,7 +124,7 @@ def _read_delimited(path: Path, sep: str) -> pd.DataFrame:
 
 def _read_sdf(path: Path) -> pd.DataFrame:
     """One row per record: smiles (from the molblock), _Name, every property, pre_reject."""
-    from rdkit import Chem, RDLogger
+    from rdkit import RDLogger
 
     RDLogger.DisableLog("rdApp.*")
     rows: list[dict[str, object]] = []
@@ -132,16 +132,19 @@ def _read_sdf(path: Path) -> pd.DataFrame:
         block: list[str] = []
         for raw in fh:
             if raw.startswith("$$$$"):
-                rows.append(_sdf_record("".join(block), Chem))
+                rows.append(_sdf_record("".join(block)))
                 block = []
             else:
                 block.append(raw)
         if "".join(block).strip():
-            rows.append(_sdf_record("".join(block), Chem))
+            rows.append(_sdf_record("".join(block)))
     return pd.DataFrame(rows)
 
 
-def _sdf_record(text: str, Chem) -> dict[str, object]:  # noqa: N803 - module passed for lazy import
+def _sdf_record(text: str) -> dict[str, object]:
+    """One SDF record's text (without the $$$$ line) as a row: _Name, properties, smiles."""
+    from rdkit import Chem
+
     molblock, _, props_text = text.partition("M  END")
     record: dict[str, object] = {"_Name": text.split("\n", 1)[0].strip(), "pre_reject": ""}
     lines = props_text.splitlines()
