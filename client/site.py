@@ -98,8 +98,31 @@ class SiteNode:
             model.load_private_state_dict(torch.load(path, weights_only=True))
         return model, fresh
 
-    def save_private(self, model, federation_id: str, server_round: int) -> Path:  # noqa: ANN001
-        """Keep the private heads on disk; note their hash per round in a site-local history."""
+    def refit_private_heads(self, model, cfg: FederationConfig, server_round: int, epochs: int) -> None:  # noqa: ANN001
+        """Train only the private heads on top of the received (frozen) trunk.
+
+        The heads were last trained with this site's own trunk; after aggregation the trunk has
+        moved, so the heads are fitted to the shared trunk before they are evaluated.
+        """
+        from models.data import TaskData
+        from models.training import TrainConfig, train_epochs
+
+        private = {f"heads.{n}." for n in model.private_head_names()}
+        frozen = [p for name, p in model.named_parameters() if not any(name.startswith(x) for x in private)]
+        for p in frozen:
+            p.requires_grad_(False)
+        try:
+            train = TaskData.from_store(self.store, model.spec, self.rows(cfg, "train"))
+            tc = TrainConfig(epochs=epochs, batch_size=cfg.batch_size, lr=1e-3, optimizer="adam",
+                             lr_step_epoch=10**6, lr_gamma=1.0, device=cfg.device,
+                             seed=cfg.seed * 100_003 + server_round + 7, num_threads=cfg.num_threads or None)
+            train_epochs(model, train, tc)
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
+
+    def save_private(self, model, federation_id: str, server_round: int, *, note: bool = True) -> Path:  # noqa: ANN001
+        """Keep the private heads on disk; note their hash per training round in a site-local history."""
         import torch
 
         folder = self.private_dir(federation_id)
@@ -109,6 +132,8 @@ class SiteNode:
         state = {k: v.detach().cpu() for k, v in model.private_state_dict().items()}
         torch.save(state, tmp)
         tmp.replace(path)
+        if not note:
+            return path
         digest = hashlib.sha256()
         for k in sorted(state):
             digest.update(k.encode())
@@ -166,7 +191,10 @@ class SiteNode:
 
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
-        model, _ = self.build_model(cfg, shared, federation_id)
+        model, fresh = self.build_model(cfg, shared, federation_id)
+        if model.private_head_names() and (cfg.head_epochs > 0 or fresh):
+            self.refit_private_heads(model, cfg, server_round, max(cfg.head_epochs, 1))
+            self.save_private(model, federation_id, server_round, note=False)
         results = {}
         for split in ("valid", "test"):
             data = TaskData.from_store(self.store, model.spec, self.rows(cfg, split), trainable_only=False)

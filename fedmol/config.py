@@ -39,6 +39,7 @@ class FederationConfig:
     weight_decay: float = 0.0
     batch_size: int = 128
     proximal_mu: float = 0.01  # FedProx only
+    head_epochs: int = 1  # private heads refitted on the received trunk before each evaluation
     device: str = "auto"
     num_threads: int = 0  # torch CPU threads per site process (0: torch's default)
     seed: int = 0
