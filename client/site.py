@@ -159,7 +159,8 @@ class SiteNode:
         if fresh:
             fit_target_scaling(model, train)  # private regression heads only
         tc = TrainConfig(
-            epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.lr, optimizer=cfg.optimizer,  # type: ignore[arg-type]
+            epochs=cfg.local_epochs, batch_size=cfg.batch_size, optimizer=cfg.optimizer,  # type: ignore[arg-type]
+            lr=cfg.lr * cfg.lr_decay ** max(server_round - 1, 0),
             momentum=cfg.momentum, weight_decay=cfg.weight_decay, lr_step_epoch=10**6, lr_gamma=1.0,
             device=cfg.device, seed=cfg.seed * 100_003 + server_round, proximal_mu=proximal_mu,
             num_threads=cfg.num_threads or None,
@@ -198,7 +199,7 @@ class SiteNode:
         results = {}
         for split in ("valid", "test"):
             data = TaskData.from_store(self.store, model.spec, self.rows(cfg, split), trainable_only=False)
-            results[split] = evaluate(model, data, device=cfg.device)
+            results[split] = evaluate(model, data, device=cfg.device, thresholds=cfg.eval_thresholds)
         names = self._task_labels(model.spec)
         task_metrics = {split: {names.get(t, t): m for t, m in r.per_task.items()} for split, r in results.items()}
         summary: dict[str, Any] = {}

@@ -35,6 +35,7 @@ class FederationConfig:
     local_epochs: int = 1
     optimizer: str = "sgd"
     lr: float = 0.05
+    lr_decay: float = 1.0  # local lr in server round r (1-based) is lr * lr_decay ** (r - 1)
     momentum: float = 0.9
     weight_decay: float = 0.0
     batch_size: int = 128
@@ -52,6 +53,10 @@ class FederationConfig:
     # Data on the sites.
     test_fold: int = 0
     valid_fold: int = 1
+    # A task is scored (valid/test fold, at a site) when that fold holds at least this many
+    # positives and negatives (classification) or exact values (regression). 25 follows
+    # SparseChem's AUC rule; MELLODDY's per-fold evaluation quorum is 10.
+    eval_min_labels: int = 25
     sim_store_dir: str = ""  # simulation only: site stores are sim_store_dir/site-<partition-id>
     # Tracking, checkpoints, registry.
     output_dir: str = "~/.fedmol/server"  # checkpoints and the default MLflow store live here
@@ -96,6 +101,10 @@ class FederationConfig:
             raise ConfigError("min-sites must be at least 1")
         if self.optimizer not in ("sgd", "adam"):
             raise ConfigError(f"optimizer {self.optimizer!r} is not one of ('sgd', 'adam')")
+        if not 0 < self.lr_decay <= 1:
+            raise ConfigError("lr-decay must be in (0, 1]")
+        if self.eval_min_labels < 1:
+            raise ConfigError("eval-min-labels must be at least 1")
         if self.test_fold == self.valid_fold:
             raise ConfigError("test-fold and valid-fold must differ")
         self.hidden_sizes  # noqa: B018 - parses and raises on a bad value
@@ -129,6 +138,14 @@ class FederationConfig:
         if len(set(names)) != len(names):
             raise ConfigError(f"consortium-tasks lists a task twice: {names}")
         return out
+
+    @property
+    def eval_thresholds(self):  # noqa: ANN201 - models.metrics.MetricThresholds
+        """The metric thresholds of ``eval-min-labels`` (same for every site and every baseline)."""
+        from models.metrics import MetricThresholds
+
+        n = self.eval_min_labels
+        return MetricThresholds(min_pos=n, min_neg=n, min_points=n)
 
     @property
     def output_path(self) -> Path:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
@@ -21,6 +22,9 @@ import scipy.sparse as sp
 from datasets.store import SiteStore, TaskInfo
 from fedmol.config import FederationConfig
 from models.report import GainTable
+
+if TYPE_CHECKING:
+    from models.training import TrainConfig
 
 SEP = "::"  # pooled private task name: "<site>::<task>"
 
@@ -31,8 +35,22 @@ def _splits(store: SiteStore, cfg: FederationConfig) -> dict[str, np.ndarray]:
             "valid": np.flatnonzero(f == cfg.valid_fold), "test": np.flatnonzero(f == cfg.test_fold)}
 
 
+def federation_recipe(cfg: FederationConfig, epochs: int, patience: int | None = 5,
+                      monitor: str = "loss") -> TrainConfig:
+    """The sites' own local-training recipe (optimizer, lr, momentum, batch size, weight decay;
+    constant lr as in `client.site.SiteNode.train_round`) for ``epochs`` epochs, with early
+    stopping on the validation fold: the same optimiser a federation uses, for a baseline."""
+    from models.training import TrainConfig
+
+    return TrainConfig(epochs=epochs, batch_size=cfg.batch_size, lr=cfg.lr, optimizer=cfg.optimizer,  # type: ignore[arg-type]
+                       momentum=cfg.momentum, weight_decay=cfg.weight_decay, lr_step_epoch=10**6, lr_gamma=1.0,
+                       patience=patience, monitor=monitor, seed=cfg.seed, device=cfg.device,  # type: ignore[arg-type]
+                       num_threads=cfg.num_threads or None)
+
+
 def _train_and_test(store: SiteStore, consortium: list[tuple[str, str]], cfg: FederationConfig, epochs: int,
-                    test_sets: Mapping[str, tuple[SiteStore, Callable[[str], str | None]]]) -> dict[str, dict]:
+                    test_sets: Mapping[str, tuple[SiteStore, Callable[[str], str | None]]],
+                    recipe: TrainConfig | None = None) -> dict[str, dict]:
     """Train one model on ``store`` and return site -> task -> metrics on each test store."""
     from models.data import TaskData
     from models.network import MultiTaskNet
@@ -48,13 +66,14 @@ def _train_and_test(store: SiteStore, consortium: list[tuple[str, str]], cfg: Fe
     train = TaskData.from_store(store, spec, split["train"])
     valid = TaskData.from_store(store, spec, split["valid"])
     fit_target_scaling(model, train, [h.name for h in spec.heads if h.kind == "regression"])
-    tc = TrainConfig(epochs=epochs, lr=1e-3, optimizer="adam", patience=5, monitor="loss", seed=cfg.seed,
-                     device=cfg.device, num_threads=cfg.num_threads or None, lr_step_epoch=max(epochs // 2, 1))
+    tc = recipe or TrainConfig(epochs=epochs, lr=1e-3, optimizer="adam", patience=5, monitor="loss", seed=cfg.seed,
+                               device=cfg.device, num_threads=cfg.num_threads or None,
+                               lr_step_epoch=max(epochs // 2, 1))
     train_epochs(model, train, tc, valid=valid)
     out: dict[str, dict] = {}
     for site, (test_store, rename) in test_sets.items():
         test = _aligned(test_store, spec, rename, _splits(test_store, cfg)["test"])
-        per_task = evaluate(model, test, device=cfg.device).per_task
+        per_task = evaluate(model, test, device=cfg.device, thresholds=cfg.eval_thresholds).per_task
         out[site] = {name: m for t, m in per_task.items() if (name := _back(t, site)) is not None}
     return out
 
@@ -102,21 +121,27 @@ def pooled_store(stores: Mapping[str, SiteStore], consortium: list[tuple[str, st
 
 
 def train_baselines(store_paths: Mapping[str, Path], cfg: FederationConfig, *, epochs: int = 25,
-                    dataset: str | None = None, on_model: Callable[[str], None] | None = None) -> GainTable:
-    """Local-only (per site) and pooled models, each tested on every site's test fold."""
+                    dataset: str | None = None, on_model: Callable[[str], None] | None = None,
+                    recipe: TrainConfig | None = None) -> GainTable:
+    """Local-only (per site) and pooled models, each tested on every site's test fold.
+
+    Default recipe: Adam lr 1e-3, <= ``epochs`` epochs, lr x0.3 at half-way, early stopping on the
+    validation loss (patience 5). ``recipe`` replaces it (e.g. `federation_recipe`); ``epochs`` is
+    then ignored. Tasks are scored with ``cfg.eval_thresholds`` (run-config ``eval-min-labels``).
+    """
     stores = {site: SiteStore.load(p) for site, p in store_paths.items()}
     consortium = cfg.consortium_task_list
     shared = {n for n, _ in consortium}
     table = GainTable(dataset or cfg.table_name, "score")
     for site, store in stores.items():
-        res = _train_and_test(store, consortium, cfg, epochs, {site: (store, lambda n: n)})
+        res = _train_and_test(store, consortium, cfg, epochs, {site: (store, lambda n: n)}, recipe)
         table.add("local", site, {t: _score(m) for t, m in res[site].items()})
         if on_model:
             on_model(f"local:{site}")
     pooled = pooled_store(stores, consortium)
     tests = {site: (store, (lambda n, s=site: n if n in shared else f"{s}{SEP}{n}"))
              for site, store in stores.items()}
-    res = _train_and_test(pooled, consortium, cfg, epochs, tests)
+    res = _train_and_test(pooled, consortium, cfg, epochs, tests, recipe)
     for site, per_task in res.items():
         table.add("pooled", site, {t: _score(m) for t, m in per_task.items()})
     if on_model:
