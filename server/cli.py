@@ -11,14 +11,18 @@ import typer
 def register(app: typer.Typer) -> None:
     app.command("demo")(demo)
     app.command("simulate")(simulate)
+    from server.score_cli import score
+
+    app.command("score")(score)
 
 
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for stores, MLflow, checkpoints and tables (recreated).")] = Path(
         "fedmol-demo"),
-    rounds: Annotated[int, typer.Option(min=1, help="Federation rounds.")] = 8,
-    local_epochs: Annotated[int, typer.Option(min=1, help="Epochs each site trains per round.")] = 2,
-    n_bits: Annotated[int, typer.Option(help="Fingerprint size (bits).")] = 32768,
+    rounds: Annotated[int, typer.Option(min=1, help="Federation rounds.")] = 15,
+    local_epochs: Annotated[int, typer.Option(min=1, help="Epochs each site trains per round.")] = 3,
+    radius: Annotated[int, typer.Option(help="Morgan radius of the fingerprint (2 = ECFP4).")] = 2,
+    n_bits: Annotated[int, typer.Option(help="Fingerprint size (bits).")] = 2048,
     hidden: Annotated[str, typer.Option(help="Trunk layer sizes, comma-separated.")] = "400",
     seed: Annotated[int, typer.Option(help="Seed of site splits, model init and shuffling.")] = 0,
 ) -> None:
@@ -32,7 +36,8 @@ def demo(
     """
     from server.demo import DemoOptions, run_demo
 
-    run_demo(DemoOptions(out=out, rounds=rounds, local_epochs=local_epochs, n_bits=n_bits, hidden=hidden, seed=seed))
+    run_demo(DemoOptions(out=out, rounds=rounds, local_epochs=local_epochs, radius=radius, n_bits=n_bits,
+                         hidden=hidden, seed=seed))
 
 
 def simulate(

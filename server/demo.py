@@ -32,9 +32,12 @@ CONSORTIUM_TASKS = "logS:regression"
 @dataclass(frozen=True)
 class DemoOptions:
     out: Path = Path("fedmol-demo")
-    rounds: int = 8
-    local_epochs: int = 2
-    n_bits: int = 32768
+    rounds: int = 15
+    local_epochs: int = 3
+    batch_size: int = 32  # sites hold a few hundred compounds: small batches give enough local steps
+    head_epochs: int = 3
+    radius: int = 2
+    n_bits: int = 2048  # a small consortium of small sets: ECFP4 at 2,048 bits (see README)
     hidden: str = "400"
     seed: int = 0
     baseline_epochs: int = 25
@@ -72,7 +75,7 @@ def prepare_sites(opts: DemoOptions, key_path: Path, progress: Any = None) -> di
         out = opts.out / "sites" / f"site-{i}"
         settings = PrepareSettings(
             table=TableSpec(smiles_col="smiles", task_cols=tuple(c for c in frame.columns if c != "smiles")),
-            featurize=FeaturizeSettings(n_bits=opts.n_bits),
+            featurize=FeaturizeSettings(radius=opts.radius, n_bits=opts.n_bits),
         )
         result = prepare_frame(frame.reset_index(drop=True), key, None, settings, workers=1, progress=False,
                                source=f"embedded:{site}")
@@ -113,6 +116,7 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
 
         cfg = FederationConfig(
             num_server_rounds=opts.rounds, min_sites=len(SITES), local_epochs=opts.local_epochs,
+            batch_size=opts.batch_size, head_epochs=opts.head_epochs,
             n_bits=opts.n_bits, hidden=opts.hidden, consortium_tasks=CONSORTIUM_TASKS, seed=opts.seed,
             sim_store_dir=str(out / "sites"), output_dir=str(out / "server"), table_name="demo",
             report_task_names=True, experiment="fedmol-demo", model_name="fedmol-demo",
