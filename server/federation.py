@@ -105,7 +105,8 @@ def run_federation(grid: Grid, context: Context) -> dict[str, Any]:
                       meta={"federation_id": federation_id, "rounds": cfg.num_server_rounds,
                             "reference_hash": strategy.expected_fingerprint,
                             "key_fingerprint": strategy.key_fingerprint,
-                            "prep_settings": _prep_settings(strategy)})
+                            "prep_settings": _prep_settings(strategy),
+                            "run_config": cfg.to_run_config()})
     outputs["model_dir"] = str(model_dir)
     if cfg.register_model:
         from server.registry import register_model
