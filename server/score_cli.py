@@ -1,16 +1,26 @@
-"""`fedmol score`: a file of candidate molecules in, predictions with uncertainty out (streamed)."""
+"""`fedmol score`: a file of candidate molecules in, predictions with uncertainty out (streamed).
+
+Chunks of the input are read, scored (in this process or a pool of worker processes, order
+kept) and appended to the output, so memory stays flat however large the input is.
+"""
 
 from __future__ import annotations
 
 import gzip
+import io
+import os
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import pandas as pd
 import typer
 
 from fedmol.errors import InputError
+
+CHUNK_COLUMNS = ["line", "id", "smiles", "pre_reject"]
 
 
 def resolve_model_dir(model: str, tracking_uri: str | None) -> Path:
@@ -20,7 +30,12 @@ def resolve_model_dir(model: str, tracking_uri: str | None) -> Path:
 
         if tracking_uri:
             mlflow.set_tracking_uri(tracking_uri)
-        local = Path(mlflow.artifacts.download_artifacts(model))
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(model))
+        except Exception as exc:  # MlflowException and friends: say which model and where
+            msg = str(exc).splitlines()[0][:200]
+            raise InputError(f"cannot load {model} from the registry ({msg}): check the name/version and "
+                             "--tracking-uri (or $MLFLOW_TRACKING_URI)") from None
         found = [p.parent for p in local.rglob("spec.json")]
         if not found:
             raise InputError(f"{model} is not a fedmol model (no spec.json in its artifacts)")
@@ -31,30 +46,92 @@ def resolve_model_dir(model: str, tracking_uri: str | None) -> Path:
     return path
 
 
+def _open_text(path: Path) -> io.TextIOBase:
+    if path.name.lower().endswith(".gz"):
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", errors="replace")
+    return open(path, encoding="utf-8", errors="replace")  # noqa: SIM115
+
+
 def read_chunks(path: Path, smiles_col: str, id_col: str | None, chunk_size: int) -> Iterator[pd.DataFrame]:
-    """Chunks with columns line, id, smiles. CSV/TSV (header) or .smi (SMILES [id]), gzip allowed."""
-    name = path.name.lower().removesuffix(".gz")
+    """Chunks with columns line, id, smiles, pre_reject (a reason known while reading, else "").
+
+    CSV/TSV (header line; ``line`` is the physical line, blank lines are records with no SMILES),
+    .smi (SMILES [id] per line), SDF (``line`` is the 1-based record index, id the title line or
+    the property ``id_col``); gzip allowed.
+    """
+    from datasets.readers import sniff_format
+
     if not path.exists():
         raise InputError(f"input file {path} not found")
-    if name.endswith(".smi"):
-        opener = gzip.open if path.name.lower().endswith(".gz") else open
-        with opener(path, "rt") as fh:  # type: ignore[operator]
-            rows: list[tuple[int, str, str]] = []
-            for i, line in enumerate(fh, start=1):
-                parts = line.strip().split()
-                if not parts:
-                    rows.append((i, "", ""))
-                else:
-                    rows.append((i, parts[1] if len(parts) > 1 else str(i), parts[0]))
+    if path.is_dir():
+        raise InputError(f"{path} is a folder: pass a CSV, TSV, SDF or .smi file")
+    fmt = sniff_format(path)
+    if fmt == "smi":
+        yield from _read_smi(path, chunk_size)
+    elif fmt == "sdf":
+        yield from _read_sdf(path, id_col, chunk_size)
+    else:
+        yield from _read_delimited(path, "," if fmt == "csv" else "\t", smiles_col, id_col, chunk_size)
+
+
+def _frame(rows: list[tuple[int, str, str, str]]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=CHUNK_COLUMNS)
+
+
+def _read_smi(path: Path, chunk_size: int) -> Iterator[pd.DataFrame]:
+    with _open_text(path) as fh:
+        rows: list[tuple[int, str, str, str]] = []
+        for i, line in enumerate(fh, start=1):
+            parts = line.strip().split(maxsplit=1)
+            if i == 1 and parts and parts[0].lower() in ("smiles", "smi"):
+                continue  # a header line
+            rows.append((i, parts[1] if len(parts) > 1 else str(i), parts[0] if parts else "", ""))
+            if len(rows) == chunk_size:
+                yield _frame(rows)
+                rows = []
+        if rows:
+            yield _frame(rows)
+
+
+def _read_sdf(path: Path, id_col: str | None, chunk_size: int) -> Iterator[pd.DataFrame]:
+    from rdkit import RDLogger
+
+    from datasets.readers import _sdf_record
+
+    RDLogger.DisableLog("rdApp.*")
+    rows: list[tuple[int, str, str, str]] = []
+    n = 0
+
+    def record(text: str) -> tuple[int, str, str, str]:
+        rec = _sdf_record(text)
+        ident = str(rec.get(id_col, "")) if id_col else str(rec.get("_Name", ""))
+        return (n, ident or str(n), str(rec["smiles"]), str(rec["pre_reject"]))
+
+    with _open_text(path) as fh:
+        block: list[str] = []
+        for raw in fh:
+            if raw.startswith("$$$$"):
+                n += 1
+                rows.append(record("".join(block)))
+                block = []
                 if len(rows) == chunk_size:
-                    yield pd.DataFrame(rows, columns=["line", "id", "smiles"])
+                    yield _frame(rows)
                     rows = []
-            if rows:
-                yield pd.DataFrame(rows, columns=["line", "id", "smiles"])
-        return
-    sep = "\t" if name.endswith((".tsv", ".tab")) else ","
+            else:
+                block.append(raw)
+        if "".join(block).strip():
+            n += 1
+            rows.append(record("".join(block)))
+    if rows:
+        yield _frame(rows)
+
+
+def _read_delimited(path: Path, sep: str, smiles_col: str, id_col: str | None,
+                    chunk_size: int) -> Iterator[pd.DataFrame]:
     try:
-        reader = pd.read_csv(path, sep=sep, chunksize=chunk_size, dtype=str, keep_default_na=False)
+        # Blank lines are kept (as empty records) so that ``line`` stays the physical line number.
+        reader = pd.read_csv(path, sep=sep, chunksize=chunk_size, dtype=str, keep_default_na=False,
+                             skip_blank_lines=False)
     except pd.errors.EmptyDataError as exc:
         raise InputError(f"{path} is empty") from exc
     first_line = 2
@@ -63,73 +140,146 @@ def read_chunks(path: Path, smiles_col: str, id_col: str | None, chunk_size: int
         if smiles_col.lower() not in cols:
             raise InputError(f"{path}: no column {smiles_col!r}; columns are {list(chunk.columns)} "
                              "(choose one with --smiles-col)")
-        sc = cols[smiles_col.lower()]
-        ids = chunk[cols[id_col.lower()]] if id_col and id_col.lower() in cols else None
-        lines = range(first_line, first_line + len(chunk))
+        if id_col and id_col.lower() not in cols:
+            raise InputError(f"{path}: no id column {id_col!r}; columns are {list(chunk.columns)}")
+        lines = list(range(first_line, first_line + len(chunk)))
         first_line += len(chunk)
-        yield pd.DataFrame({"line": list(lines), "id": ids.tolist() if ids is not None else [str(x) for x in lines],
-                            "smiles": chunk[sc].tolist()})
+        ids = chunk[cols[id_col.lower()]].fillna("").tolist() if id_col else [str(x) for x in lines]
+        yield pd.DataFrame({"line": lines, "id": ids, "smiles": chunk[cols[smiles_col.lower()]].fillna("").tolist(),
+                            "pre_reject": ""})
+
+
+# -- scoring chunks, in this process or in a pool ---------------------------------------------
+_WORKER_SCORER: Any = None
+
+
+def _init_worker(scorer: Any) -> None:
+    import torch
+
+    global _WORKER_SCORER
+    torch.set_num_threads(1)  # one core per worker: the pool is the parallelism
+    _WORKER_SCORER = scorer
+
+
+def score_chunk(scorer: Any, chunk: pd.DataFrame) -> pd.DataFrame:
+    """The scorer's frame for one chunk with line and id first; pre-rejected rows keep their reason."""
+    smiles = [s if not r else "" for s, r in zip(chunk["smiles"], chunk["pre_reject"], strict=True)]
+    res = scorer.score(smiles)
+    pre = chunk["pre_reject"].to_numpy()
+    if (pre != "").any():
+        res.loc[pre != "", "error"] = pre[pre != ""]
+        res.loc[pre != "", "smiles"] = chunk["smiles"].to_numpy()[pre != ""]
+    res.insert(0, "id", chunk["id"].to_numpy())
+    res.insert(0, "line", chunk["line"].to_numpy())
+    return res
+
+
+def _score_in_worker(chunk: pd.DataFrame) -> pd.DataFrame:
+    return score_chunk(_WORKER_SCORER, chunk)
+
+
+def scored_chunks(scorer: Any, chunks: Iterator[pd.DataFrame], workers: int) -> Iterator[pd.DataFrame]:
+    """Scored chunks in input order; with workers > 1 over a process pool, a bounded number in flight."""
+    if workers <= 1:
+        for chunk in chunks:
+            yield score_chunk(scorer, chunk)
+        return
+    import multiprocessing
+
+    # spawn, not fork: torch's OpenMP pool (used by this process) is not fork-safe.
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+                             initargs=(scorer,)) as pool:
+        pending: deque[Future[pd.DataFrame]] = deque()
+        for chunk in chunks:
+            pending.append(pool.submit(_score_in_worker, chunk))
+            if len(pending) >= 2 * workers:  # memory: at most 2 chunks per worker in flight
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def score(
-    input: Annotated[Path, typer.Argument(help="CSV/TSV with a SMILES column, or .smi; gzip allowed.")],
+    input: Annotated[Path, typer.Argument(help="CSV/TSV with a SMILES column, .smi or SDF; gzip allowed.")],
     model: Annotated[str, typer.Option(help="A model folder or models:/NAME/VERSION from the registry.")],
     out: Annotated[Path, typer.Option(help="Predictions: .csv or .parquet.")],
     key_file: Annotated[Path | None, typer.Option(help="Consortium key file (default: $FEDMOL_KEY_FILE).")] = None,
-    smiles_col: Annotated[str, typer.Option(help="Name of the SMILES column.")] = "smiles",
-    id_col: Annotated[str | None, typer.Option(help="Column holding compound ids (default: the line number).")] = None,
+    site_store: Annotated[Path | None, typer.Option(
+        help="Your site store: score with the shared trunk plus your private heads too, calibrated "
+             "(conformal) on the store's validation fold. Nothing leaves the site.")] = None,
+    smiles_col: Annotated[str, typer.Option(help="Name of the SMILES column (CSV/TSV).")] = "smiles",
+    id_col: Annotated[str | None, typer.Option(
+        help="Column (CSV/TSV) or SDF property holding compound ids (default: line number; SDF title).")] = None,
     rejects: Annotated[Path | None, typer.Option(help="Rows that could not be scored (default: OUT.rejects.csv).")] = None,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI for models:/ URIs.")] = None,
-    chunk_size: Annotated[int, typer.Option(min=1, help="Molecules per chunk (memory stays flat).")] = 5000,
+    chunk_size: Annotated[int, typer.Option(min=1, help="Molecules per chunk (memory stays flat).")] = 2000,
+    workers: Annotated[int, typer.Option(min=0, help="Worker processes over chunks, order kept (0: all cores).")] = 1,
     mc_samples: Annotated[int, typer.Option(min=0, help="MC-dropout passes for the uncertainty (0: none).")] = 20,
+    confidence: Annotated[float, typer.Option(help="Confidence of the conformal regression intervals.")] = 0.8,
+    standardize: Annotated[str, typer.Option(
+        help="'model': standardise as the model's sites did (faithful, slow: tautomer canonicalisation); "
+             "'off': skip it, only for inputs already standardised by fedmol (e.g. canonical SMILES it wrote).")
+    ] = "model",
 ) -> None:
-    """Score candidate molecules with a shared model: per task a prediction and its MC-dropout std.
+    """Score candidate molecules: per task a prediction, its MC-dropout std and, when calibrated,
+    the conformal p-values (classification) or interval (regression).
 
-    Rows that cannot be scored (empty or unparsable SMILES, too large) go to the rejects file with
-    their line number and reason; every other row is scored: scored + rejected = read.
+    Output columns: line, id, smiles, canonical_smiles, then per task T: T (P(active), or the value
+    in the task's units), T_std, T_p0/T_p1 or T_lower/T_upper. The shared model has no calibration
+    data; with --site-store the site's full model (shared + private heads) is calibrated on its
+    validation fold. Rows that cannot be scored (empty or unparsable SMILES, unreadable SDF records,
+    too large) go to the rejects file with their line and reason: scored + rejected = read.
 
-    Example: fedmol score candidates.csv --model models:/fedmol-shared/3 --key-file consortium.key --out preds.csv
+    Example: fedmol score candidates.sdf --model models:/fedmol-shared/3 --key-file consortium.key --out preds.parquet
     """
     from rich.console import Console
-    from rich.progress import Progress
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from server.scoring import Scorer, resolve_key
 
     if out.suffix not in (".csv", ".parquet"):
         raise InputError(f"--out {out}: use a .csv or .parquet file name")
-    scorer = Scorer(resolve_model_dir(model, tracking_uri), resolve_key(key_file), mc_samples=mc_samples)
+    if standardize not in ("model", "off"):
+        raise InputError(f"--standardize {standardize!r}: use 'model' or 'off'")
+    workers = workers or (os.cpu_count() or 1)
+    scorer = Scorer(resolve_model_dir(model, tracking_uri), resolve_key(key_file), mc_samples=mc_samples,
+                    site_store=site_store, confidence=confidence,
+                    standardize=None if standardize == "model" else False)
+    err = Console(stderr=True)
+    err.print(scorer.calibration_note, highlight=False)
     rejects = rejects or out.with_name(out.name + ".rejects.csv")
     n_read = n_scored = n_rejected = 0
-    writer = _Writer(out)
+    writer = _Writer(out, ["line", "id", "smiles", "canonical_smiles", *scorer.columns])
     try:
-        with Progress(console=Console(stderr=True), transient=True) as progress:
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err,
+                      transient=True) as progress:
             task = progress.add_task("scoring", total=None)
-            for chunk in read_chunks(input, smiles_col, id_col, chunk_size):
-                res = scorer.score(chunk["smiles"].tolist())
-                res.insert(0, "id", chunk["id"].to_numpy())
-                res.insert(0, "line", chunk["line"].to_numpy())
+            for res in scored_chunks(scorer, read_chunks(input, smiles_col, id_col, chunk_size), workers):
                 bad = res["error"] != ""
                 bad_rows = res.loc[bad, ["line", "id", "smiles", "error"]].rename(columns={"error": "reason"})
                 bad_rows.to_csv(rejects, mode="a" if n_read else "w", header=not n_read, index=False)
                 writer.write(res.loc[~bad].drop(columns=["error"]))
-                n_read += len(chunk)
+                n_read += len(res)
                 n_scored += int((~bad).sum())
                 n_rejected += int(bad.sum())
-                progress.update(task, advance=len(chunk), description=f"scored {n_read:,} molecules")
+                elapsed = progress.tasks[0].elapsed or 1e-9
+                progress.update(task, advance=len(res), description=(
+                    f"scored {n_read:,} molecules ({n_read / elapsed:,.0f}/s)"))
     finally:
         writer.close()
     if n_read == 0:
         raise InputError(f"{input} holds no molecules")
     assert n_scored + n_rejected == n_read
-    Console(stderr=True).print(f"read {n_read:,}, scored {n_scored:,} -> {out}, rejected {n_rejected:,} -> {rejects}")
+    err.print(f"read {n_read:,}, scored {n_scored:,} -> {out}, rejected {n_rejected:,} -> {rejects}")
 
 
 class _Writer:
     """Appends chunks to a CSV or a Parquet file, so memory does not grow with the input."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, columns: list[str]) -> None:
         self.path = path
-        self._parquet = None
+        self.columns = columns
+        self._parquet: Any = None
         self._started = False
 
     def write(self, frame: pd.DataFrame) -> None:
@@ -146,5 +296,9 @@ class _Writer:
         self._started = True
 
     def close(self) -> None:
+        if not self._started:  # no scored row: still an output file, with the header
+            frame = pd.DataFrame({c: pd.Series(dtype="float64" if i >= 4 else "object")
+                                  for i, c in enumerate(self.columns)})
+            self.write(frame)
         if self._parquet is not None:
             self._parquet.close()

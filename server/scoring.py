@@ -3,21 +3,50 @@
 The same preparation as at the sites (standardisation, then the key-permuted fingerprint) so
 the model sees molecules exactly as in training. Molecules that cannot be prepared are returned
 with their reason in ``error`` and empty predictions: none is dropped.
+
+Two models can score:
+
+* the **shared model** (trunk + consortium heads) as registered by the federation. It carries no
+  calibration data (no structure or label ever reaches the server), so it gives MC-dropout
+  standard deviations but no conformal p-values or intervals;
+* a **site's full model** (`Scorer(..., site_store=STORE)`): the shared trunk and consortium
+  heads plus the site's private heads from ``<store>/federations/<federation-id>/``, split-conformal
+  calibrated on the store's validation fold (``valid-fold`` of the federation's run config), so
+  every task with enough validation labels gets p-values (classification) or intervals
+  (regression). Nothing leaves the site: the store and the heads are read locally.
+
+Output columns, per task ``T`` (in spec order):
+
+* ``T``: P(active) for classification, the value in the task's own units for regression;
+* ``T_std``: MC-dropout standard deviation (when ``mc_samples`` > 0);
+* classification, calibrated: ``T_p0``/``T_p1``, the Mondrian conformal p-values of the classes
+  inactive/active (a class is in the prediction set at confidence c when its p-value > 1 - c);
+* regression, calibrated: ``T_lower``/``T_upper``, the split-conformal interval at ``confidence``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from fedmol.errors import ConfigError, InputError
 
+__all__ = ["KEY_ENV", "NO_CALIBRATION_NOTE", "PreparedBlock", "Scorer", "TaskInfo", "model_summary",
+           "resolve_key"]
+
 KEY_ENV = "FEDMOL_KEY_FILE"
+DEFAULT_MC_SAMPLES = 20
+NO_CALIBRATION_NOTE = (
+    "no conformal calibration: the shared model carries no calibration data (no structure or label "
+    "leaves a site); give --site-store to calibrate on your store's validation fold"
+)
 
 
 def resolve_key(key_file: str | os.PathLike[str] | None) -> bytes:
@@ -33,19 +62,65 @@ def resolve_key(key_file: str | os.PathLike[str] | None) -> bytes:
     return load_key(path)
 
 
-class Scorer:
-    """A loaded shared model plus the preparation settings it was trained with."""
+@dataclass(frozen=True)
+class TaskInfo:
+    """One output task: its kind, whether its head is shared (consortium) or private, calibrated."""
 
-    def __init__(self, model_dir: str | Path, key: bytes, *, mc_samples: int = 20) -> None:
+    name: str
+    kind: str  # classification | regression
+    scope: str  # consortium | private
+    calibrated: bool
+
+    def columns(self, mc: bool) -> list[str]:
+        cols = [self.name] + ([f"{self.name}_std"] if mc else [])
+        if self.calibrated:
+            cols += [f"{self.name}_p0", f"{self.name}_p1"] if self.kind == "classification" else [
+                f"{self.name}_lower", f"{self.name}_upper"]
+        return cols
+
+
+@dataclass
+class PreparedBlock:
+    """n SMILES after standardisation and featurisation (the RDKit part of scoring).
+
+    canonical, errors: (n,) lists ("" where not applicable); ok: (n_ok,) indices of the rows of X;
+    X: (n_ok, n_features) float32 CSR in the key-permuted feature space.
+    """
+
+    smiles: list[str]
+    canonical: list[str]
+    errors: list[str]
+    ok: np.ndarray
+    X: sp.csr_matrix
+
+
+class Scorer:
+    """A loaded model plus the preparation settings it was trained with.
+
+    model_dir: a model folder (spec.json, weights.pt, meta.json), e.g. the federation's shared model.
+    key: the consortium key (checked against the model's key fingerprint).
+    mc_samples: MC-dropout passes for ``T_std`` (0: one deterministic pass, no std).
+    site_store: score with this site's full model (shared + private heads), calibrated on its
+        validation fold. standardize: None = as the model was trained (the only faithful choice);
+        False skips standardisation (faithful only when inputs are already standardised alike).
+    """
+
+    def __init__(self, model_dir: str | Path, key: bytes, *, mc_samples: int = DEFAULT_MC_SAMPLES,
+                 site_store: str | Path | None = None, confidence: float = 0.8,
+                 standardize: bool | None = None, seed: int = 0) -> None:
         from datasets.featurize import FeaturizeSettings, bit_permutation
         from datasets.keys import key_fingerprint
         from datasets.standardize import StandardizeSettings
-        from models.io import load_model
+        from models.io import load_calibration, load_model
 
-        self.model, self.meta = load_model(Path(model_dir))
-        self.model.eval()
+        if not 0 < confidence < 1:
+            raise InputError(f"confidence must be between 0 and 1, not {confidence}")
+        self.model_dir = Path(model_dir)
+        self.model, self.meta = load_model(self.model_dir)
         prep: dict[str, Any] = self.meta.get("prep_settings") or {}
         self.standardize = StandardizeSettings(**prep.get("standardize", {}))
+        if standardize is not None and standardize != self.standardize.enabled:
+            self.standardize = StandardizeSettings(**{**self.standardize.to_dict(), "enabled": standardize})
         self.featurize = FeaturizeSettings(**prep.get("featurize", {"n_bits": self.model.spec.n_features}))
         if self.featurize.n_features != self.model.spec.n_features:
             raise ConfigError(
@@ -57,46 +132,164 @@ class Scorer:
                              f"(fingerprint {key_fingerprint(key)} != {expected})")
         self.permutation = bit_permutation(key, self.featurize.n_bits)
         self.mc_samples = mc_samples
+        self.confidence = confidence
+        self.seed = seed
+        self.site: str | None = None
+        self.calibration = load_calibration(self.model_dir)
+        if site_store is not None:
+            self._load_site(Path(site_store), key_fingerprint(key))
+        self._standardizer: Any = None
+        self._featurizer: Any = None
+
+    # -- the site's full model ----------------------------------------------------------------
+    def _load_site(self, store_path: Path, key_fp: str) -> None:
+        """Shared weights from the model folder + private heads from the store; calibrate on valid."""
+        import torch
+
+        from client.site import SiteNode
+        from fedmol.config import FederationConfig
+        from models.data import TaskData
+        from models.network import MultiTaskNet
+        from models.uncertainty import calibrate
+
+        run_config = self.meta.get("run_config")
+        federation_id = self.meta.get("federation_id")
+        if not run_config or not federation_id:
+            raise InputError(f"{self.model_dir} has no run_config/federation_id in meta.json: --site-store "
+                             "needs a model written by a federation (server/federations/<id>/model)")
+        cfg = FederationConfig.from_run_config(run_config)
+        node = SiteNode(store_path)
+        store_fp = node.store.settings.get("key_fingerprint")
+        if store_fp and store_fp != key_fp:
+            raise InputError(f"the site store {store_path} was prepared with another key "
+                             f"(fingerprint {store_fp} != {key_fp})")
+        heads_path = node.private_dir(str(federation_id)) / "private_heads.pt"
+        spec = node.spec(cfg)
+        model = MultiTaskNet(spec)
+        model.load_shared_state_dict(self.model.shared_state_dict())
+        if model.private_head_names():
+            if not heads_path.exists():
+                raise InputError(f"no private heads for federation {federation_id} in {store_path} "
+                                 f"(expected {heads_path}): did this site take part in that federation?")
+            model.load_private_state_dict(torch.load(heads_path, weights_only=True))
+        model.eval()
+        self.model = model
+        self.site = node.name
+        valid = TaskData.from_store(node.store, spec, node.rows(cfg, "valid"), trainable_only=False)
+        self.calibration = calibrate(model, valid, fold=cfg.valid_fold) if valid.n else None
+
+    # -- views --------------------------------------------------------------------------------
+    @property
+    def tasks(self) -> list[TaskInfo]:
+        cal = self.calibration
+        out = []
+        for h in self.model.spec.heads:
+            for t in h.tasks:
+                calibrated = cal is not None and (t in cal.classifiers if h.kind == "classification"
+                                                  else t in cal.regressors)
+                out.append(TaskInfo(t, h.kind, "consortium" if h.shared else "private", calibrated))
+        return out
 
     @property
-    def tasks(self) -> list[tuple[str, str]]:
-        return [(t, h.kind) for h in self.model.spec.heads for t in h.tasks]
+    def columns(self) -> list[str]:
+        """Output columns after smiles, canonical_smiles, error."""
+        return [c for t in self.tasks for c in t.columns(self.mc_samples > 0)]
 
-    def score(self, smiles: list[str]) -> pd.DataFrame:
-        """One row per input SMILES: canonical_smiles, error, and per task value and std."""
+    @property
+    def calibration_note(self) -> str:
+        if self.calibration is None:
+            return NO_CALIBRATION_NOTE
+        fold = self.calibration.fold
+        where = f"the site store's validation fold {fold}" if self.site else f"fold {fold} of the training data"
+        return (f"split-conformal calibration on {where}: p-values for classification, "
+                f"{self.confidence:.0%} intervals for regression")
+
+    # -- scoring ------------------------------------------------------------------------------
+    def prepare(self, smiles: list[str]) -> PreparedBlock:
+        """Standardise and featurise; rejected molecules keep their reason in ``errors``."""
         from rdkit import Chem
 
         from datasets.featurize import Featurizer
         from datasets.standardize import MoleculeReject, Standardizer
-        from models.training import predict
 
-        std = Standardizer(self.standardize)
-        feat = Featurizer(self.featurize, self.permutation)
-        canonical: list[str] = [""] * len(smiles)
-        errors: list[str] = [""] * len(smiles)
+        if self._standardizer is None:  # built once: RDKit's standardisation helpers are costly
+            self._standardizer = Standardizer(self.standardize)
+            self._featurizer = Featurizer(self.featurize, self.permutation)
+        std, feat, to_smiles = self._standardizer, self._featurizer, Chem.MolToSmiles
+        n = len(smiles)
+        canonical = [""] * n
+        errors = [""] * n
         ok: list[int] = []
         for i, s in enumerate(smiles):
             try:
-                mol = std.from_smiles(str(s) if s is not None else "")
+                mol = std.from_smiles(s if isinstance(s, str) else "")
             except MoleculeReject as exc:
                 errors[i] = exc.reason
                 continue
-            canonical[i] = Chem.MolToSmiles(mol)
+            canonical[i] = to_smiles(mol)
             feat.add(mol)
             ok.append(i)
-        out = pd.DataFrame({"smiles": smiles, "canonical_smiles": canonical, "error": errors})
         X = feat.finish().to_csr(self.featurize.n_features)
-        for task, _kind in self.tasks:
-            out[task] = np.nan
-            out[f"{task}_std"] = np.nan
-        if ok:
-            preds = predict(self.model, X, mc_samples=self.mc_samples, seed=0)
-            rows = np.asarray(ok)
-            for task, _kind in self.tasks:
-                out.loc[rows, task] = preds.values[task]
+        return PreparedBlock(list(smiles), canonical, errors, np.asarray(ok, dtype=np.int64), X)
+
+    def predict(self, block: PreparedBlock) -> pd.DataFrame:
+        """One row per input: smiles, canonical_smiles, error, then `columns` (NaN for rejects)."""
+        from models.training import predict
+
+        n = len(block.smiles)
+        data: dict[str, Any] = {"smiles": block.smiles, "canonical_smiles": block.canonical,
+                                "error": block.errors}
+        cols: dict[str, np.ndarray] = {c: np.full(n, np.nan) for c in self.columns}
+        if len(block.ok):
+            preds = predict(self.model, block.X, mc_samples=self.mc_samples, seed=self.seed)
+            rows = block.ok
+            cal = self.calibration
+            for t in self.tasks:
+                value = preds.values[t.name]
+                cols[t.name][rows] = value
                 if preds.std is not None:
-                    out.loc[rows, f"{task}_std"] = preds.std[task]
-        return out
+                    cols[f"{t.name}_std"][rows] = preds.std[t.name]
+                if t.calibrated and cal is not None and t.kind == "classification":
+                    p = cal.classifiers[t.name].p_values(value)
+                    cols[f"{t.name}_p0"][rows], cols[f"{t.name}_p1"][rows] = p[:, 0], p[:, 1]
+                elif t.calibrated and cal is not None:
+                    lo, hi = cal.regressors[t.name].interval(value, self.confidence)
+                    cols[f"{t.name}_lower"][rows], cols[f"{t.name}_upper"][rows] = lo, hi
+        data.update(cols)
+        return pd.DataFrame(data)
+
+    def score(self, smiles: list[str]) -> pd.DataFrame:
+        """One row per input SMILES: canonical_smiles, error, and per task the `columns`."""
+        return self.predict(self.prepare([str(s) if s is not None else "" for s in smiles]))
+
+    def describe(self) -> dict[str, Any]:
+        """What the model is and how it was trained (no key, no path of a site store)."""
+        run_config = self.meta.get("run_config") or {}
+        keep = ("num-server-rounds", "strategy", "local-epochs", "optimizer", "lr", "n-bits", "hidden",
+                "dropout", "input-transform", "consortium-tasks", "test-fold", "valid-fold")
+        return {
+            "tasks": [t.__dict__ for t in self.tasks],
+            "site": self.site,
+            "calibration": self.calibration_note,
+            "confidence": self.confidence if self.calibration is not None else None,
+            "mc_samples": self.mc_samples,
+            "training": {
+                "federation_id": self.meta.get("federation_id"),
+                "rounds": self.meta.get("rounds"),
+                "reference_hash": self.meta.get("reference_hash"),
+                "key_fingerprint": self.meta.get("key_fingerprint"),
+                "run_config": {k: run_config[k] for k in keep if k in run_config},
+            },
+            "preparation": {"standardize": self.standardize.to_dict(), "featurize": self.featurize.to_dict()},
+            "architecture": {"n_features": self.model.spec.n_features, "hidden": list(self.model.spec.hidden),
+                             "dropout": self.model.spec.dropout},
+        }
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Worker processes get the loaded model; RDKit helpers are rebuilt there (not picklable).
+        state = dict(self.__dict__)
+        state["_standardizer"] = state["_featurizer"] = None
+        return state
 
 
 def model_summary(model_dir: str | Path) -> dict[str, Any]:
