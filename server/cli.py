@@ -1,4 +1,4 @@
-"""Server-side commands: `fedmol demo` and `fedmol simulate`."""
+"""Server-side commands: `fedmol demo`, `fedmol simulate`, `fedmol score` and `fedmol serve`."""
 
 from __future__ import annotations
 
@@ -14,6 +14,9 @@ def register(app: typer.Typer) -> None:
     from server.score_cli import score
 
     app.command("score")(score)
+    from server.service import serve_command
+
+    app.command("serve")(serve_command)
 
 
 def demo(

@@ -1,0 +1,371 @@
+"""`fedmol serve`: the scoring model behind an HTTP API (FastAPI under uvicorn) and a web page.
+
+Endpoints:
+
+* ``POST /v1/score``: a JSON list of SMILES (or ``{"smiles": [...], "ids": [...]}``), a CSV body
+  (``Content-Type: text/csv``) or a CSV file upload (``multipart/form-data``, field ``file``) →
+  one record per molecule: index, id, smiles, canonical_smiles, error, and per task the columns of
+  `server.scoring` (prediction, MC-dropout std, conformal p-values or interval when calibrated).
+  ``?depict=true`` adds each molecule's 2D depiction (RDKit SVG); ``?format=csv`` answers CSV.
+* ``GET /v1/model``: name, version, tasks, calibration, training summary. ``GET /healthz``.
+* ``GET /``: the web page (``server/web/``); ``/docs``: the OpenAPI docs.
+
+Access: scoring and the model description need a bearer token (``Authorization: Bearer T``);
+tokens come from a file (one per line, ``#`` comments) or an environment variable (comma-separated).
+Every request body is limited in bytes (413), every scoring request in molecules (413), and every
+token in molecules per time window (429 with Retry-After): a shared model answers membership and
+reconstruction queries, so unlimited querying could leak what it was trained on.
+"""
+
+from __future__ import annotations
+
+import hmac
+import io
+import json
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import pandas as pd
+import typer
+
+from fedmol.errors import InputError
+
+__all__ = ["ServiceSettings", "RateLimiter", "create_app", "load_tokens", "TOKENS_ENV"]
+
+TOKENS_ENV = "FEDMOL_SERVE_TOKENS"
+WEB_DIR = Path(__file__).with_name("web")
+MAX_DEPICTIONS = 2000  # depictions per request (the web page); more would make the answer huge
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """Limits of the service. rate_molecules per rate_window seconds and token (a token bucket)."""
+
+    tokens: frozenset[str]
+    model_name: str = ""
+    model_version: str = ""
+    max_molecules: int = 10_000
+    max_request_bytes: int = 10_000_000
+    rate_molecules: int = 100_000
+    rate_window: float = 3600.0
+
+    def __post_init__(self) -> None:
+        if not self.tokens:
+            raise InputError(f"no access tokens: give --tokens-file FILE or set ${TOKENS_ENV} (comma-separated)")
+        if self.max_molecules < 1 or self.max_request_bytes < 1:
+            raise InputError("--max-molecules and --max-request-bytes must be positive")
+        if self.rate_molecules < self.max_molecules:
+            raise InputError(f"--rate-limit ({self.rate_molecules}) must be at least --max-molecules "
+                             f"({self.max_molecules}), or a full request could never pass")
+
+
+def load_tokens(tokens_file: str | Path | None, env: str = TOKENS_ENV) -> frozenset[str]:
+    """Tokens from ``tokens_file`` (one per line, # comments) and/or the environment variable ``env``."""
+    tokens: set[str] = set()
+    if tokens_file:
+        path = Path(tokens_file)
+        if not path.exists():
+            raise InputError(f"tokens file {path} not found")
+        for line in path.read_text().splitlines():
+            line = line.split("#", 1)[0].strip()
+            if line:
+                tokens.add(line)
+    tokens.update(t.strip() for t in os.environ.get(env, "").split(",") if t.strip())
+    short = [t for t in tokens if len(t) < 16]
+    if short:
+        raise InputError(f"{len(short)} access token(s) shorter than 16 characters: use long random tokens "
+                         "(python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+    return frozenset(tokens)
+
+
+@dataclass
+class RateLimiter:
+    """Per-token token bucket of molecules: ``capacity`` per ``window`` seconds, refilled continuously."""
+
+    capacity: int
+    window: float
+    _buckets: dict[str, tuple[float, float]] = field(default_factory=dict)  # token -> (level, time)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def take(self, token: str, n: int, now: float | None = None) -> float:
+        """Take n molecules; returns 0 when allowed, else the seconds to wait before asking again."""
+        now = time.monotonic() if now is None else now
+        rate = self.capacity / self.window
+        with self._lock:
+            level, then = self._buckets.get(token, (float(self.capacity), now))
+            level = min(float(self.capacity), level + (now - then) * rate)
+            if n <= level:
+                self._buckets[token] = (level - n, now)
+                return 0.0
+            self._buckets[token] = (level, now)
+            return (n - level) / rate
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class BodyLimitMiddleware:
+    """Answers 413 when a request body exceeds ``limit`` bytes (declared or streamed)."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._reject(send)
+            return
+        seen = 0
+        started = False
+
+        async def limited_receive() -> dict[str, Any]:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _BodyTooLarge
+            return message
+
+        async def tracking_send(message: dict[str, Any]) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _BodyTooLarge:
+            if not started:
+                await self._reject(send)
+
+    async def _reject(self, send: Any) -> None:
+        body = json.dumps({"detail": f"request body too large: the limit is {self.limit:,} bytes; "
+                                     "split the molecules over several requests"}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def depict_svg(smiles: str, width: int = 220, height: int = 160) -> str:
+    """A 2D depiction of a (canonical) SMILES as an SVG document ("" when it cannot be drawn)."""
+    from rdkit import Chem
+    from rdkit.Chem.Draw import rdMolDraw2D
+
+    mol = Chem.MolFromSmiles(smiles) if smiles else None
+    if mol is None:
+        return ""
+    drawer = rdMolDraw2D.MolDraw2DSVG(width, height)
+    drawer.drawOptions().clearBackground = False
+    rdMolDraw2D.PrepareAndDrawMolecule(drawer, mol)
+    drawer.FinishDrawing()
+    svg = drawer.GetDrawingText()
+    return svg[svg.index("<svg"):] if "<svg" in svg else svg
+
+
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """Rows as JSON-safe dicts (NaN -> null)."""
+    cols = list(frame.columns)
+    out = []
+    for row in frame.itertuples(index=False, name=None):
+        out.append({c: (None if isinstance(v, float) and not math.isfinite(v) else
+                        v.item() if isinstance(v, np.generic) else v) for c, v in zip(cols, row, strict=True)})
+    return out
+
+
+def create_app(scorer: Any, settings: ServiceSettings) -> Any:
+    """The FastAPI app around a loaded `server.scoring.Scorer`."""
+    from fastapi import FastAPI, HTTPException, Request
+    from fastapi.responses import FileResponse, JSONResponse, Response
+    from fastapi.staticfiles import StaticFiles
+    from starlette.concurrency import run_in_threadpool
+
+    app = FastAPI(
+        title="fedmol scoring service",
+        version="1",
+        description=("Score molecules with a federated fedmol model: per task a prediction, its MC-dropout "
+                     "standard deviation and, when calibrated, conformal p-values or intervals. "
+                     "Send `Authorization: Bearer TOKEN`."),
+    )
+    limiter = RateLimiter(settings.rate_molecules, settings.rate_window)
+    lock = threading.Lock()  # MC dropout switches the model's mode: one scoring call at a time
+    tokens = [t.encode() for t in settings.tokens]
+
+    def authorise(request: Request) -> str:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise HTTPException(401, "missing access token: send 'Authorization: Bearer TOKEN'",
+                                headers={"WWW-Authenticate": "Bearer"})
+        given = token.strip().encode()
+        if not any(hmac.compare_digest(given, t) for t in tokens):
+            raise HTTPException(401, "invalid access token", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        return token.strip()
+
+    async def read_molecules(request: Request) -> tuple[list[str], list[str] | None]:
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype == "multipart/form-data":
+            form = await request.form()
+            upload = form.get("file")
+            if upload is None or isinstance(upload, str):
+                raise HTTPException(422, "multipart upload needs a CSV file in the field 'file'")
+            return _parse_csv(await upload.read())
+        body = await request.body()
+        if ctype in ("text/csv", "text/plain", "application/csv"):
+            return _parse_csv(body)
+        try:
+            payload = json.loads(body or b"null")
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise HTTPException(422, f"body is not valid JSON ({exc.__class__.__name__}): send a JSON list "
+                                     "of SMILES, {\"smiles\": [...]}, or a CSV file") from None
+        ids = None
+        if isinstance(payload, dict):
+            ids = payload.get("ids")
+            payload = payload.get("smiles")
+        if not isinstance(payload, list) or not all(isinstance(s, str) for s in payload):
+            raise HTTPException(422, "expected a JSON list of SMILES strings, or {\"smiles\": [...], \"ids\": [...]}")
+        if ids is not None and (not isinstance(ids, list) or len(ids) != len(payload)):
+            raise HTTPException(422, "'ids' must be a list as long as 'smiles'")
+        return payload, [str(i) for i in ids] if ids is not None else None
+
+    def _parse_csv(data: bytes) -> tuple[list[str], list[str] | None]:
+        try:
+            frame = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
+        except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+            raise HTTPException(422, f"cannot read the CSV ({str(exc).splitlines()[0][:100]}): expected a "
+                                     "header line with a 'smiles' column") from None
+        cols = {c.lower(): c for c in frame.columns}
+        if "smiles" not in cols:
+            if len(frame.columns) != 1:
+                raise HTTPException(422, f"the CSV has no 'smiles' column; its columns are {list(frame.columns)}")
+            cols["smiles"] = frame.columns[0]
+        ids = frame[cols["id"]].tolist() if "id" in cols else None
+        return frame[cols["smiles"]].tolist(), ids
+
+    @app.get("/healthz", tags=["service"], summary="Liveness: the model is loaded")
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "tasks": len(scorer.tasks)}
+
+    @app.get("/v1/model", tags=["scoring"], summary="The model: name, version, tasks, training summary")
+    async def model_info(request: Request) -> dict[str, Any]:
+        authorise(request)
+        return {"name": settings.model_name, "version": settings.model_version, **scorer.describe(),
+                "limits": {"max_molecules": settings.max_molecules, "max_request_bytes": settings.max_request_bytes,
+                           "rate_molecules": settings.rate_molecules, "rate_window_s": settings.rate_window}}
+
+    score_body = {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": {"oneOf": [
+            {"type": "array", "items": {"type": "string"}, "example": ["CCO", "c1ccccc1O"]},
+            {"type": "object", "properties": {"smiles": {"type": "array", "items": {"type": "string"}},
+                                              "ids": {"type": "array", "items": {"type": "string"}}},
+             "required": ["smiles"]}]}},
+        "text/csv": {"schema": {"type": "string"}, "example": "id,smiles\nm1,CCO\n"},
+        "multipart/form-data": {"schema": {"type": "object", "properties": {
+            "file": {"type": "string", "format": "binary"}}}}}}}
+
+    @app.post("/v1/score", tags=["scoring"], openapi_extra=score_body,
+              summary="Score molecules: predictions, uncertainty, conformal p-values/intervals")
+    async def score(request: Request, depict: bool = False, format: str = "json") -> Response:  # noqa: A002
+        token = authorise(request)
+        if format not in ("json", "csv"):
+            raise HTTPException(422, "format must be json or csv")
+        smiles, ids = await read_molecules(request)
+        if len(smiles) > settings.max_molecules:
+            raise HTTPException(413, f"too many molecules: {len(smiles):,} in this request, the limit is "
+                                     f"{settings.max_molecules:,} per request; split them over several requests")
+        wait = limiter.take(token, len(smiles))
+        if wait > 0:
+            raise HTTPException(429, f"rate limit: at most {settings.rate_molecules:,} molecules per "
+                                     f"{settings.rate_window:g} s per token; try again in {math.ceil(wait)} s",
+                                headers={"Retry-After": str(math.ceil(wait))})
+
+        def run() -> pd.DataFrame:
+            with lock:
+                frame = scorer.score(smiles)
+            frame.insert(0, "id", ids if ids is not None else [str(i) for i in range(len(smiles))])
+            frame.insert(0, "index", np.arange(len(smiles)))
+            if depict:
+                frame["svg"] = [depict_svg(s) if i < MAX_DEPICTIONS else ""
+                                for i, s in enumerate(frame["canonical_smiles"])]
+            return frame
+
+        frame = await run_in_threadpool(run)
+        n_rejected = int((frame["error"] != "").sum())
+        if format == "csv":
+            return Response(frame.drop(columns=["svg"], errors="ignore").to_csv(index=False), media_type="text/csv")
+        return JSONResponse({
+            "model": {"name": settings.model_name, "version": settings.model_version},
+            "n_read": len(frame), "n_scored": len(frame) - n_rejected, "n_rejected": n_rejected,
+            "tasks": [t.__dict__ for t in scorer.tasks], "columns": scorer.columns,
+            "calibration": scorer.calibration_note,
+            "results": _records(frame),
+        })
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(WEB_DIR / "index.html", media_type="text/html")
+
+    app.mount("/web", StaticFiles(directory=WEB_DIR), name="web")
+    app.state.scorer = scorer
+    app.state.settings = settings
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_request_bytes)
+    return app
+
+
+def model_name_version(model: str, model_dir: Path) -> tuple[str, str]:
+    """(name, version) of ``models:/NAME/VERSION``, or (folder name, federation id) of a folder."""
+    if model.startswith("models:/"):
+        name, _, version = model.removeprefix("models:/").partition("/")
+        return name, version
+    meta = json.loads((model_dir / "meta.json").read_text()) if (model_dir / "meta.json").exists() else {}
+    return model_dir.name, str(meta.get("federation_id", ""))
+
+
+def serve_command(
+    model: Annotated[str, typer.Option(help="A model folder or models:/NAME/VERSION from the registry.")],
+    key_file: Annotated[Path | None, typer.Option(help="Consortium key file (default: $FEDMOL_KEY_FILE).")] = None,
+    tokens_file: Annotated[Path | None, typer.Option(
+        help=f"Access tokens, one per line (also/or ${TOKENS_ENV}, comma-separated).")] = None,
+    site_store: Annotated[Path | None, typer.Option(
+        help="Serve the site's full model (shared + private heads, calibrated on its validation fold).")] = None,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI for models:/ URIs.")] = None,
+    max_molecules: Annotated[int, typer.Option(min=1, help="Molecules per request at most (413 beyond).")] = 10_000,
+    max_request_bytes: Annotated[int, typer.Option(min=1, help="Request body size at most (413 beyond).")] = 10_000_000,
+    rate_limit: Annotated[int, typer.Option(min=1, help="Molecules per token per --rate-window (429 beyond).")] = 100_000,
+    rate_window: Annotated[float, typer.Option(min=1.0, help="Rate-limit window in seconds.")] = 3600.0,
+    mc_samples: Annotated[int, typer.Option(min=0, help="MC-dropout passes for the uncertainty (0: none).")] = 20,
+    confidence: Annotated[float, typer.Option(help="Confidence of the conformal regression intervals.")] = 0.8,
+) -> None:
+    """Serve the model over HTTP: POST /v1/score, GET /v1/model, GET /healthz, the web page at /,
+    OpenAPI docs at /docs. Scoring needs a bearer token; requests are limited in bytes and
+    molecules, and every token in molecules per window (unlimited queries could leak training data).
+
+    Example: FEDMOL_SERVE_TOKENS=$(python -c 'import secrets; print(secrets.token_urlsafe(32))') \
+    fedmol serve --model models:/fedmol-shared/3 --key-file consortium.key --port 8000
+    """
+    import uvicorn
+
+    from server.score_cli import resolve_model_dir
+    from server.scoring import Scorer, resolve_key
+
+    settings_tokens = load_tokens(tokens_file)
+    model_dir = resolve_model_dir(model, tracking_uri)
+    name, version = model_name_version(model, model_dir)
+    settings = ServiceSettings(tokens=settings_tokens, model_name=name, model_version=version,
+                               max_molecules=max_molecules, max_request_bytes=max_request_bytes,
+                               rate_molecules=rate_limit, rate_window=rate_window)
+    scorer = Scorer(model_dir, resolve_key(key_file), mc_samples=mc_samples, site_store=site_store,
+                    confidence=confidence)
+    uvicorn.run(create_app(scorer, settings), host=host, port=port, log_level="info")
