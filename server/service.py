@@ -33,6 +33,8 @@ from typing import Annotated, Any
 import numpy as np
 import pandas as pd
 import typer
+from fastapi import HTTPException, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
 
 from fedmol.errors import InputError
 
@@ -185,8 +187,7 @@ def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
 
 def create_app(scorer: Any, settings: ServiceSettings) -> Any:
     """The FastAPI app around a loaded `server.scoring.Scorer`."""
-    from fastapi import FastAPI, HTTPException, Request
-    from fastapi.responses import FileResponse, JSONResponse, Response
+    from fastapi import FastAPI
     from fastapi.staticfiles import StaticFiles
     from starlette.concurrency import run_in_threadpool
 
@@ -273,7 +274,7 @@ def create_app(scorer: Any, settings: ServiceSettings) -> Any:
         "multipart/form-data": {"schema": {"type": "object", "properties": {
             "file": {"type": "string", "format": "binary"}}}}}}}
 
-    @app.post("/v1/score", tags=["scoring"], openapi_extra=score_body,
+    @app.post("/v1/score", tags=["scoring"], openapi_extra=score_body, response_model=None,
               summary="Score molecules: predictions, uncertainty, conformal p-values/intervals")
     async def score(request: Request, depict: bool = False, format: str = "json") -> Response:  # noqa: A002
         token = authorise(request)
@@ -311,7 +312,7 @@ def create_app(scorer: Any, settings: ServiceSettings) -> Any:
             "results": _records(frame),
         })
 
-    @app.get("/", include_in_schema=False)
+    @app.get("/", include_in_schema=False, response_model=None)
     async def index() -> FileResponse:
         return FileResponse(WEB_DIR / "index.html", media_type="text/html")
 
