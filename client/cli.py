@@ -46,3 +46,24 @@ def ledger(
                       f"{len(e['arrays'])} ({', '.join(names)})" if e["arrays"] else "-",
                       f"{e['bytes_total']:,}", ", ".join(e["metric_names"]))
     Console().print(table)
+
+
+@site_app.command("worker")
+def worker(
+    store: Annotated[Path, typer.Argument(help="The site store this worker serves.")],
+    socket: Annotated[Path | None, typer.Option(help="Unix socket path (default: STORE/worker.sock).")] = None,
+    name: Annotated[str, typer.Option(help="Site name reported to the server (default: from the store).")] = "",
+) -> None:
+    """Keep this site's data and model code warm for its SuperNode (much faster rounds).
+
+    Start it next to the site's SuperNode and point the SuperNode at it:
+
+      fedmol site worker /data/store &
+      flower-supernode ... --node-config 'site-store="/data/store" site-worker="/data/store/worker.sock"'
+    """
+    import logging
+
+    from client.worker import serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    serve(store, socket, name=name)

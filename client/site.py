@@ -291,6 +291,10 @@ def site_for(node_config: dict[str, Any], cfg: FederationConfig) -> SiteNode:
     name = str(node_config.get("site-name", ""))
     key = (str(store), name)
     if key not in _NODES:
-        report = str(node_config.get("report-task-names", cfg.report_task_names)).lower() in ("true", "1", "yes")
-        _NODES[key] = SiteNode(store, name, report_task_names=report)
+        _NODES[key] = SiteNode(store, name, report_task_names=report_task_names(node_config, cfg))
     return _NODES[key]
+
+
+def report_task_names(node_config: dict[str, Any], cfg: FederationConfig) -> bool:
+    """A site's own choice (node config) wins over the consortium's default (run config)."""
+    return str(node_config.get("report-task-names", cfg.report_task_names)).lower() in ("true", "1", "yes")

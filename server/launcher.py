@@ -63,9 +63,14 @@ class LocalSuperLink:
     """A SuperLink on 127.0.0.1 for the duration of a ``with`` block."""
 
     def __init__(self, workdir: Path, *, simulation: bool = True, port: int | None = None,
-                 extra_args: list[str] | None = None, startup_timeout: float = 60.0) -> None:
+                 extra_args: list[str] | None = None, startup_timeout: float = 60.0,
+                 tls_dir: Path | None = None, supernode_auth: bool = False) -> None:
+        """tls_dir: a folder with ca.crt, server.pem, server.key (`server.pki`); None = insecure.
+        supernode_auth: only SuperNodes whose public key was registered (`admit`) may connect."""
         self.workdir = Path(workdir)
         self.simulation = simulation
+        self.tls_dir = Path(tls_dir).resolve() if tls_dir else None
+        self.supernode_auth = supernode_auth
         self.port = port or free_port()
         self.extra_args = extra_args or []
         self.startup_timeout = startup_timeout
@@ -78,20 +83,32 @@ class LocalSuperLink:
         return f"127.0.0.1:{self.port}"
 
     def env(self) -> dict[str, str]:
-        return flower_env(self.flwr_home)
+        env = flower_env(self.flwr_home)
+        env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.05")  # default 1 s per task pick-up
+        return env
+
+    def _security_args(self) -> list[str]:
+        if self.tls_dir is None:
+            return ["--insecure"]
+        return ["--ssl-ca-certfile", str(self.tls_dir / "ca.crt"), "--ssl-certfile", str(self.tls_dir / "server.pem"),
+                "--ssl-keyfile", str(self.tls_dir / "server.key")]
 
     def start(self) -> LocalSuperLink:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.flwr_home.mkdir(parents=True, exist_ok=True)
+        security = ('insecure = true\n' if self.tls_dir is None
+                    else f'root-certificates = "{self.tls_dir / "ca.crt"}"\n')
         (self.flwr_home / "config.toml").write_text(
             f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-            f'address = "{self.address}"\ninsecure = true\n'
+            f'address = "{self.address}"\n{security}'
         )
-        cmd = [_bin("flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(self.port),
+        cmd = [_bin("flower-superlink"), *self._security_args(), "--host", "127.0.0.1", "--port", str(self.port),
                "--database", str(self.workdir / "superlink-state.db"),
                "--disable-runtime-dependency-installation", *self.extra_args]
         if self.simulation:
             cmd.append("--simulation")
+        if self.supernode_auth:
+            cmd.append("--enable-supernode-auth")
         log = self.log_path.open("ab")
         # A new session: Ray and ClientApp children are stopped with the whole group.
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env(),
@@ -107,13 +124,37 @@ class LocalSuperLink:
             if self.proc is not None and self.proc.poll() is not None:
                 raise LaunchError(f"flower-superlink exited with code {self.proc.returncode}; see {self.log_path}")
             try:
-                if httpx.get(f"http://{self.address}/health", timeout=0.5).is_success:
+                if httpx.get(f"{self.url}/health", timeout=0.5, verify=self._verify()).is_success:
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
         self.stop()
         raise LaunchError(f"flower-superlink did not answer on {self.address} within {self.startup_timeout:.0f} s")
+
+    @property
+    def url(self) -> str:
+        return f"{'http' if self.tls_dir is None else 'https'}://{self.address}"
+
+    def _verify(self) -> Any:
+        if self.tls_dir is None:
+            return True
+        import ssl
+
+        return ssl.create_default_context(cafile=str(self.tls_dir / "ca.crt"))
+
+    def admit(self, public_key: Path) -> str:
+        """Register a site's public key (SuperNode authentication); returns flwr's answer."""
+        out = subprocess.run([_bin("flwr"), "supernode", "register", str(public_key), CONNECTION],
+                             env=self.env(), capture_output=True, text=True, timeout=60, cwd=self.workdir)
+        if out.returncode != 0:
+            raise LaunchError(f"registering {public_key.name} failed: {(out.stdout + out.stderr).strip()[-400:]}")
+        return out.stdout.strip()
+
+    def list_supernodes(self) -> str:
+        out = subprocess.run([_bin("flwr"), "supernode", "list", CONNECTION], env=self.env(),
+                             capture_output=True, text=True, timeout=60, cwd=self.workdir)
+        return out.stdout + out.stderr
 
     def stop(self, timeout: float = 15.0) -> None:
         if self.proc is None:
@@ -181,3 +222,99 @@ def _toml_value(v: Any) -> str:
     if isinstance(v, (int, float)):
         return str(v)
     return f'"{v}"'
+
+
+class LocalSuperNode:
+    """A site's SuperNode on loopback, pointed at its store by node config."""
+
+    def __init__(self, link: LocalSuperLink, store: Path, name: str, *, private_key: Path | None = None,
+                 warm: bool = True) -> None:
+        """warm: also start the site's worker (`fedmol site worker`) and forward messages to it."""
+        self.link, self.store, self.name, self.private_key = link, Path(store).resolve(), name, private_key
+        self.warm = warm
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.worker: subprocess.Popen[bytes] | None = None
+        self.log_path = link.workdir / f"supernode-{name}.log"
+
+    def _start_worker(self, timeout: float = 120.0) -> str:
+        sock = self.store / "worker.sock"
+        if sock.exists():
+            sock.unlink()
+        log = (self.link.workdir / f"worker-{self.name}.log").open("ab")
+        self.worker = subprocess.Popen([_bin("fedmol"), "site", "worker", str(self.store), "--name", self.name],
+                                       stdout=log, stderr=subprocess.STDOUT, env=self.link.env(),
+                                       start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while not sock.exists():
+            if self.worker.poll() is not None or time.monotonic() > deadline:
+                raise LaunchError(f"the site worker of {self.name} did not start; see {log.name}")
+            time.sleep(0.1)
+        return f' site-worker="{sock}"'
+
+    def start(self) -> LocalSuperNode:
+        worker = self._start_worker() if self.warm else ""
+        cmd = [_bin("flower-supernode"), "--superlink", self.link.address,
+               "--port", str(free_port()),
+               "--node-config", f'site-store="{self.store}" site-name="{self.name}"{worker}']
+        if self.link.tls_dir is None:
+            cmd.append("--insecure")
+        else:
+            cmd += ["--root-certificates", str(self.link.tls_dir / "ca.crt")]
+        if self.private_key is not None:
+            cmd += ["--auth-supernode-private-key", str(self.private_key)]
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.link.env(),
+                                     start_new_session=True, cwd=self.link.workdir)
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        for proc in (self.proc, self.worker):
+            if proc is not None:
+                stop_process_group(proc, timeout)
+        self.proc = self.worker = None
+
+
+class LocalMlflowServer:
+    """A real `mlflow server` on 127.0.0.1 (one worker, no job runner: ready in seconds)."""
+
+    def __init__(self, workdir: Path, *, port: int | None = None, startup_timeout: float = 90.0) -> None:
+        self.workdir = Path(workdir).resolve()
+        self.port = port or free_port()
+        self.startup_timeout = startup_timeout
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> LocalMlflowServer:
+        import httpx
+
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
+        cmd = [_bin("mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+               "--backend-store-uri", f"sqlite:///{self.workdir / 'mlflow.db'}",
+               "--artifacts-destination", (self.workdir / "artifacts").as_uri()]
+        log = (self.workdir / "mlflow-server.log").open("ab")
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                     cwd=self.workdir)
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise LaunchError(f"mlflow server exited with code {self.proc.returncode}; see {self.workdir}")
+            try:
+                if httpx.get(f"{self.uri}/health", timeout=0.5).is_success:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        self.stop()
+        raise LaunchError(f"mlflow server did not answer on {self.uri} within {self.startup_timeout:.0f} s")
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.proc is not None:
+            stop_process_group(self.proc, timeout)
+            self.proc = None

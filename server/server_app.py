@@ -13,6 +13,7 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     from server.federation import run_federation
+    from server.grid import FastPollGrid
 
     logging.getLogger("fedmol").setLevel(logging.INFO)
-    run_federation(grid, context)
+    run_federation(FastPollGrid(grid), context)

@@ -1,0 +1,123 @@
+"""A whole consortium on one machine, as separate processes on 127.0.0.1.
+
+`LocalConsortium` starts a real `mlflow server`, a SuperLink with TLS and SuperNode
+authentication, registers each site's public key, starts one SuperNode per site store, and
+stops everything on exit. Operators use it (`fedmol consortium up`) to try the system on one
+machine; the deployment tests use it too. Real sites run the same commands on their own hosts
+(see deploy/README.md).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedmol.config import FederationConfig
+from server.launcher import LocalMlflowServer, LocalSuperLink, LocalSuperNode, flwr_run
+from server.pki import make_ca, make_server_cert, make_site_key
+
+
+def ensure_pki(folder: Path, sites: list[str], hosts: list[str] | None = None) -> Path:
+    """CA, server certificate and site keys in ``folder``; existing ones are kept."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / "ca.key").exists():
+        make_ca(folder)
+    if not (folder / "server.pem").exists():
+        make_server_cert(folder, hosts)
+    for site in sites:
+        if not (folder / "sites" / site).exists():
+            make_site_key(folder, site)
+    return folder
+
+
+@dataclass
+class LocalConsortium:
+    """``stores``: site name -> site store. ``workdir`` holds PKI, Flower state, MLflow, outputs."""
+
+    workdir: Path
+    stores: dict[str, Path]
+    tls: bool = True
+    auth: bool = True
+    mlflow_server: bool = True
+    link: LocalSuperLink | None = None
+    mlflow: LocalMlflowServer | None = None
+    nodes: dict[str, LocalSuperNode] = field(default_factory=dict)
+
+    @property
+    def pki(self) -> Path:
+        return self.workdir / "pki"
+
+    @property
+    def output_dir(self) -> Path:
+        return self.workdir / "server"
+
+    def up(self) -> LocalConsortium:
+        self.workdir = Path(self.workdir).resolve()
+        if self.tls or self.auth:
+            ensure_pki(self.pki, list(self.stores))
+        if self.mlflow_server:
+            self.mlflow = LocalMlflowServer(self.workdir / "mlflow").start()
+        self.link = LocalSuperLink(self.workdir / "flower", simulation=False,
+                                   tls_dir=self.pki if self.tls else None, supernode_auth=self.auth).start()
+        for site in self.stores:
+            if self.auth:
+                self.link.admit(self.pki / "sites" / f"{site}.pub")
+            self.start_site(site)
+        self._write_state()
+        return self
+
+    def start_site(self, site: str, *, private_key: Path | None = None) -> LocalSuperNode:
+        assert self.link is not None
+        key = private_key or (self.pki / "sites" / site if self.auth else None)
+        node = LocalSuperNode(self.link, self.stores[site], site, private_key=key).start()
+        self.nodes[site] = node
+        return node
+
+    def config(self, **changes: Any) -> FederationConfig:
+        """A run config for this consortium (its output dir, its MLflow server)."""
+        base = FederationConfig(output_dir=str(self.output_dir), min_sites=len(self.stores),
+                                tracking_uri=self.mlflow.uri if self.mlflow else "")
+        return base.replace(**changes)
+
+    def run(self, cfg: FederationConfig, *, on_line=None, timeout: float = 1800.0) -> int:  # noqa: ANN001
+        assert self.link is not None, "call up() first"
+        return flwr_run(self.link, cfg.to_run_config(), on_line=on_line, timeout=timeout)
+
+    def wait_for_nodes(self, n: int, timeout: float = 60.0) -> None:
+        """Block until ``n`` SuperNodes are connected (as `flwr supernode list` shows them online)."""
+        assert self.link is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.link.list_supernodes().count("online") >= n:
+                return
+            time.sleep(0.5)
+        raise TimeoutError(f"fewer than {n} SuperNodes online after {timeout:.0f} s")
+
+    def down(self) -> None:
+        for node in self.nodes.values():
+            node.stop()
+        self.nodes.clear()
+        if self.link is not None:
+            self.link.stop()
+            self.link = None
+        if self.mlflow is not None:
+            self.mlflow.stop()
+            self.mlflow = None
+
+    def _write_state(self) -> None:
+        state = {"superlink": self.link.address if self.link else None,
+                 "flwr_home": str(self.link.flwr_home) if self.link else None,
+                 "tls": self.tls, "auth": self.auth,
+                 "mlflow": self.mlflow.uri if self.mlflow else None,
+                 "sites": {s: str(p) for s, p in self.stores.items()},
+                 "output_dir": str(self.output_dir)}
+        (self.workdir / "consortium.json").write_text(json.dumps(state, indent=2))
+
+    def __enter__(self) -> LocalConsortium:
+        return self.up()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.down()
