@@ -234,21 +234,19 @@ class Scorer:
 
     def predict(self, block: PreparedBlock) -> pd.DataFrame:
         """One row per input: smiles, canonical_smiles, error, then `columns` (NaN for rejects)."""
-        from models.training import predict
-
         n = len(block.smiles)
         data: dict[str, Any] = {"smiles": block.smiles, "canonical_smiles": block.canonical,
                                 "error": block.errors}
         cols: dict[str, np.ndarray] = {c: np.full(n, np.nan) for c in self.columns}
         if len(block.ok):
-            preds = predict(self.model, block.X, mc_samples=self.mc_samples, seed=self.seed)
+            values, std = predict_units(self.model, block.X, self.mc_samples, seed=self.seed)
             rows = block.ok
             cal = self.calibration
             for t in self.tasks:
-                value = preds.values[t.name]
+                value = values[t.name]
                 cols[t.name][rows] = value
-                if preds.std is not None:
-                    cols[f"{t.name}_std"][rows] = preds.std[t.name]
+                if std is not None:
+                    cols[f"{t.name}_std"][rows] = std[t.name]
                 if t.calibrated and cal is not None and t.kind == "classification":
                     p = cal.classifiers[t.name].p_values(value)
                     cols[f"{t.name}_p0"][rows], cols[f"{t.name}_p1"][rows] = p[:, 0], p[:, 1]
@@ -290,6 +288,84 @@ class Scorer:
         state = dict(self.__dict__)
         state["_standardizer"] = state["_featurizer"] = None
         return state
+
+
+def predict_units(model: Any, X: sp.csr_matrix, mc_samples: int, *, seed: int = 0,
+                  batch_size: int = 2048) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+    """Per task (n,) predictions in task units and, with mc_samples > 0, their MC-dropout std.
+
+    X: (n, n_features) raw stored feature values. MC dropout draws ``mc_samples`` dropout masks per
+    dropout layer from ``seed`` and applies the same masks to every molecule: each molecule's
+    samples are still independent dropout passes (the per-molecule MC estimate is unchanged in
+    distribution), and its prediction and std become a function of the molecule alone, the same in
+    any file, chunk, worker or request. It is also what makes MC cheap: the sparse input layer runs
+    once, and the last dropout folds into the heads' weights, (S, tasks, hidden), so S samples cost
+    one (B, hidden) x (hidden, S * tasks) product instead of S forward passes.
+    """
+    import torch
+
+    from models.data import iter_feature_batches, transform_features
+
+    Xt = transform_features(X, model.spec.input_transform)
+    heads = model.heads
+    mean_parts: dict[str, list[np.ndarray]] = {name: [] for name in heads}
+    std_parts: dict[str, list[np.ndarray]] = {name: [] for name in heads}
+    was_training = model.training
+    model.eval()
+    modules = list(model.trunk.layers)
+    masks: list[torch.Tensor] = []
+    if mc_samples > 0:
+        gen = torch.Generator().manual_seed(seed)
+        width = model.spec.hidden[0]
+        for m in modules:
+            if isinstance(m, torch.nn.Linear):
+                width = m.out_features
+            elif isinstance(m, torch.nn.Dropout):
+                keep = 1.0 - m.p
+                masks.append(torch.bernoulli(torch.full((mc_samples, width), keep), generator=gen) / keep)
+    with torch.no_grad():
+        for batch in iter_feature_batches(Xt, batch_size):
+            first = model.trunk.input(batch)
+            if mc_samples <= 0:
+                h = model.trunk.layers(first)
+                for name, head in heads.items():
+                    mean_parts[name].append(head.to_units(head(h)).numpy())
+                continue
+            x = first.unsqueeze(0)  # (1 or S, B, hidden)
+            pending: torch.Tensor | None = None
+            it = iter(masks)
+            for m in modules:
+                if isinstance(m, torch.nn.Dropout):
+                    pending = next(it)
+                elif isinstance(m, torch.nn.Linear):
+                    assert pending is not None
+                    x = torch.nn.functional.linear(x * pending[:, None, :], m.weight, m.bias)  # (S, B, out)
+                    pending = None
+                else:
+                    x = m(x)
+            assert pending is not None  # the trunk ends with ReLU, Dropout
+            for name, head in heads.items():
+                w = head.linear.weight[None, :, :] * pending[:, None, :]  # (S, tasks, hidden)
+                if x.shape[0] == 1:
+                    out = x[0] @ w.reshape(-1, w.shape[-1]).T  # (B, S * tasks)
+                    out = out.reshape(x.shape[1], mc_samples, -1).transpose(0, 1)
+                else:
+                    out = torch.bmm(x, w.transpose(1, 2))
+                units = head.to_units(out + head.linear.bias).double()  # (S, B, tasks)
+                mean_parts[name].append(units.mean(0).float().numpy())
+                std_parts[name].append(units.std(0, unbiased=False).float().numpy())
+    model.train(was_training)
+    values: dict[str, np.ndarray] = {}
+    std: dict[str, np.ndarray] | None = {} if mc_samples > 0 else None
+    for h in model.spec.heads:
+        empty = np.zeros((0, h.n_tasks), np.float32)
+        mean = np.concatenate(mean_parts[h.name]) if mean_parts[h.name] else empty
+        sd = np.concatenate(std_parts[h.name]) if std_parts[h.name] else empty
+        for j, task in enumerate(h.tasks):
+            values[task] = mean[:, j]
+            if std is not None:
+                std[task] = sd[:, j]
+    return values, std
 
 
 def model_summary(model_dir: str | Path) -> dict[str, Any]:

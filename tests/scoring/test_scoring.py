@@ -125,3 +125,33 @@ def test_score_cli_all_rejected_still_writes_outputs(site, tmp_path):
                  "--out", str(out)]) == 0
     assert len(pd.read_csv(out)) == 0
     assert list(pd.read_csv(tmp_path / "out.csv.rejects.csv")["line"]) == [2, 3, 4]
+
+
+@pytest.mark.parametrize("hidden", [(64,), (64, 32)])
+def test_mc_dropout_with_shared_masks_matches_full_passes(hidden):
+    """predict_units' MC dropout (masks shared across molecules, folded into the heads) estimates
+    the same per-molecule mean and std as independent full forward passes, and a molecule's
+    result does not depend on where it sits in the input."""
+    import scipy.sparse as sp
+
+    from models.network import MultiTaskNet
+    from models.spec import build_spec
+    from models.training import predict
+    from server.scoring import predict_units
+
+    spec = build_spec(512, [("c", "classification")], [("r", "regression")], hidden=hidden, dropout=0.3)
+    model = MultiTaskNet(spec, seed=1)
+    model.set_target_scaling("private_regression", np.array([1.0]), np.array([2.0]))
+    X = sp.random(40, 512, density=0.05, format="csr", random_state=0, dtype=np.float32)
+    X.data[:] = 1.0
+    full = predict(model, X, mc_samples=2000, seed=0)
+    values, std = predict_units(model, X, 2000, seed=0)
+    for task in ("c", "r"):
+        np.testing.assert_allclose(values[task], full.values[task], rtol=0.05, atol=0.01)
+        np.testing.assert_allclose(std[task], full.std[task], rtol=0.15, atol=0.005)
+    one, one_std = predict_units(model, X[7:8], 20)
+    many, many_std = predict_units(model, X, 20)
+    assert one["r"][0] == pytest.approx(many["r"][7]) and one_std["c"][0] == pytest.approx(many_std["c"][7])
+    plain, no_std = predict_units(model, X, 0)
+    assert no_std is None
+    np.testing.assert_allclose(plain["c"], predict(model, X)["c"], rtol=1e-6)
