@@ -53,6 +53,8 @@ def worker(
     store: Annotated[Path, typer.Argument(help="The site store this worker serves.")],
     socket: Annotated[Path | None, typer.Option(help="Unix socket path (default: STORE/worker.sock).")] = None,
     name: Annotated[str, typer.Option(help="Site name reported to the server (default: from the store).")] = "",
+    fault_drill: Annotated[str, typer.Option(help="Drills only: 'nan' or 'scale:K' corrupts this site's updates "
+                                             "to test the server's defences.", hidden=True)] = "",
 ) -> None:
     """Keep this site's data and model code warm for its SuperNode (much faster rounds).
 
@@ -66,4 +68,4 @@ def worker(
     from client.worker import serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    serve(store, socket, name=name)
+    serve(store, socket, name=name, fault=fault_drill)

@@ -41,10 +41,14 @@ class RoundReply:
 class SiteNode:
     """One site: a prepared store plus the private state it keeps across rounds and runs."""
 
-    def __init__(self, store_path: str | Path, name: str = "", *, report_task_names: bool = False) -> None:
+    def __init__(self, store_path: str | Path, name: str = "", *, report_task_names: bool = False,
+                 fault: str = "") -> None:
+        """fault: a drill for the server's defences, never for real use: "nan" sends NaN updates,
+        "scale:K" sends updates multiplied by K (a poisoning site)."""
         self.store_path = Path(store_path).expanduser().resolve()
         self._name = name
         self.report_task_names = report_task_names
+        self.fault = fault
 
     # -- data ------------------------------------------------------------------------------
     @cached_property
@@ -170,7 +174,7 @@ class SiteNode:
             reference = {k: torch.as_tensor(v) for k, v in shared.items() if k in dict(model.named_parameters())}
         result = train_epochs(model, train, tc, prox_reference=reference)
         self.save_private(model, federation_id, server_round)
-        out = {k: v.detach().cpu().numpy() for k, v in model.shared_state_dict().items()}
+        out = self._inject_fault({k: v.detach().cpu().numpy() for k, v in model.shared_state_dict().items()})
         n_labels = int(train.n_labels())
         metrics = {
             wire.NUM_TRAIN_LABELS: float(max(n_labels, 1)),
@@ -216,6 +220,17 @@ class SiteNode:
         reply = RoundReply(None, metrics, self._report(summary, task_metrics))
         self.record_outbox(reply, phase="evaluate", server_round=server_round, federation_id=federation_id)
         return reply
+
+    def _inject_fault(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if not self.fault:
+            return arrays
+        log.warning("site %s: fault drill %r is ON: this site sends a corrupted update", self.name, self.fault)
+        if self.fault == "nan":
+            return {k: np.full_like(v, np.nan) if np.issubdtype(v.dtype, np.floating) else v for k, v in arrays.items()}
+        if self.fault.startswith("scale:"):
+            factor = float(self.fault.split(":", 1)[1])
+            return {k: v * factor if np.issubdtype(v.dtype, np.floating) else v for k, v in arrays.items()}
+        raise ConfigError(f"unknown fault drill {self.fault!r}: use 'nan' or 'scale:K'")
 
     def _task_labels(self, spec) -> dict[str, str]:  # noqa: ANN001
         """Private task names stay at the site unless it chose to report them."""
@@ -291,7 +306,8 @@ def site_for(node_config: dict[str, Any], cfg: FederationConfig) -> SiteNode:
     name = str(node_config.get("site-name", ""))
     key = (str(store), name)
     if key not in _NODES:
-        _NODES[key] = SiteNode(store, name, report_task_names=report_task_names(node_config, cfg))
+        _NODES[key] = SiteNode(store, name, report_task_names=report_task_names(node_config, cfg),
+                               fault=str(node_config.get("fault-drill", "")))
     return _NODES[key]
 
 

@@ -38,7 +38,7 @@ def default_socket(store: Path) -> Path:
 
 
 def serve(store: str | Path, socket_path: str | Path | None = None, *, name: str = "",
-          max_requests: int | None = None) -> None:
+          max_requests: int | None = None, fault: str = "") -> None:
     """Answer forwarded train/evaluate requests for ``store`` until interrupted."""
     from client.site import SiteNode
     from fedmol.config import FederationConfig
@@ -47,7 +47,7 @@ def serve(store: str | Path, socket_path: str | Path | None = None, *, name: str
     sock = Path(socket_path) if socket_path else default_socket(store)
     if sock.exists():
         sock.unlink()
-    node = SiteNode(store, name)
+    node = SiteNode(store, name, fault=fault)
     node.store  # noqa: B018 - load the data now, not on the first message
     import models.training  # noqa: F401 - import torch and the model code now
 

@@ -31,6 +31,10 @@ class FederationConfig:
     # Server-side optimiser (FedAdam/FedYogi) and robust aggregation.
     server_lr: float = 0.01
     trimmed_beta: float = 0.2
+    # Central differential privacy (Flower's server-side DP wrappers).
+    dp: str = "off"  # "off" | "server-fixed" | "server-adaptive"
+    dp_noise_multiplier: float = 0.1
+    dp_clipping_norm: float = 10.0
     # Local training on the sites.
     local_epochs: int = 1
     optimizer: str = "sgd"
@@ -99,6 +103,8 @@ class FederationConfig:
             raise ConfigError("num-server-rounds must be at least 1")
         if self.min_sites < 1:
             raise ConfigError("min-sites must be at least 1")
+        if self.dp not in ("off", "server-fixed", "server-adaptive"):
+            raise ConfigError(f"dp {self.dp!r} is not one of ('off', 'server-fixed', 'server-adaptive')")
         if self.optimizer not in ("sgd", "adam"):
             raise ConfigError(f"optimizer {self.optimizer!r} is not one of ('sgd', 'adam')")
         if not 0 < self.lr_decay <= 1:

@@ -35,15 +35,21 @@ def _splits(store: SiteStore, cfg: FederationConfig) -> dict[str, np.ndarray]:
             "valid": np.flatnonzero(f == cfg.valid_fold), "test": np.flatnonzero(f == cfg.test_fold)}
 
 
-def federation_recipe(cfg: FederationConfig, epochs: int, patience: int | None = 5,
+def federation_recipe(cfg: FederationConfig, epochs: int | None = None, patience: int | None = 5,
                       monitor: str = "loss") -> TrainConfig:
-    """The sites' own local-training recipe (optimizer, lr, momentum, batch size, weight decay;
-    constant lr as in `client.site.SiteNode.train_round`) for ``epochs`` epochs, with early
-    stopping on the validation fold: the same optimiser a federation uses, for a baseline."""
+    """The centralised counterpart of the sites' training in a federation, for a baseline.
+
+    Same optimizer, lr, momentum, batch size and weight decay as `client.site.SiteNode.train_round`,
+    and the same schedule: lr x ``lr-decay`` every ``local-epochs`` epochs (one server round).
+    ``epochs`` defaults to the federation's total, rounds x local epochs. Early stopping on the
+    validation fold (``patience``, None: off) is an advantage the federation does not get.
+    """
     from models.training import TrainConfig
 
+    epochs = cfg.num_server_rounds * cfg.local_epochs if epochs is None else epochs
     return TrainConfig(epochs=epochs, batch_size=cfg.batch_size, lr=cfg.lr, optimizer=cfg.optimizer,  # type: ignore[arg-type]
-                       momentum=cfg.momentum, weight_decay=cfg.weight_decay, lr_step_epoch=10**6, lr_gamma=1.0,
+                       momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                       lr_step_epoch=max(cfg.local_epochs, 1), lr_gamma=cfg.lr_decay,
                        patience=patience, monitor=monitor, seed=cfg.seed, device=cfg.device,  # type: ignore[arg-type]
                        num_threads=cfg.num_threads or None)
 

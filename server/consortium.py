@@ -69,10 +69,12 @@ class LocalConsortium:
         self._write_state()
         return self
 
-    def start_site(self, site: str, *, private_key: Path | None = None) -> LocalSuperNode:
+    def start_site(self, site: str, *, private_key: Path | None = None, fault_drill: str = "") -> LocalSuperNode:
         assert self.link is not None
+        if site in self.nodes:
+            self.nodes[site].stop()
         key = private_key or (self.pki / "sites" / site if self.auth else None)
-        node = LocalSuperNode(self.link, self.stores[site], site, private_key=key).start()
+        node = LocalSuperNode(self.link, self.stores[site], site, private_key=key, fault_drill=fault_drill).start()
         self.nodes[site] = node
         return node
 

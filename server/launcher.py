@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -201,19 +202,29 @@ def flwr_run(link: LocalSuperLink, run_config: dict[str, Any], *, federation_con
         cmd += ["--federation-config", " ".join(f"{k}={_toml_value(v)}" for k, v in federation_config.items())]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=link.env(),
                             cwd=link.workdir, start_new_session=True)
-    deadline = time.monotonic() + timeout
+    # A watchdog bounds the wait even when the stream goes silent (e.g. a ServerApp that died).
+    timed_out = threading.Event()
+
+    def _expire() -> None:
+        timed_out.set()
+        stop_process_group(proc, 5)
+
+    watchdog = threading.Timer(timeout, _expire)
+    watchdog.daemon = True
+    watchdog.start()
     assert proc.stdout is not None
     try:
         for raw in proc.stdout:
-            line = raw.decode(errors="replace").rstrip("\n")
             if on_line:
-                on_line(line)
-            if time.monotonic() > deadline:
-                raise LaunchError(f"flwr run did not finish within {timeout:.0f} s")
-        return proc.wait(timeout=30)
+                on_line(raw.decode(errors="replace").rstrip("\n"))
+        code = proc.wait(timeout=30)
     finally:
+        watchdog.cancel()
         if proc.poll() is None:
             stop_process_group(proc, 5)
+    if timed_out.is_set():
+        raise LaunchError(f"flwr run did not finish within {timeout:.0f} s")
+    return code
 
 
 def _toml_value(v: Any) -> str:
@@ -228,10 +239,12 @@ class LocalSuperNode:
     """A site's SuperNode on loopback, pointed at its store by node config."""
 
     def __init__(self, link: LocalSuperLink, store: Path, name: str, *, private_key: Path | None = None,
-                 warm: bool = True) -> None:
-        """warm: also start the site's worker (`fedmol site worker`) and forward messages to it."""
+                 warm: bool = True, fault_drill: str = "") -> None:
+        """warm: also start the site's worker (`fedmol site worker`) and forward messages to it.
+        fault_drill: make this site send corrupted updates ("nan", "scale:K"), to test defences."""
         self.link, self.store, self.name, self.private_key = link, Path(store).resolve(), name, private_key
         self.warm = warm
+        self.fault_drill = fault_drill
         self.proc: subprocess.Popen[bytes] | None = None
         self.worker: subprocess.Popen[bytes] | None = None
         self.log_path = link.workdir / f"supernode-{name}.log"
@@ -241,7 +254,8 @@ class LocalSuperNode:
         if sock.exists():
             sock.unlink()
         log = (self.link.workdir / f"worker-{self.name}.log").open("ab")
-        self.worker = subprocess.Popen([_bin("fedmol"), "site", "worker", str(self.store), "--name", self.name],
+        drill = ["--fault-drill", self.fault_drill] if self.fault_drill else []
+        self.worker = subprocess.Popen([_bin("fedmol"), "site", "worker", str(self.store), "--name", self.name, *drill],
                                        stdout=log, stderr=subprocess.STDOUT, env=self.link.env(),
                                        start_new_session=True)
         deadline = time.monotonic() + timeout
@@ -253,6 +267,8 @@ class LocalSuperNode:
 
     def start(self) -> LocalSuperNode:
         worker = self._start_worker() if self.warm else ""
+        if self.fault_drill and not self.warm:
+            worker += f' fault-drill="{self.fault_drill}"'
         cmd = [_bin("flower-supernode"), "--superlink", self.link.address,
                "--port", str(free_port()),
                "--node-config", f'site-store="{self.store}" site-name="{self.name}"{worker}']

@@ -16,6 +16,27 @@ from fedmol.config import FederationConfig
 
 
 def make_strategy(cfg: FederationConfig) -> Strategy:
+    """The Flower strategy named by ``cfg.strategy``, wrapped in Flower's central-DP strategy when
+    ``cfg.dp`` is on (server-side clipping of each update to ``dp-clipping-norm`` and Gaussian noise
+    with ``dp-noise-multiplier`` x norm on the aggregate)."""
+    base = _base_strategy(cfg)
+    if cfg.dp == "off":
+        return base
+    from flwr.serverapp.strategy import (
+        DifferentialPrivacyServerSideAdaptiveClipping,
+        DifferentialPrivacyServerSideFixedClipping,
+    )
+
+    if cfg.dp == "server-fixed":
+        return DifferentialPrivacyServerSideFixedClipping(
+            base, noise_multiplier=cfg.dp_noise_multiplier, clipping_norm=cfg.dp_clipping_norm,
+            num_sampled_clients=cfg.min_sites)
+    return DifferentialPrivacyServerSideAdaptiveClipping(
+        base, noise_multiplier=cfg.dp_noise_multiplier, num_sampled_clients=cfg.min_sites,
+        initial_clipping_norm=cfg.dp_clipping_norm)
+
+
+def _base_strategy(cfg: FederationConfig) -> Strategy:
     """The Flower strategy named by ``cfg.strategy``, sampling every site each round by default."""
     common: dict[str, Any] = dict(
         fraction_train=cfg.fraction_train,
@@ -51,6 +72,7 @@ def strategy_state(strategy: Strategy) -> dict[str, np.ndarray]:
 
     Keys are ``<attribute>/<parameter name>``; empty for strategies without state.
     """
+    strategy = _unwrap(strategy)
     out: dict[str, np.ndarray] = {}
     for attr in _OPT_STATE:
         state = getattr(strategy, attr, None)
@@ -62,6 +84,7 @@ def strategy_state(strategy: Strategy) -> dict[str, np.ndarray]:
 
 def restore_strategy_state(strategy: Strategy, arrays: dict[str, np.ndarray]) -> None:
     """Inverse of `strategy_state`."""
+    strategy = _unwrap(strategy)
     for attr in _OPT_STATE:
         prefix = f"{attr}/"
         part = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
@@ -69,3 +92,10 @@ def restore_strategy_state(strategy: Strategy, arrays: dict[str, np.ndarray]) ->
             if not hasattr(strategy, attr):
                 raise ValueError(f"checkpoint has {attr} state but {type(strategy).__name__} keeps none")
             setattr(strategy, attr, part)
+
+
+def _unwrap(strategy: Strategy) -> Strategy:
+    """The optimising strategy inside Flower's DP wrappers (they keep it as ``.strategy``)."""
+    while isinstance(getattr(strategy, "strategy", None), Strategy):
+        strategy = strategy.strategy  # type: ignore[attr-defined]
+    return strategy

@@ -93,3 +93,23 @@ def test_fedadam_state_survives_a_checkpoint():
     for attr in ("m_t", "v_t"):
         for k in GLOBAL:
             np.testing.assert_array_equal(getattr(fresh, attr)[k], getattr(adam, attr)[k])
+
+
+def test_central_dp_clips_each_update_and_keeps_the_optimiser_state_reachable():
+    from fedmol.config import FederationConfig
+    from server.strategies import make_strategy
+
+    cfg = FederationConfig(strategy="fedadam", dp="server-fixed", dp_clipping_norm=1.0, dp_noise_multiplier=0.0,
+                           min_sites=2)
+    dp = make_strategy(cfg)
+    assert type(dp).__name__ == "DifferentialPrivacyServerSideFixedClipping"
+    s, _ = wrapped(dp)
+    dp.strategy.current_arrays = {k: v.copy() for k, v in GLOBAL.items()}
+    from fedmol.records import to_array_record
+
+    dp.current_arrays = to_array_record(GLOBAL)
+    s.aggregate_train(1, [reply(1, arrays(100.0), 10), reply(2, arrays(100.0), 10)])
+    state = strategy_state(dp)
+    assert state  # FedAdam's moments, reached through the DP wrapper
+    # Each update was clipped to norm 1 before FedAdam saw it: its first moment is tiny.
+    assert max(np.abs(v).max() for v in state.values()) < 1.0
