@@ -11,9 +11,11 @@ import typer
 def register(app: typer.Typer) -> None:
     app.command("demo")(demo)
     app.command("simulate")(simulate)
+    from server.consortium_cli import consortium_app
     from server.score_cli import score
 
     app.command("score")(score)
+    app.add_typer(consortium_app, name="consortium")
     from server.service import serve_command
 
     app.command("serve")(serve_command)

@@ -55,6 +55,14 @@ class LocalConsortium:
         return self.workdir / "server"
 
     def up(self) -> LocalConsortium:
+        """Start everything; on any failure, stop what was started and re-raise."""
+        try:
+            return self._up()
+        except BaseException:
+            self.down()
+            raise
+
+    def _up(self) -> LocalConsortium:
         self.workdir = Path(self.workdir).resolve()
         if self.tls or self.auth:
             ensure_pki(self.pki, list(self.stores))

@@ -1,0 +1,166 @@
+"""`fedmol consortium ...`: what an operator does, on one machine or against a running SuperLink."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fedmol.errors import InputError
+
+consortium_app = typer.Typer(help="Operate a consortium: credentials, sites, runs (see deploy/README.md).",
+                             no_args_is_help=True)
+
+
+def _state(workdir: Path) -> dict:
+    path = workdir / "consortium.json"
+    if not path.exists():
+        raise InputError(f"no running consortium in {workdir}: start one with `fedmol consortium up {workdir} ...`")
+    return json.loads(path.read_text())
+
+
+def _link(workdir: Path):  # noqa: ANN202
+    from server.launcher import LocalSuperLink
+
+    state = _state(workdir)
+    return LocalSuperLink(workdir / "flower", simulation=False, port=int(state["superlink"].rsplit(":", 1)[1]),
+                          tls_dir=workdir / "pki" if state["tls"] else None, supernode_auth=state["auth"])
+
+
+@consortium_app.command("init")
+def init(
+    workdir: Annotated[Path, typer.Argument(help="The operator's folder (keeps the CA key: protect it).")],
+    host: Annotated[list[str], typer.Option(help="Addresses sites use to reach the SuperLink (repeatable).")] = [],  # noqa: B006
+) -> None:
+    """Create the consortium CA and the SuperLink's TLS certificate.
+
+    Example: fedmol consortium init ops/ --host 10.0.0.5 --host fedmol.example.org
+    """
+    from server.pki import make_ca, make_server_cert
+
+    pki = workdir / "pki"
+    make_ca(pki)
+    make_server_cert(pki, list(host) or None)
+    typer.echo(f"CA and server certificate in {pki}. Give {pki / 'ca.crt'} to every site; keep ca.key offline.")
+
+
+@consortium_app.command("add-site")
+def add_site(
+    workdir: Annotated[Path, typer.Argument(help="The operator's folder.")],
+    name: Annotated[str, typer.Argument(help="Site name (letters, digits, - and _).")],
+) -> None:
+    """Make a site's SuperNode key pair (normally the site runs this itself and sends only the .pub).
+
+    Example: fedmol consortium add-site ops/ acme
+    """
+    from server.pki import make_site_key
+
+    private, public = make_site_key(workdir / "pki", name)
+    typer.echo(f"private key {private} (stays at the site), public key {public} (admit it)")
+
+
+@consortium_app.command("up")
+def up(
+    workdir: Annotated[Path, typer.Argument(help="Folder for credentials, Flower state, MLflow and outputs.")],
+    stores: Annotated[Path, typer.Option(help="Folder whose sub-folders are site stores (one SuperNode each).")],
+    tls: Annotated[bool, typer.Option(help="TLS and SuperNode authentication.")] = True,
+    mlflow: Annotated[bool, typer.Option(help="Start a real `mlflow server` for tracking.")] = True,
+) -> None:
+    """Start a SuperLink, an MLflow server and one SuperNode per site store on 127.0.0.1; Ctrl-C stops all.
+
+    Example: fedmol consortium up ops/ --stores sites/   (then, in another shell: fedmol consortium run ops/)
+    """
+    import time
+
+    from server.consortium import LocalConsortium
+
+    sites = {p.name: p for p in sorted(stores.iterdir()) if (p / "tasks.json").exists()} if stores.is_dir() else {}
+    if not sites:
+        raise InputError(f"no site stores in {stores} (prepare them with `fedmol prepare ... --out {stores}/NAME`)")
+    cons = LocalConsortium(workdir, sites, tls=tls, auth=tls, mlflow_server=mlflow)
+    with cons:
+        typer.echo(f"SuperLink {cons.link.address} ({'TLS + SuperNode auth' if tls else 'insecure'}); "
+                   f"MLflow {cons.mlflow.uri if cons.mlflow else 'off'}; sites: {', '.join(sites)}")
+        typer.echo(f"Start a run: fedmol consortium run {workdir} --set num-server-rounds=10. Ctrl-C to stop.")
+        try:
+            while True:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            typer.echo("stopping...")
+
+
+@consortium_app.command("admit")
+def admit(
+    workdir: Annotated[Path, typer.Argument(help="The running consortium's folder.")],
+    public_key: Annotated[Path, typer.Argument(help="The site's OpenSSH public key (.pub).")],
+) -> None:
+    """Admit a site: register its public key so its SuperNode may connect.
+
+    Example: fedmol consortium admit ops/ acme.pub
+    """
+    if not public_key.exists():
+        raise InputError(f"public key {public_key} not found")
+    typer.echo(_link(workdir).admit(public_key))
+
+
+@consortium_app.command("sites")
+def sites(workdir: Annotated[Path, typer.Argument(help="The running consortium's folder.")]) -> None:
+    """List SuperNodes with their status and when it last changed (last seen)."""
+    typer.echo(_link(workdir).list_supernodes())
+
+
+@consortium_app.command("run")
+def run(
+    workdir: Annotated[Path, typer.Argument(help="The running consortium's folder.")],
+    run_config: Annotated[list[str], typer.Option("--set", help="Run-config KEY=VALUE (repeatable).")] = [],  # noqa: B006
+) -> None:
+    """Start a federation on the running consortium and stream its log.
+
+    Example: fedmol consortium run ops/ --set num-server-rounds=10 --set consortium-tasks="logS:regression"
+    """
+    from fedmol.config import FederationConfig
+    from server.launcher import flwr_run
+
+    state = _state(workdir)
+    overrides = {}
+    for item in run_config:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise InputError(f"--set {item!r}: expected KEY=VALUE")
+        overrides[key.strip()] = value.strip().strip('"')
+    base = FederationConfig(output_dir=state["output_dir"], tracking_uri=state["mlflow"] or "",
+                            min_sites=len(state["sites"])).to_run_config()
+    cfg = FederationConfig.from_run_config({**base, **overrides})
+    raise typer.Exit(flwr_run(_link(workdir), cfg.to_run_config(), on_line=print))
+
+
+@consortium_app.command("status")
+def status(workdir: Annotated[Path, typer.Argument(help="The consortium's folder.")]) -> None:
+    """The last federation: its round, its sites and their latest metrics, missing or rejected sites."""
+    from rich.console import Console
+    from rich.table import Table
+
+    state = _state(workdir)
+    out = Path(state["output_dir"])
+    latest = out / "checkpoints" / "LATEST"
+    if not latest.exists():
+        raise InputError(f"no federation has completed a round in {out} yet")
+    ckpt = json.loads((out / "checkpoints" / latest.read_text().strip() / "state.json").read_text())
+    console = Console()
+    console.print(f"federation {ckpt['federation_id']}: last completed round {ckpt['server_round']}, "
+                  f"MLflow run {ckpt['mlflow_run_id']} ({state['mlflow'] or 'local store'})")
+    if state["mlflow"] and ckpt["mlflow_run_id"]:
+        from mlflow.tracking import MlflowClient
+
+        run = MlflowClient(state["mlflow"]).get_run(ckpt["mlflow_run_id"])
+        table = Table("site", "train loss", "valid loss", "test loss")
+        for site in ckpt["sites"]:
+            m = run.data.metrics
+            table.add_row(site, *(f"{m[k]:.4f}" if (k := f"site/{site}/{p}") in m else "-"
+                                  for p in ("train/train-loss", "evaluate/valid-loss", "evaluate/test-loss")))
+        console.print(table)
+        for k, v in sorted(run.data.tags.items()):
+            if k.startswith(("fedmol.missing", "fedmol.rejected")):
+                console.print(f"[yellow]{k}[/]: {v}")
