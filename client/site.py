@@ -175,6 +175,8 @@ class SiteNode:
         result = train_epochs(model, train, tc, prox_reference=reference)
         self.save_private(model, federation_id, server_round)
         out = self._inject_fault({k: v.detach().cpu().numpy() for k, v in model.shared_state_dict().items()})
+        if cfg.transport_dtype == "float16":
+            out = {k: v.astype(np.float16) if v.dtype == np.float32 else v for k, v in out.items()}
         n_labels = int(train.n_labels())
         metrics = {
             wire.NUM_TRAIN_LABELS: float(max(n_labels, 1)),
@@ -189,11 +191,12 @@ class SiteNode:
     def evaluate_round(self, cfg: FederationConfig, shared: dict[str, np.ndarray], *, server_round: int,
                        federation_id: str) -> RoundReply:
         """Metrics of the received shared model with this site's private heads, on valid and test folds."""
+        import torch
+
         from models.data import TaskData
         from models.training import evaluate
 
-        import torch
-
+        t0 = time.perf_counter()
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         model, fresh = self.build_model(cfg, shared, federation_id)
@@ -211,6 +214,7 @@ class SiteNode:
             for k, v in r.summary.items():
                 summary[f"{split}_{k}"] = v
             summary[f"{split}_score"] = r.score
+        summary["eval_seconds"] = time.perf_counter() - t0
         metrics = {
             wire.NUM_TRAIN_LABELS: float(max(results["test"].n_labels, 1)),
             wire.NUM_EVAL_LABELS: float(results["valid"].n_labels + results["test"].n_labels),

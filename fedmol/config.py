@@ -31,6 +31,7 @@ class FederationConfig:
     # Server-side optimiser (FedAdam/FedYogi) and robust aggregation.
     server_lr: float = 0.01
     trimmed_beta: float = 0.2
+    transport_dtype: str = "float32"  # "float16" halves the bytes a site uploads per round
     # Central differential privacy (Flower's server-side DP wrappers).
     dp: str = "off"  # "off" | "server-fixed" | "server-adaptive"
     dp_noise_multiplier: float = 0.1
@@ -103,6 +104,8 @@ class FederationConfig:
             raise ConfigError("num-server-rounds must be at least 1")
         if self.min_sites < 1:
             raise ConfigError("min-sites must be at least 1")
+        if self.transport_dtype not in ("float32", "float16"):
+            raise ConfigError(f"transport-dtype {self.transport_dtype!r} is not one of ('float32', 'float16')")
         if self.dp not in ("off", "server-fixed", "server-adaptive"):
             raise ConfigError(f"dp {self.dp!r} is not one of ('off', 'server-fixed', 'server-adaptive')")
         if self.optimizer not in ("sgd", "adam"):

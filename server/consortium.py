@@ -42,6 +42,7 @@ class LocalConsortium:
     tls: bool = True
     auth: bool = True
     mlflow_server: bool = True
+    warm: bool = True  # a warm site worker per SuperNode (see client/worker.py)
     link: LocalSuperLink | None = None
     mlflow: LocalMlflowServer | None = None
     nodes: dict[str, LocalSuperNode] = field(default_factory=dict)
@@ -82,7 +83,8 @@ class LocalConsortium:
         if site in self.nodes:
             self.nodes[site].stop()
         key = private_key or (self.pki / "sites" / site if self.auth else None)
-        node = LocalSuperNode(self.link, self.stores[site], site, private_key=key, fault_drill=fault_drill).start()
+        node = LocalSuperNode(self.link, self.stores[site], site, private_key=key, fault_drill=fault_drill,
+                              warm=self.warm).start()
         self.nodes[site] = node
         return node
 

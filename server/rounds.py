@@ -110,6 +110,18 @@ def validate_update(msg: Message, expected: dict[str, tuple[tuple[int, ...], str
     return None
 
 
+def _as_float32(msg: Message) -> Message:
+    """Upcast a reduced-precision update (transport-dtype=float16) before aggregation."""
+    for key, record in list(msg.content.array_records.items()):
+        if any(a.dtype == "float16" for a in record.values()):
+            from fedmol.records import from_array_record, to_array_record
+
+            arrays = from_array_record(record)
+            msg.content[key] = to_array_record({k: v.astype(np.float32) if v.dtype == np.float16 else v
+                                                for k, v in arrays.items()})
+    return msg
+
+
 class HookedStrategy(Strategy):
     """Wrap a Flower strategy: validate updates, offset rounds, call hooks once per phase."""
 
@@ -165,7 +177,7 @@ class HookedStrategy(Strategy):
                 log.warning("round %d: update from site %s rejected: %s", rnd, report.site, reason)
                 rejected.append((report.site, reason))
             else:
-                accepted.append(msg)
+                accepted.append(_as_float32(msg))
         missing = self._missing("train", replies)
         arrays, metrics = (None, None)
         if accepted:

@@ -113,3 +113,12 @@ def test_central_dp_clips_each_update_and_keeps_the_optimiser_state_reachable():
     assert state  # FedAdam's moments, reached through the DP wrapper
     # Each update was clipped to norm 1 before FedAdam saw it: its first moment is tiny.
     assert max(np.abs(v).max() for v in state.values()) < 1.0
+
+
+def test_float16_updates_are_aggregated_in_float32():
+    s, _ = wrapped(FedAvg(weighted_by_key=wire.NUM_TRAIN_LABELS))
+    half = {k: np.full_like(v, 1.0009765625, dtype=np.float16) for k, v in GLOBAL.items()}
+    agg, _ = s.aggregate_train(1, [reply(1, half, 10), reply(2, arrays(3.0), 10)])
+    out = agg["trunk.w"].numpy()
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, (1.0009765625 + 3.0) / 2, rtol=1e-6)

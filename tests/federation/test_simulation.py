@@ -148,7 +148,8 @@ def test_no_site_smiles_in_server_artifacts(federation):
     root = federation["root"] / "server"
     texts = []
     for path in root.rglob("*"):
-        if path.is_file() and path.suffix in (".json", ".md", ".txt", ".yaml", ".MLmodel", "") and path.stat().st_size < 5e6:
+        textual = path.suffix in (".json", ".md", ".txt", ".yaml", ".MLmodel", "")
+        if path.is_file() and textual and path.stat().st_size < 5e6:
             texts.append(path.read_text(errors="ignore"))
     blob = "\n".join(texts)
     smiles = set().union(*federation["smiles"].values())

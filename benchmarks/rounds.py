@@ -1,0 +1,149 @@
+"""Round overhead of the deployment engine on loopback, and bytes sent per site per round.
+
+    .venv/bin/python benchmarks/rounds.py            # 3 sites, Tox21 rows, 32,768 bits, 4 rounds
+    .venv/bin/python benchmarks/rounds.py --quick    # 2,048 bits, 3 rounds
+
+Three configurations run in one invocation on the same consortium set-up (SuperLink with TLS and
+SuperNode authentication, one SuperNode per site, all on 127.0.0.1):
+
+* ``flower-default``: a fresh ClientApp process per message does all the work (imports torch,
+  loads the store);
+* ``warm``: each site runs a warm worker (`fedmol site worker`) and the ClientApp only forwards;
+* ``warm-fp16``: the same with ``transport-dtype=float16`` (half the upload).
+
+Both use fedmol's fast-polling Grid and a 0.05 s SuperExec poll (FLWR_SUPEREXEC_TASK_POLL_INTERVAL).
+Per round: wall time (from the ServerApp's round markers), the slowest site's own compute in that
+round (train seconds + evaluate seconds, as the sites report them), and the overhead = wall -
+compute. Per site per round: bytes uploaded (from the sites' outbox ledgers) against the size of
+the trunk in float32. The first round is reported apart (it includes start-up). Results go to
+benchmarks/results/rounds.json and .md. The machine may be shared: compare within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+DATA = ROOT.parent / "shared" / "data"
+KEY_TEXT = b"fedmol public benchmark key - not a secret, never use for real data"
+
+
+def make_sites(root: Path, n_sites: int, rows: int, n_bits: int) -> dict[str, Path]:
+    import pandas as pd
+
+    from datasets.featurize import FeaturizeSettings
+    from datasets.prepare import PrepareSettings, prepare_frame
+    from datasets.readers import TableSpec
+
+    key = hashlib.sha256(KEY_TEXT).digest()
+    df = pd.read_csv(DATA / "tox21.csv.gz").head(n_sites * rows)
+    tasks = tuple(c for c in df.columns if c not in ("smiles", "mol_id"))
+    settings = PrepareSettings(table=TableSpec(smiles_col="smiles", id_col="mol_id", task_cols=tasks),
+                               featurize=FeaturizeSettings(n_bits=n_bits))
+    res = prepare_frame(df, key, None, settings, workers=None)
+    stores = {}
+    for i in range(n_sites):
+        name = f"site{i}"
+        sub = res.store.subset(range(i * len(res.store.folds) // n_sites, (i + 1) * len(res.store.folds) // n_sites))
+        sub.settings["site_name"] = name
+        stores[name] = sub.save(root / name)
+    return stores, tasks
+
+
+def measure(label: str, root: Path, stores: dict[str, Path], tasks: tuple[str, ...], args: argparse.Namespace,
+            *, warm: bool, dtype: str) -> dict:
+    from mlflow.tracking import MlflowClient
+
+    from server.consortium import LocalConsortium
+
+    cons = LocalConsortium(root / label, stores, mlflow_server=False, warm=warm)
+    with cons:
+        cons.wait_for_nodes(len(stores), timeout=120)
+        cfg = cons.config(num_server_rounds=args.rounds, n_bits=args.n_bits, hidden=str(args.hidden),
+                          consortium_tasks=",".join(f"{t}:classification" for t in tasks), num_threads=1,
+                          transport_dtype=dtype, register_model=False, run_name=label)
+        marks: list[tuple[float, str]] = []
+        t0 = time.time()
+        code = cons.run(cfg, on_line=lambda line: marks.append((time.time() - t0, line)), timeout=3600)
+        if code != 0:
+            raise SystemExit(f"{label}: flwr run failed ({code}); see {root / label}")
+    starts = [t for t, line in marks if "[ROUND " in line]
+    ends = [t for t, line in marks if "aggregate_evaluate: Received" in line]
+    walls = [e - s for s, e in zip(starts, ends, strict=False)]
+    out = json.loads((cons.output_dir / "last_federation.json").read_text())
+    run = MlflowClient(out["tracking_uri"]).get_run(out["mlflow_run_id"])
+    client = MlflowClient(out["tracking_uri"])
+    def seconds(site: str, key: str) -> dict[int, float]:
+        return {m.step: m.value for m in client.get_metric_history(run.info.run_id, f"site/{site}/{key}")}
+
+    per_site = {s: (seconds(s, "train_seconds"), seconds(s, "eval_seconds")) for s in stores}
+    compute = [max(tr.get(rnd, 0.0) + ev.get(rnd, 0.0) for tr, ev in per_site.values())
+               for rnd in range(1, len(walls) + 1)]
+    overhead = [w - c for w, c in zip(walls, compute, strict=True)]
+    uploads = []
+    for path in stores.values():
+        for line in (path / "outbox.jsonl").read_text().splitlines():
+            e = json.loads(line)
+            if e["phase"] == "train" and e["federation_id"] == out["federation_id"]:
+                uploads.append(e["bytes_total"])
+    trunk_bytes = 4 * (args.n_bits * args.hidden + args.hidden)
+    later = slice(1, None)
+    return {
+        "label": label, "warm": warm, "transport_dtype": dtype,
+        "round_wall_s": walls, "slowest_site_compute_s": compute, "overhead_s": overhead,
+        "first_round_overhead_s": overhead[0] if overhead else None,
+        "median_overhead_s_after_round_1": statistics.median(overhead[later]) if len(overhead) > 1 else None,
+        "median_wall_s_after_round_1": statistics.median(walls[later]) if len(walls) > 1 else None,
+        "bytes_per_site_per_round": statistics.median(uploads) if uploads else None,
+        "trunk_bytes_float32": trunk_bytes,
+        "upload_over_trunk": (statistics.median(uploads) / trunk_bytes) if uploads else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sites", type=int, default=3)
+    p.add_argument("--rows", type=int, default=800, help="Tox21 rows per site")
+    p.add_argument("--n-bits", type=int, default=32768)
+    p.add_argument("--hidden", type=int, default=400)
+    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--quick", action="store_true", help="2,048 bits, 3 rounds, 400 rows per site")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    p.add_argument("--workdir", type=Path, default=Path("/tmp/fedmol-rounds"))
+    args = p.parse_args(argv)
+    if args.quick:
+        args.n_bits, args.rounds, args.rows = 2048, 3, 400
+    import shutil
+
+    shutil.rmtree(args.workdir, ignore_errors=True)
+    stores, tasks = make_sites(args.workdir / "sites", args.sites, args.rows, args.n_bits)
+    results = [measure("flower-default", args.workdir, stores, tasks, args, warm=False, dtype="float32"),
+               measure("warm", args.workdir, stores, tasks, args, warm=True, dtype="float32"),
+               measure("warm-fp16", args.workdir, stores, tasks, args, warm=True, dtype="float16")]
+    report = {"settings": {k: str(v) for k, v in vars(args).items()}, "results": results}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "rounds.json").write_text(json.dumps(report, indent=2))
+    lines = ["| configuration | median round wall (s) | median overhead (s) | round-1 overhead (s) | "
+             "upload / site / round (MB) | upload / trunk |", "|---|---:|---:|---:|---:|---:|"]
+    for r in results:
+        lines.append(f"| {r['label']} | {r['median_wall_s_after_round_1']:.1f} "
+                     f"| {r['median_overhead_s_after_round_1']:.1f} | {r['first_round_overhead_s']:.1f} "
+                     f"| {r['bytes_per_site_per_round'] / 1e6:.2f} | {r['upload_over_trunk']:.2f} |")
+    title = f"# Round overhead, {args.sites} sites, {args.n_bits} bits, hidden {args.hidden}\n\n"
+    text = title + "\n".join(lines) + "\n"
+    (args.out / "rounds.md").write_text(text)
+    print(text)
+    return report
+
+
+if __name__ == "__main__":
+    main()
