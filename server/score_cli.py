@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -250,6 +251,7 @@ def score(
     rejects = rejects or out.with_name(out.name + ".rejects.csv")
     n_read = n_scored = n_rejected = 0
     writer = _Writer(out, ["line", "id", "smiles", "canonical_smiles", *scorer.columns])
+    t0 = time.perf_counter()
     try:
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err,
                       transient=True) as progress:
@@ -270,7 +272,9 @@ def score(
     if n_read == 0:
         raise InputError(f"{input} holds no molecules")
     assert n_scored + n_rejected == n_read
-    err.print(f"read {n_read:,}, scored {n_scored:,} -> {out}, rejected {n_rejected:,} -> {rejects}")
+    seconds = time.perf_counter() - t0
+    err.print(f"read {n_read:,}, scored {n_scored:,} -> {out}, rejected {n_rejected:,} -> {rejects} "
+              f"in {seconds:.1f} s ({n_read / seconds:,.0f} molecules/s)", highlight=False, soft_wrap=True)
 
 
 class _Writer:

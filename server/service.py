@@ -348,6 +348,9 @@ def serve_command(
     rate_window: Annotated[float, typer.Option(min=1.0, help="Rate-limit window in seconds.")] = 3600.0,
     mc_samples: Annotated[int, typer.Option(min=0, help="MC-dropout passes for the uncertainty (0: none).")] = 20,
     confidence: Annotated[float, typer.Option(help="Confidence of the conformal regression intervals.")] = 0.8,
+    standardize: Annotated[str, typer.Option(
+        help="'model': standardise as the model's sites did; 'off': only for callers who send "
+             "structures already standardised by fedmol.")] = "model",
 ) -> None:
     """Serve the model over HTTP: POST /v1/score, GET /v1/model, GET /healthz, the web page at /,
     OpenAPI docs at /docs. Scoring needs a bearer token; requests are limited in bytes and
@@ -361,6 +364,8 @@ def serve_command(
     from server.score_cli import resolve_model_dir
     from server.scoring import Scorer, resolve_key
 
+    if standardize not in ("model", "off"):
+        raise InputError(f"--standardize {standardize!r}: use 'model' or 'off'")
     settings_tokens = load_tokens(tokens_file)
     model_dir = resolve_model_dir(model, tracking_uri)
     name, version = model_name_version(model, model_dir)
@@ -368,5 +373,5 @@ def serve_command(
                                max_molecules=max_molecules, max_request_bytes=max_request_bytes,
                                rate_molecules=rate_limit, rate_window=rate_window)
     scorer = Scorer(model_dir, resolve_key(key_file), mc_samples=mc_samples, site_store=site_store,
-                    confidence=confidence)
+                    confidence=confidence, standardize=None if standardize == "model" else False)
     uvicorn.run(create_app(scorer, settings), host=host, port=port, log_level="info")

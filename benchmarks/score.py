@@ -1,0 +1,240 @@
+"""Scoring speed: raw RDKit against `fedmol score` end to end and `fedmol serve`, in one run.
+
+Usage: .venv/bin/python benchmarks/score.py [--data ../shared/data/muv.csv.gz] [--quick]
+
+Model: the consortium defaults (ECFP6 = Morgan r3, 32,768 bits, trunk 400, dropout 0.2), one
+classification head per task column of the data (17 for MUV), random weights (speed does not
+depend on the weights), standardisation settings as `fedmol prepare` writes them by default.
+
+Rows (molecules per second):
+  raw RDKit      MolFromSmiles + Morgan r3 GetFingerprint (32k bits), one process: the baseline.
+                 Measured again right before every fedmol row (on the first --pair molecules),
+                 and every ratio uses that paired figure: the machine is shared, load drifts.
+  score ...      `fedmol score FILE --out OUT.parquet` in a child process: gzip CSV in, Parquet
+                 predictions + rejects out, progress bar, per settings:
+                   standardize=model  MolStandardize as the model's sites did (the default;
+                                      tautomer canonicalisation dominates), on --std-limit molecules
+                   standardize=off    no standardisation (faithful for a model prepared with
+                                      --no-standardize, or for inputs fedmol already standardised)
+                   mc=20 / mc=0       MC-dropout samples (20 is the default)
+                   workers=1 / all    process pool over chunks
+                 rate = molecules / the scoring loop's seconds (file in to predictions out,
+                 worker start-up included; wall_s adds the command's imports and model loading).
+                 ratio per core = (rate / workers) / paired raw rate. Peak RSS of the main
+                 process and of the largest worker; 10k vs all rows shows memory stays flat.
+  serve          `fedmol serve` on 127.0.0.1, sequential POST /v1/score requests of 1,000 SMILES.
+Also: how many molecules standardisation changes (canonical SMILES with vs without), which is
+what skipping it would get wrong for a model trained with it.
+Results: benchmarks/results/score.json (score_quick.json with --quick).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import platform
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "muv.csv.gz"
+
+
+def build_model(root: Path, tasks: list[str]) -> tuple[Path, Path]:
+    from datasets.featurize import FeaturizeSettings
+    from datasets.keys import generate_key_file, key_fingerprint, load_key
+    from datasets.standardize import StandardizeSettings
+    from models.io import save_model
+    from models.network import MultiTaskNet
+    from models.spec import build_spec
+
+    key_path = generate_key_file(root / "consortium.key")
+    fs = FeaturizeSettings()  # r3, 32768 bits
+    spec = build_spec(fs.n_bits, [(t, "classification") for t in tasks], [], hidden=(400,), dropout=0.2)
+    meta = {"federation_id": "bench", "key_fingerprint": key_fingerprint(load_key(key_path)),
+            "prep_settings": {"standardize": StandardizeSettings().to_dict(), "featurize": fs.to_dict()}}
+    return save_model(root / "model", MultiTaskNet(spec, seed=0), meta=meta), key_path
+
+
+def raw_rate(smiles: list[str]) -> float:
+    """Molecules per second of parse + Morgan r3 32k-bit fingerprint in this process."""
+    from rdkit import Chem
+    from rdkit.Chem import rdFingerprintGenerator
+
+    gen = rdFingerprintGenerator.GetMorganGenerator(radius=3, fpSize=32768)
+    t0 = time.perf_counter()
+    for s in smiles:
+        mol = Chem.MolFromSmiles(s)
+        if mol is not None:
+            gen.GetFingerprint(mol)
+    return len(smiles) / (time.perf_counter() - t0)
+
+
+def run_child(args: list[str]) -> dict[str, float]:
+    """`fedmol score ARGS` in a fresh process; wall, CPU and peak RSS (MiB) of it and its workers."""
+    code = ("import json, resource, sys, time\n"
+            "from fedmol.cli import main\n"
+            "t = time.perf_counter(); rc = main(sys.argv[1:]); wall = time.perf_counter() - t\n"
+            "s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+            "print(json.dumps({'rc': rc, 'wall_s': wall, 'cpu_s': s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime,"
+            " 'rss_main_mib': s.ru_maxrss / 1024, 'rss_worker_mib': c.ru_maxrss / 1024}))\n")
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=REPO,
+                          timeout=7200)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        raise RuntimeError(f"fedmol score failed: {proc.stderr[-2000:]}")
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    found = re.search(r" in ([0-9.]+) s \(", proc.stderr)
+    out["scoring_s"] = float(found.group(1)) if found else float("nan")
+    if out["rc"] != 0:
+        raise RuntimeError(f"fedmol score exited {out['rc']}: {proc.stderr[-2000:]}")
+    return out
+
+
+def write_subset(data: Path, n: int, path: Path) -> Path:
+    frame = pd.read_csv(data, nrows=n)
+    with gzip.open(path, "wt") as fh:
+        frame.to_csv(fh, index=False)
+    return path
+
+
+def standardisation_changes(smiles: list[str]) -> float:
+    """Fraction of parsable molecules whose canonical SMILES changes under default standardisation."""
+    from rdkit import Chem
+
+    from datasets.standardize import MoleculeReject, Standardizer, StandardizeSettings
+
+    on, off = Standardizer(StandardizeSettings()), Standardizer(StandardizeSettings(enabled=False))
+    changed = total = 0
+    for s in smiles:
+        try:
+            a, b = Chem.MolToSmiles(on.from_smiles(s)), Chem.MolToSmiles(off.from_smiles(s))
+        except MoleculeReject:
+            continue
+        total += 1
+        changed += a != b
+    return changed / max(total, 1)
+
+
+def bench_service(model: Path, key: Path, smiles: list[str], n_requests: int, standardize: str) -> dict:
+    import httpx
+    import psutil
+
+    sys.path.insert(0, str(REPO))
+    from tests.scoring.live import TOKEN, running_service
+
+    rows = []
+    with running_service(model, key, "--standardize", standardize, "--max-molecules", "1000",
+                         "--rate-limit", "10000000", "--mc-samples", "20") as url:
+        server = next(p for p in psutil.process_iter(["cmdline"])
+                      if p.info["cmdline"] and "serve" in p.info["cmdline"] and url.rsplit(":", 1)[1] in p.info["cmdline"])
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        with httpx.Client(timeout=600) as client:
+            client.post(f"{url}/v1/score", json=smiles[:50], headers=headers)  # warm-up
+            t0 = time.perf_counter()
+            for i in range(n_requests):
+                batch = smiles[i * 1000:(i + 1) * 1000]
+                r = client.post(f"{url}/v1/score", json=batch, headers=headers)
+                r.raise_for_status()
+                rows.append(r.json()["n_read"])
+            wall = time.perf_counter() - t0
+        rss = server.memory_info().rss / 2**20
+    return {"requests": n_requests, "molecules": sum(rows), "wall_s": round(wall, 2),
+            "per_s": round(sum(rows) / wall, 1), "rss_server_mib": round(rss, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--quick", action="store_true", help="a smoke test: 2,000 molecules, short runs")
+    parser.add_argument("--std-limit", type=int, default=3000, help="molecules for the standardize=model rows")
+    parser.add_argument("--pair", type=int, default=10_000, help="molecules of each paired raw measurement")
+    parser.add_argument("--requests", type=int, default=20, help="1,000-molecule requests to the service")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    if args.quick:
+        args.std_limit, args.pair, args.requests = 200, 2000, 2
+    out_path = args.out or HERE / "results" / ("score_quick.json" if args.quick else "score.json")
+
+    from rdkit import RDLogger
+
+    RDLogger.DisableLog("rdApp.*")
+    tmp = Path(tempfile.mkdtemp(prefix="fedmol-bench-score-"))
+    header = pd.read_csv(args.data, nrows=1)
+    tasks = [c for c in header.columns if c != "smiles"]
+    model, key = build_model(tmp, tasks)
+    n_all = 2000 if args.quick else None
+    data = write_subset(args.data, n_all, tmp / "quick.csv.gz") if n_all else args.data
+    smiles = pd.read_csv(data, usecols=["smiles"])["smiles"].astype(str).tolist()
+    n = len(smiles)
+    small = write_subset(args.data, min(10_000, n // 2 if args.quick else 10_000), tmp / "10k.csv.gz")
+    std_file = write_subset(args.data, args.std_limit, tmp / "std.csv.gz")
+    cores = os.cpu_count() or 1
+    raw_rate(smiles[:500])  # warm-up
+    result: dict = {"data": str(args.data), "molecules": n, "cpu_count": cores, "python": platform.python_version(),
+                    "model": "ECFP6 (r3) 32,768 bits, trunk 400, dropout 0.2, %d classification tasks" % len(tasks),
+                    "rows": []}
+    t0 = time.perf_counter()
+    result["raw_full"] = {"molecules": n, "per_s": round(raw_rate(smiles), 1), "load": os.getloadavg()[0]}
+    print(f"raw RDKit on all {n:,}: {result['raw_full']['per_s']:,.0f}/s", flush=True)
+
+    runs = [  # (label, file, standardize, mc, workers)
+        ("defaults (standardize=model, mc=20)", std_file, "model", 20, 1),
+        ("defaults (standardize=model, mc=20)", std_file, "model", 20, cores),
+        ("standardize=off, mc=20", data, "off", 20, 1),
+        ("standardize=off, mc=20", data, "off", 20, cores),
+        ("standardize=off, mc=0", data, "off", 0, 1),
+        ("standardize=off, mc=20, 10k rows", small, "off", 20, 1),
+    ]
+    for label, path, std, mc, workers in runs:
+        paired = raw_rate(smiles[:args.pair])
+        load = os.getloadavg()[0]
+        outp = tmp / "out.parquet"
+        stats = run_child(["score", str(path), "--model", str(model), "--key-file", str(key), "--out", str(outp),
+                           "--standardize", std, "--mc-samples", str(mc), "--workers", str(workers)])
+        scored = len(pd.read_parquet(outp, columns=["line"]))
+        rejected = len(pd.read_csv(tmp / "out.parquet.rejects.csv"))
+        count = scored + rejected
+        rate = count / stats["scoring_s"]
+        row = {"name": f"score {label}", "workers": workers, "molecules": count, "scored": scored,
+               "rejected": rejected, "wall_s": round(stats["wall_s"], 2),
+               "scoring_s": round(stats["scoring_s"], 2), "cpu_s": round(stats["cpu_s"], 2),
+               "per_s": round(rate, 1), "raw_paired_per_s": round(paired, 1),
+               "ratio_per_core": round(rate / workers / paired, 3),
+               "rss_main_mib": round(stats["rss_main_mib"], 1), "rss_worker_mib": round(stats["rss_worker_mib"], 1),
+               "load_before": round(load, 2)}
+        result["rows"].append(row)
+        print(f"{row['name']:<48} x{workers}: {count:>7,} mol {row['wall_s']:>8.1f} s {rate:>8,.0f}/s  "
+              f"raw {paired:,.0f}/s  ratio/core {row['ratio_per_core']:.2f}  RSS {row['rss_main_mib']:.0f}"
+              f"/{row['rss_worker_mib']:.0f} MiB  (load {load:.1f})", flush=True)
+
+    for std, n_req in (("off", args.requests), ("model", max(1, min(3, args.requests)))):
+        paired = raw_rate(smiles[:args.pair])
+        svc = bench_service(model, key, smiles, n_req if std == "off" else n_req, std)
+        svc.update({"name": f"serve 1,000-molecule requests, standardize={std}, mc=20",
+                    "raw_paired_per_s": round(paired, 1), "ratio_per_core": round(svc["per_s"] / paired, 3)})
+        result["rows"].append(svc)
+        print(f"{svc['name']:<48}: {svc['molecules']:,} mol {svc['per_s']:,.0f}/s ratio {svc['ratio_per_core']:.2f} "
+              f"RSS {svc['rss_server_mib']:.0f} MiB", flush=True)
+
+    result["standardisation_changes_fraction"] = round(standardisation_changes(smiles[:args.std_limit]), 4)
+    print(f"standardisation changes the canonical SMILES of {result['standardisation_changes_fraction']:.1%} "
+          f"of the first {args.std_limit:,} molecules", flush=True)
+    result["total_s"] = round(time.perf_counter() - t0, 1)
+    result["rss_benchmark_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"-> {out_path}")
+
+
+if __name__ == "__main__":
+    main()
