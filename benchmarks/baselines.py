@@ -1,7 +1,7 @@
 """Local-only and pooled baselines on a public set split into simulated sites.
 
     .venv/bin/python benchmarks/baselines.py                      # tox21, 4 scaffold sites
-    .venv/bin/python benchmarks/baselines.py --data /work/shared/data/sider.csv.gz --sites 3
+    .venv/bin/python benchmarks/baselines.py --data ../shared/data/sider.csv.gz --sites 3
 
 Steps: prepare the file once into an in-memory store (datasets.prepare, scaffold folds), split
 it into ``--sites`` sites by scaffold cluster (datasets.partition.by_scaffold: no scaffold is
@@ -48,7 +48,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
 DEMO_KEY_TEXT = b"fedmol public benchmark key - not a secret, never use for real data"
-DEFAULT_DATA = Path("/work/shared/data/tox21.csv.gz")
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "tox21.csv.gz"  # the shared data beside this checkout
 
 
 def demo_key() -> bytes:

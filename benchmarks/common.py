@@ -1,0 +1,236 @@
+"""Shared pieces of the federation benchmarks (`federation_gain.py`, `scale.py`).
+
+* `DATA_DIR`: the public data sets, ``<repo>/../shared/data`` (relative to this checkout).
+* `prepared_store`: prepare a CSV once with the fixed public benchmark key and cache the store
+  under ``--work`` (preparation is the slow part: ~1 min for Tox21, ~5 min for chembl_5thresh).
+* `save_sites`: write site stores ``site-0 .. site-N-1`` as the simulation expects them.
+* `run_flower`: one federation in Flower's simulation engine (LocalSuperLink + flwr_run), with
+  progress lines, per-round wall-clock times and (optionally) the RSS of the SuperLink's process
+  tree sampled with psutil. Everything it starts is stopped when it returns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script from anywhere
+    sys.path.insert(0, str(ROOT))
+
+DATA_DIR = ROOT.parent / "shared" / "data"
+RESULTS = ROOT / "benchmarks" / "results"
+# A consortium task no site has: the server in this version cannot start a federation whose
+# consortium-tasks is empty (server.federation.initial_shared_arrays builds a spec without heads
+# and models.spec.build_spec refuses it). A head with no labels anywhere gets no gradient, so
+# the trunk and the private heads train exactly as in a private-heads-only federation.
+PLACEHOLDER_TASK = "__no_consortium_task__:regression"
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def quiet_warnings() -> None:
+    import pandas as pd
+
+    warnings.filterwarnings("ignore", category=pd.errors.PerformanceWarning)
+
+
+def consortium_or_placeholder(consortium_tasks: str) -> tuple[str, bool]:
+    """``consortium_tasks`` if the server accepts it, else the placeholder (and True)."""
+    if consortium_tasks:
+        return consortium_tasks, False
+    from fedmol.config import FederationConfig
+    from fedmol.errors import ConfigError
+    from server.federation import initial_shared_arrays
+
+    try:
+        initial_shared_arrays(FederationConfig(n_bits=64, hidden="4"))
+        return consortium_tasks, False
+    except ConfigError:
+        return PLACEHOLDER_TASK, True
+
+
+def prepared_store(data: Path, work: Path, *, radius: int = 2, n_bits: int = 2048, nrows: int | None = None,
+                   id_col: str | None = None, workers: int = 2) -> Any:
+    """The whole file as one SiteStore (scaffold folds, permuted bits), cached in ``work``."""
+    quiet_warnings()
+    import pandas as pd
+
+    from benchmarks.baselines import DEMO_KEY_TEXT, demo_key
+    from datasets.featurize import FeaturizeSettings
+    from datasets.prepare import PrepareSettings, prepare_frame
+    from datasets.readers import TableSpec
+    from datasets.store import SiteStore
+
+    settings = PrepareSettings(table=TableSpec(smiles_col="smiles", id_col=id_col),
+                               featurize=FeaturizeSettings(radius=radius, n_bits=n_bits))
+    tag = hashlib.sha256(json.dumps([str(data.name), data.stat().st_size, nrows, settings.to_dict(),
+                                     DEMO_KEY_TEXT.decode()], sort_keys=True, default=str).encode()).hexdigest()[:12]
+    path = work / "prepared" / f"{data.name.split('.')[0]}-{tag}"
+    if (path / "settings.json").exists():
+        log(f"prepared store of {data.name} from cache {path}")
+        return SiteStore.load(path)
+    t0 = time.perf_counter()
+    log(f"preparing {data.name}{f' (first {nrows} rows)' if nrows else ''} ...")
+    frame = pd.read_csv(data, nrows=nrows)
+    res = prepare_frame(frame, demo_key(), None, settings, workers=workers, progress=False, source=str(data))
+    res.store.save(path)
+    log(f"prepared {res.store.n_compounds} compounds in {time.perf_counter() - t0:.0f} s -> {path}")
+    return res.store
+
+
+def save_sites(parts: list[Any], out: Path) -> dict[str, Path]:
+    """Save site stores as ``out/site-<i>`` (the simulation's partition-id naming)."""
+    import shutil
+
+    if out.exists():
+        shutil.rmtree(out)
+    paths: dict[str, Path] = {}
+    for i, store in enumerate(parts):
+        name = f"site-{i}"
+        store.settings["site_name"] = name
+        paths[name] = store.save(out / name)
+    return paths
+
+
+@dataclass
+class FlowerRun:
+    """What one simulated federation did."""
+
+    code: int
+    outputs: dict[str, Any]
+    seconds: float
+    round_seconds: list[float]  # from the end of round k-1 (round 1: the start) to the end of round k
+    rss_peak_bytes: int = 0
+    rss_samples: list[tuple[float, int]] = field(default_factory=list)
+    log_tail: list[str] = field(default_factory=list)
+
+
+class TreeSampler(threading.Thread):
+    """Sum of RSS over a process and all its descendants, every ``interval`` seconds."""
+
+    def __init__(self, pid: int, interval: float = 0.5) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.interval = pid, interval
+        self.samples: list[tuple[float, int]] = []
+        self.peak = 0
+        self._stop = threading.Event()
+        self.t0 = time.monotonic()
+
+    def sample(self) -> int:
+        import psutil
+
+        try:
+            root = psutil.Process(self.pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return 0
+        total = 0
+        for p in procs:
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            rss = self.sample()
+            self.samples.append((round(time.monotonic() - self.t0, 2), rss))
+            self.peak = max(self.peak, rss)
+            self._stop.wait(self.interval)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.join(timeout=5)
+
+
+def run_flower(cfg: Any, n_sites: int, workdir: Path, *, label: str = "", sample_memory: bool = False,
+               on_line: Callable[[str], None] | None = None, timeout: float = 3600.0) -> FlowerRun:
+    """Run ``cfg`` (a FederationConfig with sim_store_dir/output_dir set) in the simulation engine."""
+    from server.launcher import LocalSuperLink, flwr_run
+
+    lines: list[str] = []
+    t0 = time.monotonic()
+
+    def handle(line: str) -> None:
+        lines.append(line)
+        if "[ROUND " in line:
+            rnd = line.split("[ROUND ")[1].split("]")[0]
+            log(f"{label} round {rnd} ({time.monotonic() - t0:.0f} s since start)")
+        elif "ERROR" in line or "Traceback" in line:
+            print("    " + line, flush=True)
+        if on_line:
+            on_line(line)
+
+    # Round ends from the server's checkpoints (written after every round): Flower's streamed log
+    # arrives in bursts, so its "[ROUND k]" lines are not a clock.
+    ends: dict[int, float] = {}
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            for state in (cfg.output_path / "checkpoints").glob("*/state.json"):
+                try:
+                    rnd = int(json.loads(state.read_text())["server_round"])
+                except (OSError, ValueError, KeyError):
+                    continue
+                ends.setdefault(rnd, time.monotonic())
+            stop.wait(0.05)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    sampler: TreeSampler | None = None
+    with LocalSuperLink(workdir / "flower") as link:
+        if sample_memory:
+            assert link.proc is not None
+            sampler = TreeSampler(link.proc.pid)
+            sampler.start()
+        try:
+            code = flwr_run(link, cfg.to_run_config(), on_line=handle, timeout=timeout,
+                            federation_config={"num-supernodes": n_sites, "client-resources-num-cpus": 1})
+        finally:
+            if sampler:
+                sampler.stop()
+    end = time.monotonic()
+    stop.set()
+    watcher.join(timeout=2)
+    (workdir / "flower" / "run.log").write_text("\n".join(lines) + "\n")
+    outputs_path = cfg.output_path / "last_federation.json"
+    outputs = json.loads(outputs_path.read_text()) if outputs_path.exists() and code == 0 else {}
+    times = [t0] + [ends[r] for r in sorted(ends)]
+    rounds = [b - a for a, b in zip(times[:-1], times[1:], strict=True)]
+    return FlowerRun(code=code, outputs=outputs, seconds=end - t0, round_seconds=rounds,
+                     rss_peak_bytes=sampler.peak if sampler else 0,
+                     rss_samples=sampler.samples if sampler else [], log_tail=lines[-40:])
+
+
+def flower_leftovers(wait: float = 15.0) -> list[str]:
+    """Flower/Ray processes still running ``wait`` seconds after the runs (should be none)."""
+    deadline = time.monotonic() + wait
+    while True:
+        left = _flower_processes()
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.5)
+
+
+def _flower_processes() -> list[str]:
+    import psutil
+
+    left = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        cmd = " ".join(p.info.get("cmdline") or [])
+        if ("flower" in cmd or "flwr" in cmd or "raylet" in cmd) and p.pid != psutil.Process().pid:
+            left.append(f"{p.pid} {cmd[:120]}")
+    return left

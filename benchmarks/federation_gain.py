@@ -1,0 +1,348 @@
+"""Federation gain: local-only vs federated vs pooled, on two public sets split into sites.
+
+    .venv/bin/python benchmarks/federation_gain.py            # both sets, ~15-20 min (+5 min first prep)
+    .venv/bin/python benchmarks/federation_gain.py --quick    # small subsets, a few rounds: smoke test
+    .venv/bin/python benchmarks/federation_gain.py --only tox21
+
+What it does, per set:
+
+1. **Prepare once** (datasets.prepare) with the fixed public benchmark key of
+   `benchmarks/baselines.py`, ECFP4 (radius 2) folded to 2,048 bits, scaffold folds (test fold 0,
+   validation fold 1). The prepared store is cached under ``--work`` (preparation of
+   chembl_5thresh takes ~5 min on 2 cores; the cache makes reruns cheap).
+2. **Split into sites** (datasets.partition) and save them as ``site-0 .. site-N-1``:
+
+   * **tox21**: 4 sites by scaffold cluster (`by_scaffold`: no scaffold at two sites); all 12
+     tasks are consortium tasks (shared heads, ``consortium-tasks=NAME:classification,...``).
+     Metric: ROC-AUC.
+   * **chembl_5thresh**: 5 sites that each own a disjoint set of targets (`by_task`, over the
+     302 targets that meet the training quorum in the whole set); private heads only. Metric: R².
+
+3. **Baselines** with `server.baselines.train_baselines` (the same code the demo uses): a
+   *local-only* model per site and a *pooled* model on every site's training folds, each tested
+   on each site's test fold. Two training recipes are run and, per approach, the one with the
+   better mean is reported (``baseline recipe`` in the results): the library default (Adam lr 1e-3,
+   lr x0.3 half-way, early stopping on validation loss) and `server.baselines.federation_recipe`
+   (the centralised counterpart of the federation: the sites' own optimiser, lr, momentum, batch
+   size and per-round lr decay for rounds x local-epochs epochs, plus early stopping on the
+   validation loss, which the federation does not get). Picking the better of two on the test
+   fold favours the baselines: it makes the federation's targets harder, not easier.
+4. **Federation** in Flower's simulation engine (server.launcher.LocalSuperLink + flwr_run,
+   1 CPU per virtual client, ``num-threads=1``); the server writes its last round's per-site,
+   per-task test metrics as a GainTable (``outputs["table"]``), merged here with the baselines.
+
+Fairness: every approach uses the same model spec (ECFP4 2,048 bits binary, hidden 1000,
+dropout 0.5: the colleague's best Tox21 setting in benchmarks/baselines.py), the same folds, and
+the same scoring quorum: a task is scored at a site when the site's test fold has >= 10
+positives and >= 10 negatives (regression: >= 10 exact values), MELLODDY's per-fold evaluation
+quorum, set with the run-config key ``eval-min-labels=10`` for the sites and the baselines alike.
+Means per site are over the tasks every approach scored there (models.report.GainTable); the
+"mean" of a set is the mean over sites. The federated model is the one after the last round (no
+model selection on validation, unlike the baselines).
+
+Federation settings (run-config keys), chosen on the validation fold with an in-process FedAvg
+emulation of `client.site.SiteNode` before running it in Flower:
+
+* tox21: FedAvg, SGD momentum 0.9, lr 1.0 x 0.92 per round (``lr-decay``), 2 local epochs,
+  batch 128, 24 rounds. With a constant lr the federation peaked near 0.788 at round ~25 and then
+  overfit (0.784 at 40); lr 0.05 (the default) learnt far too slowly (0.50 after 20 rounds); Adam
+  restarted every round reached 0.70.
+* chembl_5thresh: FedAvg, SGD momentum 0.9, lr 0.1, 2 local epochs, batch 128, 15 rounds
+  (lr 0.5 with decay was unstable: R² 0.06 after 20 rounds).
+
+Reported per set: mean test metric of local-only, federated and pooled, the federated/pooled
+ratio, and the share of (site, task) pairs scored by every approach where federated beats
+local-only. Outputs: ``benchmarks/results/federation_gain.json`` and ``.md`` (with every per-task
+value), ``federation_gain.png`` (per-site means). Every Flower process started here is stopped
+before the script returns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import (  # noqa: E402
+    DATA_DIR,
+    RESULTS,
+    consortium_or_placeholder,
+    flower_leftovers,
+    log,
+    prepared_store,
+    quiet_warnings,
+    run_flower,
+    save_sites,
+)
+
+TOX21_TASKS = ["NR-AR", "NR-AR-LBD", "NR-AhR", "NR-Aromatase", "NR-ER", "NR-ER-LBD", "NR-PPAR-gamma",
+               "SR-ARE", "SR-ATAD5", "SR-HSE", "SR-MMP", "SR-p53"]
+MODEL = {"n_bits": 2048, "hidden": "1000", "dropout": 0.5, "input_transform": "binary"}
+SETS: dict[str, dict[str, Any]] = {
+    "tox21": {
+        "file": "tox21.csv.gz", "id_col": "mol_id", "sites": 4, "split": "by_scaffold", "metric": "ROC-AUC",
+        "consortium": ",".join(f"{t}:classification" for t in TOX21_TASKS),
+        "federation": {"strategy": "fedavg", "optimizer": "sgd", "lr": 1.0, "lr_decay": 0.92, "momentum": 0.9,
+                       "local_epochs": 2, "batch_size": 128, "num_server_rounds": 24},
+        "quick": {"nrows": 2500, "num_server_rounds": 3, "baseline_epochs": 4},
+    },
+    "chembl_5thresh": {
+        "file": "chembl_5thresh.csv.gz", "id_col": None, "sites": 5, "split": "by_task", "metric": "R²",
+        "consortium": "",
+        "federation": {"strategy": "fedavg", "optimizer": "sgd", "lr": 0.1, "lr_decay": 1.0, "momentum": 0.9,
+                       "local_epochs": 2, "batch_size": 128, "num_server_rounds": 15},
+        "quick": {"nrows": 4000, "num_server_rounds": 2, "baseline_epochs": 3},
+    },
+}
+BASELINE_EPOCHS = 25  # the Adam recipe's maximum (early stopping usually ends it sooner)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--quick", action="store_true", help="small subsets, 2-3 rounds (~2 min): a smoke test")
+    p.add_argument("--only", choices=sorted(SETS), action="append", help="run only this set (repeatable)")
+    p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "fedmol-bench",
+                   help="prepared-store cache, site stores, Flower and server outputs")
+    p.add_argument("--out", type=Path, default=RESULTS, help="where the JSON/MD/PNG results go")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def split_sites(store: Any, spec: dict[str, Any], seed: int) -> list[Any]:
+    from datasets.partition import by_scaffold, by_task
+
+    if spec["split"] == "by_scaffold":
+        return [store.subset(rows) for rows in by_scaffold(store, spec["sites"], seed)]
+    return [store.subset(rows, names) for rows, names in by_task(store, spec["sites"], seed)]
+
+
+def pair_stats(table: Any) -> dict[str, Any]:
+    """(site, task) pairs every approach scored: how many, and where federated beats local-only."""
+    won = lost = tied = 0
+    for site in table.sites:
+        for task in table.common_tasks(site):
+            f, l_ = table.values["federated"][site][task], table.values["local"][site][task]
+            won += f > l_
+            lost += f < l_
+            tied += f == l_
+    n = won + lost + tied
+    return {"pairs": n, "federated_wins": won, "local_wins": lost, "ties": tied,
+            "share_federated_wins": won / n if n else float("nan")}
+
+
+def run_set(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    from fedmol.config import FederationConfig
+    from models.report import GainTable
+    from server.baselines import federation_recipe, train_baselines
+
+    spec = SETS[name]
+    quick = spec["quick"] if args.quick else {}
+    t0 = time.perf_counter()
+    work = args.work / ("quick" if args.quick else "full") / name
+    store = prepared_store(DATA_DIR / spec["file"], args.work, radius=2, n_bits=MODEL["n_bits"],
+                           nrows=quick.get("nrows"), id_col=spec["id_col"])
+    t_prep = time.perf_counter() - t0
+    parts = split_sites(store, spec, args.seed)
+    sites = save_sites(parts, work / "sites")
+    site_info = {s: {"compounds": p.n_compounds, "trainable_tasks": len(p.trainable_tasks())}
+                 for s, p in zip(sites, parts, strict=True)}
+    log(f"{name}: {len(sites)} sites " + ", ".join(f"{s} {v['compounds']} compounds/{v['trainable_tasks']} tasks"
+                                                    for s, v in site_info.items()))
+
+    consortium, placeholder = consortium_or_placeholder(spec["consortium"])
+    fed = dict(spec["federation"])
+    if "num_server_rounds" in quick:
+        fed["num_server_rounds"] = quick["num_server_rounds"]
+    server_dir = work / "server"
+    if server_dir.exists():
+        shutil.rmtree(server_dir)
+    cfg = FederationConfig(
+        **MODEL, **fed, consortium_tasks=consortium, min_sites=len(sites), seed=args.seed, eval_min_labels=10,
+        num_threads=1, sim_store_dir=str(work / "sites"), output_dir=str(server_dir), table_name=name,
+        report_task_names=True, register_model=False, experiment=f"bench-{name}", run_name=f"federation-gain-{name}",
+    )
+
+    # -- baselines (two recipes; the better mean per approach is the reported baseline) --------
+    recipes = {"adam": None, "federation": federation_recipe(cfg)}
+    base_epochs = quick.get("baseline_epochs", BASELINE_EPOCHS)
+    if args.quick:
+        recipes["federation"] = federation_recipe(cfg, epochs=base_epochs)
+    tables: dict[str, GainTable] = {}
+    t1 = time.perf_counter()
+    for rname, recipe in recipes.items():
+        tb = time.perf_counter()
+        tables[rname] = train_baselines(sites, cfg, epochs=base_epochs, dataset=name, recipe=recipe,
+                                        on_model=lambda m, r=rname: log(f"{name}: baseline [{r}] {m} done"))
+        s = tables[rname].summary()
+        log(f"{name}: baselines [{rname}] local {s['local']['mean_over_sites']:.4f}, pooled "
+            f"{s['pooled']['mean_over_sites']:.4f} ({time.perf_counter() - tb:.0f} s)")
+    t_base = time.perf_counter() - t1
+    chosen = {a: max(recipes, key=lambda r: _finite(tables[r].summary()[a]["mean_over_sites"]))
+              for a in ("local", "pooled")}
+    baselines = GainTable(name, "score")
+    for approach, rname in chosen.items():
+        for site, per_task in tables[rname].values[approach].items():
+            baselines.add(approach, site, per_task)
+
+    # -- federation in Flower's simulation engine ----------------------------------------------
+    log(f"{name}: federation, {cfg.num_server_rounds} rounds, {len(sites)} virtual clients (1 CPU each)")
+    run = run_flower(cfg, len(sites), work, label=name)
+    if run.code != 0 or "table" not in run.outputs:
+        raise RuntimeError(f"{name}: the federation failed (exit {run.code}):\n" + "\n".join(run.log_tail))
+    federated = GainTable.from_json(run.outputs["table"])
+    table = baselines.merge(federated)
+    summary = table.summary()
+    means = {a: summary[a]["mean_over_sites"] for a in ("local", "federated", "pooled")}
+    pairs = pair_stats(table)
+    ratio = means["federated"] / means["pooled"] if means["pooled"] else float("nan")
+    if name == "tox21":
+        targets = {"federated >= 0.98 x pooled": means["federated"] >= 0.98 * means["pooled"],
+                   "federated >= local + 0.02": means["federated"] >= means["local"] + 0.02}
+    else:
+        targets = {"no negative transfer (federated >= local)": means["federated"] >= means["local"],
+                   "federated better on a majority of pairs": pairs["share_federated_wins"] > 0.5}
+    seconds = time.perf_counter() - t0
+    table.notes = {
+        "metric": spec["metric"] + " per task ('score'), test fold 0",
+        "sites": f"{len(sites)} by {spec['split']} (seed {args.seed})",
+        "consortium tasks": (f"{len(cfg.consortium_task_list)} shared heads" if consortium and not placeholder
+                             else "none: private heads only" + (" (placeholder head, see common.py)"
+                                                                if placeholder else "")),
+        "federation": ", ".join(f"{k.replace('_', '-')}={v}" for k, v in fed.items()),
+        "baseline recipe": ", ".join(f"{a}: {r}" for a, r in chosen.items()),
+        "scoring": "tasks with >= 10 positives and >= 10 negatives (regression: >= 10 exact values) in "
+                   "the site's test fold",
+    }
+    log(f"{name}: local {means['local']:.4f}  federated {means['federated']:.4f}  pooled {means['pooled']:.4f}  "
+        f"ratio {ratio:.4f}  federated wins {pairs['federated_wins']}/{pairs['pairs']} pairs  ({seconds:.0f} s)")
+    return {
+        "set": name, "file": spec["file"], "metric": spec["metric"], "quick": args.quick,
+        "means": means, "federated_over_pooled": ratio, "pairs": pairs, "targets": targets,
+        "baseline_recipe": chosen,
+        "baseline_recipes": {r: {a: tables[r].summary()[a]["mean_over_sites"] for a in ("local", "pooled")}
+                             for r in recipes},
+        "run_config": {k: v for k, v in cfg.to_run_config().items()
+                       if k not in ("sim-store-dir", "output-dir", "tracking-uri")},
+        "placeholder_consortium_head": placeholder,
+        "sites": site_info,
+        "seconds": {"total": seconds, "prepare": t_prep, "baselines": t_base, "federation": run.seconds,
+                    "rounds": run.round_seconds},
+        "mlflow_run_id": run.outputs.get("mlflow_run_id"),
+        "table": table.to_dict(),
+        "_table": table,
+    }
+
+
+def _finite(v: float) -> float:
+    return v if math.isfinite(v) else -math.inf
+
+
+def write_results(results: list[dict[str, Any]], args: argparse.Namespace, command: str, total: float) -> None:
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = "federation_gain_quick" if args.quick else "federation_gain"
+    tables = {r["set"]: r.pop("_table") for r in results}
+    payload = {"command": command, "total_seconds": total, "machine": f"{platform.machine()}, "
+               f"{platform.python_version()}", "sets": results}
+    (args.out / f"{stem}.json").write_text(json.dumps(payload, indent=2, default=_json) + "\n")
+
+    lines = [f"# Federation gain{' (quick smoke test, not a result)' if args.quick else ''}", "",
+             f"Command: `{command}` — {total / 60:.1f} min on {platform.machine()} "
+             "(2 cores, no GPU).", "",
+             "| set | metric | local-only | federated | pooled | federated / pooled | pairs won by federated | "
+             "run time |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        m, p = r["means"], r["pairs"]
+        lines.append(f"| {r['set']} | {r['metric']} | {m['local']:.4f} | {m['federated']:.4f} | {m['pooled']:.4f} | "
+                     f"{r['federated_over_pooled']:.3f} | {p['federated_wins']}/{p['pairs']} "
+                     f"({p['share_federated_wins']:.0%}) | {r['seconds']['total'] / 60:.1f} min |")
+    lines += ["", "Targets:", ""]
+    for r in results:
+        for t, ok in r["targets"].items():
+            lines.append(f"- {r['set']}: {t}: **{'met' if ok else 'NOT met'}**")
+    lines += ["", "Baselines per recipe (mean over sites; the better one per approach is reported above):", ""]
+    for r in results:
+        for rname, v in r["baseline_recipes"].items():
+            lines.append(f"- {r['set']} [{rname}]: local {v['local']:.4f}, pooled {v['pooled']:.4f}")
+    lines += ["", "How it was measured: see the docstring of `benchmarks/federation_gain.py`.", ""]
+    for r in results:
+        body = tables[r["set"]].markdown().replace("\n# ", "\n## ").replace("\n## ", "\n### ")
+        lines += ["", body.replace("# score on", "## " + r["metric"] + " on", 1)]
+    (args.out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    plot(tables, results, args.out / f"{stem}.png")
+    log(f"results: {args.out / stem}.json / .md / .png")
+
+
+def plot(tables: dict[str, Any], results: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(1, len(tables), figsize=(6 * len(tables), 4), squeeze=False)
+    colours = {"local": "#9e9e9e", "federated": "#1f77b4", "pooled": "#2ca02c"}
+    for ax, r in zip(axes[0], results, strict=True):
+        table = tables[r["set"]]
+        summary = table.summary()
+        sites = table.sites
+        x = np.arange(len(sites))
+        for k, a in enumerate(("local", "federated", "pooled")):
+            ax.bar(x + (k - 1) * 0.27, [summary[a][s] for s in sites], 0.27, label=a, color=colours[a])
+        ax.set_xticks(x, [f"{s}\n({len(table.common_tasks(s))} tasks)" for s in sites])
+        ax.set_ylabel(f"mean test {r['metric']}")
+        vals = [summary[a][s] for a in ("local", "federated", "pooled") for s in sites]
+        lo = min(v for v in vals if math.isfinite(v))
+        ax.set_ylim(min(0.5, lo - 0.05) if r["metric"] == "ROC-AUC" else min(0.0, lo - 0.05),
+                    max(vals) + 0.05)
+        m = r["means"]
+        ax.set_title(f"{r['set']}: local {m['local']:.3f}, fed {m['federated']:.3f}, pooled {m['pooled']:.3f}")
+        ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _json(o: Any) -> Any:
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    if hasattr(o, "item"):
+        return o.item()
+    return str(o)
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    args = parse_args(argv)
+    quiet_warnings()
+    args.work.mkdir(parents=True, exist_ok=True)
+    command = ".venv/bin/python benchmarks/federation_gain.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    t0 = time.perf_counter()
+    names = args.only or list(SETS)
+    results = []
+    try:
+        for name in names:
+            results.append(run_set(name, args))
+    finally:
+        left = flower_leftovers()
+        if left:
+            log("WARNING: Flower processes still running: " + "; ".join(left))
+    write_results(results, args, command.strip(), time.perf_counter() - t0)
+    for r in results:
+        ok = all(r["targets"].values())
+        log(f"{r['set']}: targets {'met' if ok else 'NOT all met'}: {r['targets']}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
