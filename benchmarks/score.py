@@ -9,7 +9,7 @@ depend on the weights), standardisation settings as `fedmol prepare` writes them
 Rows (molecules per second):
   raw RDKit      MolFromSmiles + Morgan r3 GetFingerprint (32k bits), one process: the baseline.
                  Measured again right before every fedmol row (on the first --pair molecules),
-                 and every ratio uses that paired figure: the machine is shared, load drifts.
+                 and every ratio uses that paired figure.
   score ...      `fedmol score FILE --out OUT.parquet` in a child process: gzip CSV in, Parquet
                  predictions + rejects out, progress bar, per settings:
                    standardize=model  MolStandardize as the model's sites did (the default;
@@ -19,10 +19,13 @@ Rows (molecules per second):
                    mc=20 / mc=0       MC-dropout samples (20 is the default)
                    workers=1 / all    process pool over chunks
                  rate = molecules / the scoring loop's seconds (file in to predictions out,
-                 worker start-up included; wall_s adds the command's imports and model loading).
-                 ratio per core = (rate / workers) / paired raw rate. Peak RSS of the main
+                 worker start-up included; wall_s adds the command's imports and model loading),
+                 and per CPU second (the loop's CPU time, workers included).
+                 ratio per core = per-CPU-second rate / paired raw per-CPU-second rate: CPU time,
+                 unlike wall time, does not depend on how many other jobs share the cores. Peak RSS of the main
                  process and of the largest worker; 10k vs all rows shows memory stays flat.
-  serve          `fedmol serve` on 127.0.0.1, sequential POST /v1/score requests of 1,000 SMILES.
+  serve          `fedmol serve` on 127.0.0.1, sequential POST /v1/score requests of 1,000 SMILES
+                 (server CPU time from psutil; JSON parsing and answers included).
 Also: how many molecules standardisation changes (canonical SMILES with vs without), which is
 what skipping it would get wrong for a model trained with it.
 Results: benchmarks/results/score.json (score_quick.json with --quick).
@@ -66,18 +69,18 @@ def build_model(root: Path, tasks: list[str]) -> tuple[Path, Path]:
     return save_model(root / "model", MultiTaskNet(spec, seed=0), meta=meta), key_path
 
 
-def raw_rate(smiles: list[str]) -> float:
-    """Molecules per second of parse + Morgan r3 32k-bit fingerprint in this process."""
+def raw_rate(smiles: list[str]) -> tuple[float, float]:
+    """Molecules per wall second and per CPU second of parse + Morgan r3 32k-bit fingerprint."""
     from rdkit import Chem
     from rdkit.Chem import rdFingerprintGenerator
 
     gen = rdFingerprintGenerator.GetMorganGenerator(radius=3, fpSize=32768)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for s in smiles:
         mol = Chem.MolFromSmiles(s)
         if mol is not None:
             gen.GetFingerprint(mol)
-    return len(smiles) / (time.perf_counter() - t0)
+    return len(smiles) / (time.perf_counter() - t0), len(smiles) / (time.process_time() - c0)
 
 
 def run_child(args: list[str]) -> dict[str, float]:
@@ -95,6 +98,8 @@ def run_child(args: list[str]) -> dict[str, float]:
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     found = re.search(r" in ([0-9.]+) s \(", proc.stderr)
     out["scoring_s"] = float(found.group(1)) if found else float("nan")
+    found = re.search(r"; ([0-9.]+) CPU s", proc.stderr)
+    out["scoring_cpu_s"] = float(found.group(1)) if found else float("nan")
     if out["rc"] != 0:
         raise RuntimeError(f"fedmol score exited {out['rc']}: {proc.stderr[-2000:]}")
     return out
@@ -135,11 +140,13 @@ def bench_service(model: Path, key: Path, smiles: list[str], n_requests: int, st
     rows = []
     with running_service(model, key, "--standardize", standardize, "--max-molecules", "1000",
                          "--rate-limit", "10000000", "--mc-samples", "20") as url:
+        port = url.rsplit(":", 1)[1]
         server = next(p for p in psutil.process_iter(["cmdline"])
-                      if p.info["cmdline"] and "serve" in p.info["cmdline"] and url.rsplit(":", 1)[1] in p.info["cmdline"])
+                      if p.info["cmdline"] and "serve" in p.info["cmdline"] and port in p.info["cmdline"])
         headers = {"Authorization": f"Bearer {TOKEN}"}
         with httpx.Client(timeout=600) as client:
             client.post(f"{url}/v1/score", json=smiles[:50], headers=headers)  # warm-up
+            cpu0 = sum(server.cpu_times()[:2])
             t0 = time.perf_counter()
             for i in range(n_requests):
                 batch = smiles[i * 1000:(i + 1) * 1000]
@@ -147,9 +154,11 @@ def bench_service(model: Path, key: Path, smiles: list[str], n_requests: int, st
                 r.raise_for_status()
                 rows.append(r.json()["n_read"])
             wall = time.perf_counter() - t0
+            cpu = sum(server.cpu_times()[:2]) - cpu0
         rss = server.memory_info().rss / 2**20
     return {"requests": n_requests, "molecules": sum(rows), "wall_s": round(wall, 2),
-            "per_s": round(sum(rows) / wall, 1), "rss_server_mib": round(rss, 1)}
+            "per_s": round(sum(rows) / wall, 1), "server_cpu_s": round(cpu, 2),
+            "per_cpu_s": round(sum(rows) / cpu, 1), "rss_server_mib": round(rss, 1)}
 
 
 def main() -> None:
@@ -181,11 +190,13 @@ def main() -> None:
     cores = os.cpu_count() or 1
     raw_rate(smiles[:500])  # warm-up
     result: dict = {"data": str(args.data), "molecules": n, "cpu_count": cores, "python": platform.python_version(),
-                    "model": "ECFP6 (r3) 32,768 bits, trunk 400, dropout 0.2, %d classification tasks" % len(tasks),
+                    "model": f"ECFP6 (r3) 32,768 bits, trunk 400, dropout 0.2, {len(tasks)} classification tasks",
                     "rows": []}
     t0 = time.perf_counter()
-    result["raw_full"] = {"molecules": n, "per_s": round(raw_rate(smiles), 1), "load": os.getloadavg()[0]}
-    print(f"raw RDKit on all {n:,}: {result['raw_full']['per_s']:,.0f}/s", flush=True)
+    wall_rate, cpu_rate = raw_rate(smiles)
+    result["raw_full"] = {"molecules": n, "per_s": round(wall_rate, 1), "per_cpu_s": round(cpu_rate, 1),
+                          "load": os.getloadavg()[0]}
+    print(f"raw RDKit on all {n:,}: {wall_rate:,.0f}/s, {cpu_rate:,.0f} per CPU s", flush=True)
 
     runs = [  # (label, file, standardize, mc, workers)
         ("defaults (standardize=model, mc=20)", std_file, "model", 20, 1),
@@ -196,7 +207,7 @@ def main() -> None:
         ("standardize=off, mc=20, 10k rows", small, "off", 20, 1),
     ]
     for label, path, std, mc, workers in runs:
-        paired = raw_rate(smiles[:args.pair])
+        paired_wall, paired = raw_rate(smiles[:args.pair])
         load = os.getloadavg()[0]
         outp = tmp / "out.parquet"
         stats = run_child(["score", str(path), "--model", str(model), "--key-file", str(key), "--out", str(outp),
@@ -205,25 +216,29 @@ def main() -> None:
         rejected = len(pd.read_csv(tmp / "out.parquet.rejects.csv"))
         count = scored + rejected
         rate = count / stats["scoring_s"]
+        cpu_rate = count / stats["scoring_cpu_s"]
         row = {"name": f"score {label}", "workers": workers, "molecules": count, "scored": scored,
                "rejected": rejected, "wall_s": round(stats["wall_s"], 2),
                "scoring_s": round(stats["scoring_s"], 2), "cpu_s": round(stats["cpu_s"], 2),
-               "per_s": round(rate, 1), "raw_paired_per_s": round(paired, 1),
-               "ratio_per_core": round(rate / workers / paired, 3),
+               "scoring_cpu_s": round(stats["scoring_cpu_s"], 2), "per_s": round(rate, 1),
+               "per_cpu_s": round(cpu_rate, 1), "raw_paired_per_s": round(paired_wall, 1),
+               "raw_paired_per_cpu_s": round(paired, 1), "ratio_per_core": round(cpu_rate / paired, 3),
                "rss_main_mib": round(stats["rss_main_mib"], 1), "rss_worker_mib": round(stats["rss_worker_mib"], 1),
                "load_before": round(load, 2)}
         result["rows"].append(row)
-        print(f"{row['name']:<48} x{workers}: {count:>7,} mol {row['wall_s']:>8.1f} s {rate:>8,.0f}/s  "
-              f"raw {paired:,.0f}/s  ratio/core {row['ratio_per_core']:.2f}  RSS {row['rss_main_mib']:.0f}"
-              f"/{row['rss_worker_mib']:.0f} MiB  (load {load:.1f})", flush=True)
+        print(f"{row['name']:<40} x{workers}: {count:>7,} mol {row['scoring_s']:>7.1f} s {rate:>7,.0f}/s "
+              f"{cpu_rate:>7,.0f}/CPU s  raw {paired:,.0f}/CPU s  ratio/core {row['ratio_per_core']:.2f}  "
+              f"RSS {row['rss_main_mib']:.0f}/{row['rss_worker_mib']:.0f} MiB  (load {load:.1f})", flush=True)
 
     for std, n_req in (("off", args.requests), ("model", max(1, min(3, args.requests)))):
-        paired = raw_rate(smiles[:args.pair])
-        svc = bench_service(model, key, smiles, n_req if std == "off" else n_req, std)
+        paired_wall, paired = raw_rate(smiles[:args.pair])
+        svc = bench_service(model, key, smiles, n_req, std)
         svc.update({"name": f"serve 1,000-molecule requests, standardize={std}, mc=20",
-                    "raw_paired_per_s": round(paired, 1), "ratio_per_core": round(svc["per_s"] / paired, 3)})
+                    "raw_paired_per_s": round(paired_wall, 1), "raw_paired_per_cpu_s": round(paired, 1),
+                    "ratio_per_core": round(svc["per_cpu_s"] / paired, 3)})
         result["rows"].append(svc)
-        print(f"{svc['name']:<48}: {svc['molecules']:,} mol {svc['per_s']:,.0f}/s ratio {svc['ratio_per_core']:.2f} "
+        print(f"{svc['name']:<48}: {svc['molecules']:,} mol {svc['per_s']:,.0f}/s {svc['per_cpu_s']:,.0f}/CPU s "
+              f"ratio/core {svc['ratio_per_core']:.2f} "
               f"RSS {svc['rss_server_mib']:.0f} MiB", flush=True)
 
     result["standardisation_changes_fraction"] = round(standardisation_changes(smiles[:args.std_limit]), 4)

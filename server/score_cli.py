@@ -211,7 +211,8 @@ def score(
     smiles_col: Annotated[str, typer.Option(help="Name of the SMILES column (CSV/TSV).")] = "smiles",
     id_col: Annotated[str | None, typer.Option(
         help="Column (CSV/TSV) or SDF property holding compound ids (default: line number; SDF title).")] = None,
-    rejects: Annotated[Path | None, typer.Option(help="Rows that could not be scored (default: OUT.rejects.csv).")] = None,
+    rejects: Annotated[Path | None, typer.Option(
+        help="Rows that could not be scored (default: OUT.rejects.csv).")] = None,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI for models:/ URIs.")] = None,
     chunk_size: Annotated[int, typer.Option(min=1, help="Molecules per chunk (memory stays flat).")] = 2000,
     workers: Annotated[int, typer.Option(min=0, help="Worker processes over chunks, order kept (0: all cores).")] = 1,
@@ -251,7 +252,7 @@ def score(
     rejects = rejects or out.with_name(out.name + ".rejects.csv")
     n_read = n_scored = n_rejected = 0
     writer = _Writer(out, ["line", "id", "smiles", "canonical_smiles", *scorer.columns])
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), _cpu_seconds()
     try:
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err,
                       transient=True) as progress:
@@ -272,9 +273,18 @@ def score(
     if n_read == 0:
         raise InputError(f"{input} holds no molecules")
     assert n_scored + n_rejected == n_read
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, _cpu_seconds() - cpu0
     err.print(f"read {n_read:,}, scored {n_scored:,} -> {out}, rejected {n_rejected:,} -> {rejects} "
-              f"in {seconds:.1f} s ({n_read / seconds:,.0f} molecules/s)", highlight=False, soft_wrap=True)
+              f"in {seconds:.1f} s ({n_read / seconds:,.0f} molecules/s; {cpu:.1f} CPU s with workers)",
+              highlight=False, soft_wrap=True)
+
+
+def _cpu_seconds() -> float:
+    """CPU seconds of this process and its finished children (the worker pool, once shut down)."""
+    import resource
+
+    s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
 
 
 class _Writer:

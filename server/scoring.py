@@ -351,9 +351,10 @@ def predict_units(model: Any, X: sp.csr_matrix, mc_samples: int, *, seed: int = 
                     out = out.reshape(x.shape[1], mc_samples, -1).transpose(0, 1)
                 else:
                     out = torch.bmm(x, w.transpose(1, 2))
-                units = head.to_units(out + head.linear.bias).double()  # (S, B, tasks)
-                mean_parts[name].append(units.mean(0).float().numpy())
-                std_parts[name].append(units.std(0, unbiased=False).float().numpy())
+                units = head.to_units(out + head.linear.bias)  # (S, B, tasks)
+                sd, mean = torch.std_mean(units, dim=0, correction=0)
+                mean_parts[name].append(mean.numpy())
+                std_parts[name].append(sd.numpy())
     model.train(was_training)
     values: dict[str, np.ndarray] = {}
     std: dict[str, np.ndarray] | None = {} if mc_samples > 0 else None
