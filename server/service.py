@@ -210,7 +210,8 @@ def create_app(scorer: Any, settings: ServiceSettings) -> Any:
                                 headers={"WWW-Authenticate": "Bearer"})
         given = token.strip().encode()
         if not any(hmac.compare_digest(given, t) for t in tokens):
-            raise HTTPException(401, "invalid access token", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+            raise HTTPException(401, "invalid access token",
+                                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
         return token.strip()
 
     async def read_molecules(request: Request) -> tuple[list[str], list[str] | None]:
@@ -344,7 +345,8 @@ def serve_command(
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI for models:/ URIs.")] = None,
     max_molecules: Annotated[int, typer.Option(min=1, help="Molecules per request at most (413 beyond).")] = 10_000,
     max_request_bytes: Annotated[int, typer.Option(min=1, help="Request body size at most (413 beyond).")] = 10_000_000,
-    rate_limit: Annotated[int, typer.Option(min=1, help="Molecules per token per --rate-window (429 beyond).")] = 100_000,
+    rate_limit: Annotated[int, typer.Option(
+        min=1, help="Molecules per token per --rate-window (429 beyond).")] = 100_000,
     rate_window: Annotated[float, typer.Option(min=1.0, help="Rate-limit window in seconds.")] = 3600.0,
     mc_samples: Annotated[int, typer.Option(min=0, help="MC-dropout passes for the uncertainty (0: none).")] = 20,
     confidence: Annotated[float, typer.Option(help="Confidence of the conformal regression intervals.")] = 0.8,

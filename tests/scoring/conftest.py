@@ -21,7 +21,6 @@ SMILES = ["CCO", "c1ccccc1O", "CC(=O)Oc1ccccc1C(=O)O", "CCN(CC)CC", "Clc1ccc(Cl)
 @pytest.fixture(scope="session")
 def site(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """{"model": shared model folder, "key": key file, "store": site store} (session-wide, read-only)."""
-    import numpy as np
 
     from client.site import SiteNode
     from datasets.embedded import solubility

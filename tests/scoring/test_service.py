@@ -51,7 +51,8 @@ def test_health_docs_and_model(service):
 
 def test_scoring_needs_a_valid_token(service):
     r = httpx.post(f"{service}/v1/score", json=["CCO"])
-    assert r.status_code == 401 and "Bearer" in r.json()["detail"] and r.headers["www-authenticate"].startswith("Bearer")
+    assert r.status_code == 401 and "Bearer" in r.json()["detail"]
+    assert r.headers["www-authenticate"].startswith("Bearer")
     r = httpx.post(f"{service}/v1/score", json=["CCO"], headers=_auth("wrong-token-0123456789abcdef"))
     assert r.status_code == 401 and r.json()["detail"] == "invalid access token"
 
