@@ -124,7 +124,7 @@ class TreeSampler(threading.Thread):
         self.pid, self.interval = pid, interval
         self.samples: list[tuple[float, int]] = []
         self.peak = 0
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self.t0 = time.monotonic()
 
     def sample(self) -> int:
@@ -144,20 +144,41 @@ class TreeSampler(threading.Thread):
         return total
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             rss = self.sample()
             self.samples.append((round(time.monotonic() - self.t0, 2), rss))
             self.peak = max(self.peak, rss)
-            self._stop.wait(self.interval)
+            self._halt.wait(self.interval)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(timeout=5)
 
 
 def run_flower(cfg: Any, n_sites: int, workdir: Path, *, label: str = "", sample_memory: bool = False,
-               on_line: Callable[[str], None] | None = None, timeout: float = 3600.0) -> FlowerRun:
-    """Run ``cfg`` (a FederationConfig with sim_store_dir/output_dir set) in the simulation engine."""
+               on_line: Callable[[str], None] | None = None, timeout: float = 3600.0, retries: int = 1) -> FlowerRun:
+    """Run ``cfg`` (a FederationConfig with sim_store_dir/output_dir set) in the simulation engine.
+
+    A run that ends without the server's outputs (e.g. Ray's "node timed out during startup" on
+    a loaded machine; flwr then still exits 0) is retried ``retries`` times from scratch.
+    """
+    import shutil
+
+    for attempt in range(retries + 1):
+        run = _run_flower_once(cfg, n_sites, workdir, label=label, sample_memory=sample_memory,
+                               on_line=on_line, timeout=timeout)
+        if run.code == 0 and run.outputs:
+            return run
+        log(f"{label}: the federation ended without results (exit {run.code}); see {workdir / 'flower'}")
+        if attempt < retries:
+            shutil.rmtree(cfg.output_path, ignore_errors=True)
+            shutil.rmtree(workdir / "flower", ignore_errors=True)
+            log(f"{label}: retrying")
+    return run
+
+
+def _run_flower_once(cfg: Any, n_sites: int, workdir: Path, *, label: str, sample_memory: bool,
+                     on_line: Callable[[str], None] | None, timeout: float) -> FlowerRun:
     from server.launcher import LocalSuperLink, flwr_run
 
     lines: list[str] = []
@@ -207,7 +228,7 @@ def run_flower(cfg: Any, n_sites: int, workdir: Path, *, label: str = "", sample
     watcher.join(timeout=2)
     (workdir / "flower" / "run.log").write_text("\n".join(lines) + "\n")
     outputs_path = cfg.output_path / "last_federation.json"
-    outputs = json.loads(outputs_path.read_text()) if outputs_path.exists() and code == 0 else {}
+    outputs = json.loads(outputs_path.read_text()) if outputs_path.exists() else {}
     times = [t0] + [ends[r] for r in sorted(ends)]
     rounds = [b - a for a, b in zip(times[:-1], times[1:], strict=True)]
     return FlowerRun(code=code, outputs=outputs, seconds=end - t0, round_seconds=rounds,
@@ -215,22 +236,24 @@ def run_flower(cfg: Any, n_sites: int, workdir: Path, *, label: str = "", sample
                      rss_samples=sampler.samples if sampler else [], log_tail=lines[-40:])
 
 
-def flower_leftovers(wait: float = 15.0) -> list[str]:
-    """Flower/Ray processes still running ``wait`` seconds after the runs (should be none)."""
+def flower_leftovers(work: Path, wait: float = 15.0) -> list[str]:
+    """Processes still running in ``work`` (Flower, Ray: they run with cwd there) after ``wait`` s.
+
+    Only our own: other Flower processes on the machine (a test suite, a demo) are not ours."""
     deadline = time.monotonic() + wait
     while True:
-        left = _flower_processes()
+        left = _processes_under(work.resolve())
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.5)
 
 
-def _flower_processes() -> list[str]:
+def _processes_under(work: Path) -> list[str]:
     import psutil
 
     left = []
-    for p in psutil.process_iter(["pid", "cmdline"]):
-        cmd = " ".join(p.info.get("cmdline") or [])
-        if ("flower" in cmd or "flwr" in cmd or "raylet" in cmd) and p.pid != psutil.Process().pid:
-            left.append(f"{p.pid} {cmd[:120]}")
+    for p in psutil.process_iter(["pid", "cmdline", "cwd"]):
+        cwd = p.info.get("cwd") or ""
+        if cwd and Path(cwd).is_relative_to(work) and p.pid != psutil.Process().pid:
+            left.append(f"{p.pid} {' '.join(p.info.get('cmdline') or [])[:120]}")
     return left

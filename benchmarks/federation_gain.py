@@ -305,10 +305,10 @@ def plot(tables: dict[str, Any], results: list[dict[str, Any]], path: Path) -> N
         vals = [summary[a][s] for a in ("local", "federated", "pooled") for s in sites]
         lo = min(v for v in vals if math.isfinite(v))
         ax.set_ylim(min(0.5, lo - 0.05) if r["metric"] == "ROC-AUC" else min(0.0, lo - 0.05),
-                    max(vals) + 0.05)
+                    max(vals) + 0.08)
         m = r["means"]
         ax.set_title(f"{r['set']}: local {m['local']:.3f}, fed {m['federated']:.3f}, pooled {m['pooled']:.3f}")
-        ax.legend(loc="lower right", fontsize=8)
+        ax.legend(loc="upper left", ncol=3, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -334,7 +334,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         for name in names:
             results.append(run_set(name, args))
     finally:
-        left = flower_leftovers()
+        left = flower_leftovers(args.work)
         if left:
             log("WARNING: Flower processes still running: " + "; ".join(left))
     write_results(results, args, command.strip(), time.perf_counter() - t0)

@@ -90,7 +90,7 @@ def run_n(store: Any, n: int, args: argparse.Namespace, rounds: int) -> dict[str
     sizes = [p.n_compounds for p in parts]
     log(f"{n} sites: {min(sizes)}-{max(sizes)} compounds per site; federation of {rounds} rounds ...")
     run = run_flower(cfg, n, work, label=f"{n} sites", sample_memory=True)
-    if run.code != 0:
+    if run.code != 0 or not run.outputs or not run.round_seconds:
         raise RuntimeError(f"{n} sites: the federation failed (exit {run.code}):\n" + "\n".join(run.log_tail))
     steady = run.round_seconds[1:] or run.round_seconds
     row = {
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         for n in sites:
             rows.append(run_n(store, n, args, rounds))
     finally:
-        left = flower_leftovers()
+        left = flower_leftovers(args.work)
         if left:
             log("WARNING: Flower processes still running: " + "; ".join(left))
     total = time.perf_counter() - t0
