@@ -162,8 +162,13 @@ def build_spec(
     hidden: Iterable[int] = (400,),
     dropout: float = 0.2,
     input_transform: InputTransform = "binary",
+    *,
+    allow_no_heads: bool = False,
 ) -> ModelSpec:
     """Group tasks into (at most) four heads; empty groups are omitted.
+
+    allow_no_heads: a trunk-only spec is allowed (the server's shared model when the consortium
+        shares only the trunk and every task is private, the MELLODDY setting).
 
     consortium_tasks: (name, kind) in the consortium's order; this order is the column order of
         the shared heads and must be identical at every site, whether or not the site has data.
@@ -184,7 +189,7 @@ def build_spec(
         for (shared, kind), head_name in HEAD_NAMES.items()
         if groups[head_name]
     )
-    if not heads:
+    if not heads and not allow_no_heads:
         raise ConfigError("no tasks to model: give at least one consortium or private task")
     return ModelSpec(
         n_features=int(n_features), hidden=tuple(int(h) for h in hidden), dropout=float(dropout),

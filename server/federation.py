@@ -30,7 +30,8 @@ def initial_shared_arrays(cfg: FederationConfig) -> tuple[dict[str, np.ndarray],
     from models.spec import build_spec
 
     spec = build_spec(cfg.n_bits, cfg.consortium_task_list, [], hidden=cfg.hidden_sizes,
-                      dropout=cfg.dropout, input_transform=cfg.input_transform)  # type: ignore[arg-type]
+                      dropout=cfg.dropout, input_transform=cfg.input_transform,  # type: ignore[arg-type]
+                      allow_no_heads=True)  # only the trunk is shared when every task is private
     model = MultiTaskNet(spec, seed=cfg.seed)
     return {k: v.detach().cpu().numpy() for k, v in model.shared_state_dict().items()}, spec
 

@@ -40,3 +40,12 @@ def test_bad_values_are_refused(changes, match):
 def test_consortium_tasks_keep_their_order():
     cfg = FederationConfig(consortium_tasks="b:regression, a:classification")
     assert cfg.consortium_task_list == [("b", "regression"), ("a", "classification")]
+
+
+def test_a_consortium_without_shared_tasks_shares_only_the_trunk():
+    from server.federation import initial_shared_arrays
+
+    arrays, spec = initial_shared_arrays(FederationConfig(n_bits=256, hidden="8,4", consortium_tasks=""))
+    assert spec.heads == ()
+    assert arrays and all(k.startswith("trunk.") for k in arrays)
+    assert arrays["trunk.input.bag.weight"].shape == (256, 8)
