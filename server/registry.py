@@ -52,7 +52,6 @@ def pip_requirements() -> list[str]:
 def register_model(tracker: Any, model_dir: Path, name: str) -> str:
     """Log ``model_dir`` as a pyfunc in the tracker's run and register it; return models:/NAME/VERSION."""
     import mlflow
-
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
