@@ -91,6 +91,16 @@ class FederationConfig:
         cfg.validate()
         return cfg
 
+    def with_overrides(self, items: list[str]) -> FederationConfig:
+        """This config with ``KEY=VALUE`` overrides (as given to ``--set``) applied and validated."""
+        overrides: dict[str, Any] = {}
+        for item in items:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. num-server-rounds=10")
+            overrides[key.strip()] = value.strip().strip('"')
+        return FederationConfig.from_run_config({**self.to_run_config(), **overrides})
+
     def to_run_config(self) -> dict[str, Any]:
         return {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)}
 

@@ -65,15 +65,8 @@ def simulate(
     sites = sorted(p for p in stores.glob("site-*") if p.is_dir())
     if not sites:
         raise InputError(f"no site stores named site-0, site-1, ... in {stores}")
-    overrides = {}
-    for item in run_config:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise InputError(f"--set {item!r}: expected KEY=VALUE")
-        overrides[key.strip()] = value.strip().strip('"')
-    base = FederationConfig(sim_store_dir=str(stores.resolve()), output_dir=str(out.resolve()),
-                            min_sites=len(sites)).to_run_config()
-    cfg = FederationConfig.from_run_config({**base, **overrides})
+    cfg = FederationConfig(sim_store_dir=str(stores.resolve()), output_dir=str(out.resolve()),
+                           min_sites=len(sites)).with_overrides(run_config)
     with LocalSuperLink(out.resolve() / "flower") as link:
         code = flwr_run(link, cfg.to_run_config(), on_line=print,
                         federation_config={"num-supernodes": len(sites), "client-resources-num-cpus": 1})

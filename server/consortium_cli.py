@@ -124,15 +124,8 @@ def run(
     from server.launcher import flwr_run
 
     state = _state(workdir)
-    overrides = {}
-    for item in run_config:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise InputError(f"--set {item!r}: expected KEY=VALUE")
-        overrides[key.strip()] = value.strip().strip('"')
-    base = FederationConfig(output_dir=state["output_dir"], tracking_uri=state["mlflow"] or "",
-                            min_sites=len(state["sites"])).to_run_config()
-    cfg = FederationConfig.from_run_config({**base, **overrides})
+    cfg = FederationConfig(output_dir=state["output_dir"], tracking_uri=state["mlflow"] or "",
+                           min_sites=len(state["sites"])).with_overrides(run_config)
     raise typer.Exit(flwr_run(_link(workdir), cfg.to_run_config(), on_line=print))
 
 

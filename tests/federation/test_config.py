@@ -49,3 +49,12 @@ def test_a_consortium_without_shared_tasks_shares_only_the_trunk():
     assert spec.heads == ()
     assert arrays and all(k.startswith("trunk.") for k in arrays)
     assert arrays["trunk.input.bag.weight"].shape == (256, 8)
+
+
+def test_set_overrides_are_validated_like_the_run_config():
+    cfg = FederationConfig().with_overrides(["num-server-rounds=10", 'strategy="fedprox"'])
+    assert (cfg.num_server_rounds, cfg.strategy) == (10, "fedprox")
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        FederationConfig().with_overrides(["num-server-rounds"])
+    with pytest.raises(ConfigError, match="unknown run-config key"):
+        FederationConfig().with_overrides(["rounds=3"])
