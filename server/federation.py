@@ -41,13 +41,10 @@ class FinalReport:
     """Collects the last round's per-site test metrics for the federation-gain table."""
 
     rows: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # site -> task -> metrics
-    prep_settings: dict[str, Any] = field(default_factory=dict)
-    server_round: int = 0
 
     def on_round(self, outcome: RoundOutcome, strategy: HookedStrategy) -> None:
         if outcome.phase != "evaluate":
             return
-        self.server_round = outcome.server_round
         self.rows = {r.site: r.task_metrics.get("test", {}) for r in outcome.reports}
 
 
@@ -83,10 +80,14 @@ def run_federation(grid: Grid, context: Context) -> dict[str, Any]:
     result_arrays = to_array_record(arrays)
     if remaining > 0:
         round_config = ConfigRecord({wire.CFG_FEDERATION_ID: federation_id})
-        result = strategy.start(
-            grid=grid, initial_arrays=result_arrays, num_rounds=remaining, timeout=cfg.round_timeout,
-            train_config=round_config, evaluate_config=ConfigRecord(dict(round_config)),
-        )
+        try:
+            result = strategy.start(
+                grid=grid, initial_arrays=result_arrays, num_rounds=remaining, timeout=cfg.round_timeout,
+                train_config=round_config, evaluate_config=ConfigRecord(dict(round_config)),
+            )
+        except BaseException:
+            tracker.finish("FAILED")  # a resume (resume="latest") reopens the same run
+            raise
         result_arrays = result.arrays if len(result.arrays) else result_arrays
     else:
         log.info("nothing to do: the checkpoint already has all %d rounds", cfg.num_server_rounds)
@@ -106,7 +107,7 @@ def run_federation(grid: Grid, context: Context) -> dict[str, Any]:
                       meta={"federation_id": federation_id, "rounds": cfg.num_server_rounds,
                             "reference_hash": strategy.expected_fingerprint,
                             "key_fingerprint": strategy.key_fingerprint,
-                            "prep_settings": _prep_settings(strategy),
+                            "prep_settings": strategy.prep_settings,
                             "run_config": cfg.to_run_config()})
     outputs["model_dir"] = str(model_dir)
     if cfg.register_model:
@@ -118,10 +119,6 @@ def run_federation(grid: Grid, context: Context) -> dict[str, Any]:
     (cfg.output_path / "last_federation.json").write_text(json.dumps(outputs, indent=2))
     log.info("federation %s done: %s", federation_id, outputs)
     return outputs
-
-
-def _prep_settings(strategy: HookedStrategy) -> dict[str, Any]:
-    return strategy.prep_settings
 
 
 def write_federated_table(cfg: FederationConfig, rows: dict[str, dict[str, dict[str, float]]],
