@@ -163,6 +163,7 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
     if outputs.get("model_uri"):
         console.print(f"Registered model:  {outputs['model_uri']}")
     console.print(f"Open the MLflow UI: mlflow ui --backend-store-uri {uri} --port 5000")
-    console.print(f"Score molecules:   fedmol score --model {outputs['model_dir']} --key-file {key_path} INPUT.csv")
+    console.print(f"Score molecules:   fedmol score INPUT.csv --model {outputs['model_dir']} "
+                  f"--key-file {key_path} --out predictions.csv")
     console.print(f"Everything is in {out}")
     return {**outputs, "gain_table": str(out / "federation_gain.json")}
