@@ -28,6 +28,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from fedmol.errors import StoreError
+from fedmol.jsonio import json_default
 
 STORE_FORMAT = 1
 TaskKind = Literal["classification", "regression"]
@@ -182,16 +183,4 @@ class SiteStore:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True, default=json_default) + "\n")

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from fedmol.errors import ConfigError, InputError
+from fedmol.jsonio import json_default
 from models.network import MultiTaskNet
 from models.spec import ModelSpec
 from models.uncertainty import ConformalCalibration
@@ -38,7 +39,7 @@ def save_model(
     (path / "spec.json").write_text(model.spec.to_json() + "\n")
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     torch.save(state, path / "weights.pt")
-    (path / "meta.json").write_text(json.dumps(meta or {}, indent=2, sort_keys=True, default=_default) + "\n")
+    (path / "meta.json").write_text(json.dumps(meta or {}, indent=2, sort_keys=True, default=json_default) + "\n")
     if calibration is not None:
         (path / "calibration.json").write_text(calibration.to_json() + "\n")
     return path
@@ -68,17 +69,3 @@ def load_calibration(directory: str | Path) -> ConformalCalibration | None:
     """The model's conformal calibration, or None when it was saved without one."""
     p = Path(directory) / "calibration.json"
     return ConformalCalibration.from_json(p.read_text()) if p.exists() else None
-
-
-def _default(o: Any) -> Any:
-    import numpy as np
-
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
