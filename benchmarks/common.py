@@ -28,12 +28,6 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 
 DATA_DIR = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results"
-# A consortium task no site has: the server in this version cannot start a federation whose
-# consortium-tasks is empty (server.federation.initial_shared_arrays builds a spec without heads
-# and models.spec.build_spec refuses it). A head with no labels anywhere gets no gradient, so
-# the trunk and the private heads train exactly as in a private-heads-only federation.
-PLACEHOLDER_TASK = "__no_consortium_task__:regression"
-
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
@@ -43,21 +37,6 @@ def quiet_warnings() -> None:
     import pandas as pd
 
     warnings.filterwarnings("ignore", category=pd.errors.PerformanceWarning)
-
-
-def consortium_or_placeholder(consortium_tasks: str) -> tuple[str, bool]:
-    """``consortium_tasks`` if the server accepts it, else the placeholder (and True)."""
-    if consortium_tasks:
-        return consortium_tasks, False
-    from fedmol.config import FederationConfig
-    from fedmol.errors import ConfigError
-    from server.federation import initial_shared_arrays
-
-    try:
-        initial_shared_arrays(FederationConfig(n_bits=64, hidden="4"))
-        return consortium_tasks, False
-    except ConfigError:
-        return PLACEHOLDER_TASK, True
 
 
 def prepared_store(data: Path, work: Path, *, radius: int = 2, n_bits: int = 2048, nrows: int | None = None,

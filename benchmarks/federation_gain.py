@@ -77,7 +77,6 @@ if str(ROOT) not in sys.path:
 from benchmarks.common import (  # noqa: E402
     DATA_DIR,
     RESULTS,
-    consortium_or_placeholder,
     flower_leftovers,
     log,
     prepared_store,
@@ -161,7 +160,7 @@ def run_set(name: str, args: argparse.Namespace) -> dict[str, Any]:
     log(f"{name}: {len(sites)} sites " + ", ".join(f"{s} {v['compounds']} compounds/{v['trainable_tasks']} tasks"
                                                     for s, v in site_info.items()))
 
-    consortium, placeholder = consortium_or_placeholder(spec["consortium"])
+    consortium = spec["consortium"]
     fed = dict(spec["federation"])
     if "num_server_rounds" in quick:
         fed["num_server_rounds"] = quick["num_server_rounds"]
@@ -217,9 +216,8 @@ def run_set(name: str, args: argparse.Namespace) -> dict[str, Any]:
     table.notes = {
         "metric": spec["metric"] + " per task ('score'), test fold 0",
         "sites": f"{len(sites)} by {spec['split']} (seed {args.seed})",
-        "consortium tasks": (f"{len(cfg.consortium_task_list)} shared heads" if consortium and not placeholder
-                             else "none: private heads only" + (" (placeholder head, see common.py)"
-                                                                if placeholder else "")),
+        "consortium tasks": (f"{len(cfg.consortium_task_list)} shared heads" if consortium
+                             else "none: private heads only (the trunk alone is shared)"),
         "federation": ", ".join(f"{k.replace('_', '-')}={v}" for k, v in fed.items()),
         "baseline recipe": ", ".join(f"{a}: {r}" for a, r in chosen.items()),
         "scoring": "tasks with >= 10 positives and >= 10 negatives (regression: >= 10 exact values) in "
@@ -235,7 +233,6 @@ def run_set(name: str, args: argparse.Namespace) -> dict[str, Any]:
                              for r in recipes},
         "run_config": {k: v for k, v in cfg.to_run_config().items()
                        if k not in ("sim-store-dir", "output-dir", "tracking-uri")},
-        "placeholder_consortium_head": placeholder,
         "sites": site_info,
         "seconds": {"total": seconds, "prepare": t_prep, "baselines": t_base, "federation": run.seconds,
                     "rounds": run.round_seconds},
