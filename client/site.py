@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 from functools import cached_property
@@ -125,6 +126,51 @@ class SiteNode:
             for p in frozen:
                 p.requires_grad_(True)
 
+    def finetune(self, model, cfg: FederationConfig, server_round: int) -> dict[str, Any]:  # noqa: ANN001
+        """Personalise ``model`` (trunk and every head) on this site's training folds, in place.
+
+        Adam at ``finetune-lr`` for at most ``finetune-epochs`` epochs, early stopping on the
+        validation fold's loss (patience ``finetune-patience``) with the best epoch's weights
+        restored; when no epoch beats the received model on validation, the received model is
+        kept. The same advantages the local-only baseline gets. Nothing here leaves the site.
+        """
+        import copy
+
+        from models.data import TaskData
+        from models.training import TrainConfig, evaluate, train_epochs
+
+        t0 = time.perf_counter()
+        train = TaskData.from_store(self.store, model.spec, self.rows(cfg, "train"))
+        valid = TaskData.from_store(self.store, model.spec, self.rows(cfg, "valid"))
+        start_loss = evaluate(model, valid, device=cfg.device, thresholds=cfg.eval_thresholds).loss
+        start = copy.deepcopy(model.state_dict())
+        tc = TrainConfig(epochs=cfg.finetune_epochs, batch_size=cfg.batch_size, lr=cfg.finetune_lr, optimizer="adam",
+                         lr_step_epoch=10**6, lr_gamma=1.0, patience=cfg.finetune_patience, monitor="loss",
+                         restore_best=True, device=cfg.device, seed=cfg.seed * 100_003 + server_round + 11,
+                         num_threads=cfg.num_threads or None)
+        result = train_epochs(model, train, tc, valid=valid, thresholds=cfg.eval_thresholds)
+        losses = [r.valid_loss for r in result.history if r.valid_loss is not None]
+        best = min(losses) if losses else math.inf
+        kept = not best < start_loss
+        if kept:
+            model.load_state_dict(start)
+        return {"finetune_epochs_run": len(result.history),
+                "finetune_best_epoch": 0 if kept else int(result.best_epoch or 0) + 1,
+                "finetune_valid_loss_before": float(start_loss), "finetune_valid_loss_after": float(min(best, start_loss)),
+                "finetune_seconds": time.perf_counter() - t0}
+
+    def save_personalised(self, model, federation_id: str) -> Path:  # noqa: ANN001
+        """The site's personalised model (trunk and heads after fine-tuning): kept at the site only."""
+        import torch
+
+        folder = self.private_dir(federation_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "personalised.pt"
+        tmp = path.with_suffix(".tmp")
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+        tmp.replace(path)
+        return path
+
     def save_private(self, model, federation_id: str, server_round: int, *, note: bool = True) -> Path:  # noqa: ANN001
         """Keep the private heads on disk; note their hash per training round in a site-local history."""
         import torch
@@ -189,8 +235,16 @@ class SiteNode:
         return reply
 
     def evaluate_round(self, cfg: FederationConfig, shared: dict[str, np.ndarray], *, server_round: int,
-                       federation_id: str) -> RoundReply:
-        """Metrics of the received shared model with this site's private heads, on valid and test folds."""
+                       federation_id: str, final: bool | None = None) -> RoundReply:
+        """Metrics of the received shared model with this site's private heads, on valid and test folds.
+
+        In the final round (``final``; None: ``server_round >= num-server-rounds``, which is what
+        the server's ``wire.CFG_FINAL`` says) with ``finetune-epochs > 0`` the site personalises a
+        copy of the received model on its own training folds first (`finetune`) and reports that
+        model's metrics as ``valid``/``test``; the received model's own metrics are reported too,
+        as ``valid-federated``/``test-federated`` (summary ``*_federated_*``). The fine-tuned
+        model stays at the site (``<federation dir>/personalised.pt``); nothing new is sent.
+        """
         import torch
 
         from models.data import TaskData
@@ -203,17 +257,28 @@ class SiteNode:
         if model.private_head_names() and (cfg.head_epochs > 0 or fresh):
             self.refit_private_heads(model, cfg, server_round, max(cfg.head_epochs, 1))
             self.save_private(model, federation_id, server_round, note=False)
-        results = {}
-        for split in ("valid", "test"):
-            data = TaskData.from_store(self.store, model.spec, self.rows(cfg, split), trainable_only=False)
-            results[split] = evaluate(model, data, device=cfg.device, thresholds=cfg.eval_thresholds)
+        if final is None:
+            final = server_round >= cfg.num_server_rounds
+        data = {split: TaskData.from_store(self.store, model.spec, self.rows(cfg, split), trainable_only=False)
+                for split in ("valid", "test")}
+        results = {split: evaluate(model, d, device=cfg.device, thresholds=cfg.eval_thresholds)
+                   for split, d in data.items()}
+        summary: dict[str, Any] = {}
+        if final and cfg.finetune_epochs > 0:
+            plain = results
+            ft = self.finetune(model, cfg, server_round)
+            self.save_personalised(model, federation_id)
+            results = {split: evaluate(model, d, device=cfg.device, thresholds=cfg.eval_thresholds)
+                       for split, d in data.items()}
+            results.update({f"{split}-federated": r for split, r in plain.items()})
+            summary.update(ft)
         names = self._task_labels(model.spec)
         task_metrics = {split: {names.get(t, t): m for t, m in r.per_task.items()} for split, r in results.items()}
-        summary: dict[str, Any] = {}
         for split, r in results.items():
+            prefix = split.replace("-", "_")
             for k, v in r.summary.items():
-                summary[f"{split}_{k}"] = v
-            summary[f"{split}_score"] = r.score
+                summary[f"{prefix}_{k}"] = v
+            summary[f"{prefix}_score"] = r.score
         summary["eval_seconds"] = time.perf_counter() - t0
         metrics = {
             wire.NUM_TRAIN_LABELS: float(max(results["test"].n_labels, 1)),

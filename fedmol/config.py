@@ -46,6 +46,13 @@ class FederationConfig:
     batch_size: int = 128
     proximal_mu: float = 0.01  # FedProx only
     head_epochs: int = 1  # private heads refitted on the received trunk before each evaluation
+    # Personalisation in the final evaluation (0: off): each site fine-tunes a copy of the final
+    # model (trunk and its heads) on its training folds, Adam at finetune-lr, early stopping on its
+    # validation fold (patience finetune-patience), and reports that model's metrics. The
+    # fine-tuned model never leaves the site.
+    finetune_epochs: int = 0
+    finetune_lr: float = 0.001
+    finetune_patience: int = 3
     device: str = "auto"
     num_threads: int = 0  # torch CPU threads per site process (0: torch's default)
     seed: int = 0
@@ -122,6 +129,8 @@ class FederationConfig:
             raise ConfigError(f"optimizer {self.optimizer!r} is not one of ('sgd', 'adam')")
         if not 0 < self.lr_decay <= 1:
             raise ConfigError("lr-decay must be in (0, 1]")
+        if self.finetune_epochs < 0 or self.finetune_lr <= 0 or self.finetune_patience < 1:
+            raise ConfigError("finetune-epochs must be >= 0, finetune-lr > 0 and finetune-patience >= 1")
         if self.eval_min_labels < 1:
             raise ConfigError("eval-min-labels must be at least 1")
         if self.test_fold == self.valid_fold:
