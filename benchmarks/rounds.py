@@ -1,21 +1,25 @@
 """Round overhead of the deployment engine on loopback, and bytes sent per site per round.
 
     .venv/bin/python benchmarks/rounds.py            # 3 sites, Tox21 rows, 32,768 bits, 4 rounds
-    .venv/bin/python benchmarks/rounds.py --quick    # 2,048 bits, 3 rounds
+    .venv/bin/python benchmarks/rounds.py --quick    # 2,048 bits, 4 rounds, 400 rows per site
+    .venv/bin/python benchmarks/rounds.py --quick --only warm   # one configuration
 
-Three configurations run in one invocation on the same consortium set-up (SuperLink with TLS and
+Four configurations run in one invocation on the same consortium set-up (SuperLink with TLS and
 SuperNode authentication, one SuperNode per site, all on 127.0.0.1):
 
-* ``flower-default``: a fresh ClientApp process per message does all the work (imports torch,
-  loads the store);
-* ``warm``: each site runs a warm worker (`fedmol site worker`) and the ClientApp only forwards;
+* ``flower-default``: Flower's SuperNode (3 s idle wait) and a fresh ClientApp process per
+  message that does all the work (imports torch, loads the store); train and evaluate messages;
+* ``warm-two-messages``: `fedmol-supernode` (0.25 s idle wait) with ``--isolation process`` and
+  the site runtime (`fedmol site worker`) running the ClientApp warm; train and evaluate messages;
+* ``warm``: the same with ``evaluate-in-train`` (the default): one message per round;
 * ``warm-fp16``: the same with ``transport-dtype=float16`` (half the upload).
 
-Both use fedmol's fast-polling Grid and a 0.05 s SuperExec poll (FLWR_SUPEREXEC_TASK_POLL_INTERVAL).
-Per round: wall time (from the ServerApp's round markers), the slowest site's own compute in that
-round (train seconds + evaluate seconds, as the sites report them), and the overhead = wall -
+All use fedmol's fast-polling Grid and a 0.05 s SuperExec poll (FLWR_SUPEREXEC_TASK_POLL_INTERVAL).
+Per round r: wall time on the server's clock (MLflow ``round-wall-seconds``: from the previous
+aggregation to this one), the slowest site's own compute in that time (its evaluation of round
+r-1's model plus its round-r training, as the sites report them), and the overhead = wall -
 compute. Per site per round: bytes uploaded (from the sites' outbox ledgers) against the size of
-the trunk in float32. The first round is reported apart (it includes start-up). Results go to
+the trunk in float32. Round 1 is reported apart (it includes start-up). Results go to
 benchmarks/results/rounds.json and .md. The machine may be shared: compare within one run.
 """
 
@@ -60,7 +64,7 @@ def make_sites(root: Path, n_sites: int, rows: int, n_bits: int) -> dict[str, Pa
 
 
 def measure(label: str, root: Path, stores: dict[str, Path], tasks: tuple[str, ...], args: argparse.Namespace,
-            *, warm: bool, dtype: str) -> dict:
+            *, warm: bool, dtype: str, fold: bool = True) -> dict:
     from mlflow.tracking import MlflowClient
 
     from server.consortium import LocalConsortium
@@ -70,24 +74,27 @@ def measure(label: str, root: Path, stores: dict[str, Path], tasks: tuple[str, .
         cons.wait_for_nodes(len(stores), timeout=120)
         cfg = cons.config(num_server_rounds=args.rounds, n_bits=args.n_bits, hidden=str(args.hidden),
                           consortium_tasks=",".join(f"{t}:classification" for t in tasks), num_threads=1,
-                          transport_dtype=dtype, register_model=False, run_name=label)
+                          transport_dtype=dtype, register_model=False, run_name=label, evaluate_in_train=fold)
         marks: list[tuple[float, str]] = []
         t0 = time.time()
         code = cons.run(cfg, on_line=lambda line: marks.append((time.time() - t0, line)), timeout=3600)
         if code != 0:
             raise SystemExit(f"{label}: flwr run failed ({code}); see {root / label}")
-    starts = [t for t, line in marks if "[ROUND " in line]
-    ends = [t for t, line in marks if "aggregate_evaluate: Received" in line]
-    walls = [e - s for s, e in zip(starts, ends, strict=False)]
+    (root / label / "serverapp-timeline.log").write_text("".join(f"{t:9.3f} {line}\n" for t, line in marks))
     out = json.loads((cons.output_dir / "last_federation.json").read_text())
-    run = MlflowClient(out["tracking_uri"]).get_run(out["mlflow_run_id"])
     client = MlflowClient(out["tracking_uri"])
-    def seconds(site: str, key: str) -> dict[int, float]:
-        return {m.step: m.value for m in client.get_metric_history(run.info.run_id, f"site/{site}/{key}")}
+    run_id = out["mlflow_run_id"]
 
-    per_site = {s: (seconds(s, "train_seconds"), seconds(s, "eval_seconds")) for s in stores}
-    compute = [max(tr.get(rnd, 0.0) + ev.get(rnd, 0.0) for tr, ev in per_site.values())
-               for rnd in range(1, len(walls) + 1)]
+    def history(key: str) -> dict[int, float]:
+        return {m.step: m.value for m in client.get_metric_history(run_id, key)}
+
+    # The server's clock: seconds from one aggregation to the next (round 1: from the start).
+    wall_by_round = history("round-wall-seconds")
+    rounds = sorted(wall_by_round)
+    walls = [wall_by_round[r] for r in rounds]
+    # Between two aggregations each site evaluates the previous round's model and trains.
+    per_site = {s: (history(f"site/{s}/train_seconds"), history(f"site/{s}/eval_seconds")) for s in stores}
+    compute = [max(tr.get(r, 0.0) + ev.get(r - 1, 0.0) for tr, ev in per_site.values()) for r in rounds]
     overhead = [w - c for w, c in zip(walls, compute, strict=True)]
     uploads = []
     for path in stores.values():
@@ -98,7 +105,7 @@ def measure(label: str, root: Path, stores: dict[str, Path], tasks: tuple[str, .
     trunk_bytes = 4 * (args.n_bits * args.hidden + args.hidden)
     later = slice(1, None)
     return {
-        "label": label, "warm": warm, "transport_dtype": dtype,
+        "label": label, "warm": warm, "transport_dtype": dtype, "evaluate_in_train": fold,
         "round_wall_s": walls, "slowest_site_compute_s": compute, "overhead_s": overhead,
         "first_round_overhead_s": overhead[0] if overhead else None,
         "median_overhead_s_after_round_1": statistics.median(overhead[later]) if len(overhead) > 1 else None,
@@ -109,6 +116,14 @@ def measure(label: str, root: Path, stores: dict[str, Path], tasks: tuple[str, .
     }
 
 
+CONFIGS = {
+    "flower-default": {"warm": False, "dtype": "float32", "fold": False},
+    "warm-two-messages": {"warm": True, "dtype": "float32", "fold": False},
+    "warm": {"warm": True, "dtype": "float32"},
+    "warm-fp16": {"warm": True, "dtype": "float16"},
+}
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sites", type=int, default=3)
@@ -116,19 +131,20 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--n-bits", type=int, default=32768)
     p.add_argument("--hidden", type=int, default=400)
     p.add_argument("--rounds", type=int, default=4)
-    p.add_argument("--quick", action="store_true", help="2,048 bits, 3 rounds, 400 rows per site")
+    p.add_argument("--quick", action="store_true", help="2,048 bits, 4 rounds, 400 rows per site")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/fedmol-rounds"))
+    p.add_argument("--only", choices=sorted(CONFIGS), action="append",
+                   help="run only this configuration (repeatable; default: all, for the report)")
     args = p.parse_args(argv)
     if args.quick:
-        args.n_bits, args.rounds, args.rows = 2048, 3, 400
+        args.n_bits, args.rounds, args.rows = 2048, 4, 400
     import shutil
 
     shutil.rmtree(args.workdir, ignore_errors=True)
     stores, tasks = make_sites(args.workdir / "sites", args.sites, args.rows, args.n_bits)
-    results = [measure("flower-default", args.workdir, stores, tasks, args, warm=False, dtype="float32"),
-               measure("warm", args.workdir, stores, tasks, args, warm=True, dtype="float32"),
-               measure("warm-fp16", args.workdir, stores, tasks, args, warm=True, dtype="float16")]
+    results = [measure(label, args.workdir, stores, tasks, args, **kw)
+               for label, kw in CONFIGS.items() if not args.only or label in args.only]
     report = {"settings": {k: str(v) for k, v in vars(args).items()}, "results": results}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "rounds.json").write_text(json.dumps(report, indent=2))

@@ -50,22 +50,28 @@ def ledger(
 
 @site_app.command("worker")
 def worker(
-    store: Annotated[Path, typer.Argument(help="The site store this worker serves.")],
-    socket: Annotated[Path | None, typer.Option(help="Unix socket path (default: STORE/worker.sock).")] = None,
-    name: Annotated[str, typer.Option(help="Site name reported to the server (default: from the store).")] = "",
-    fault_drill: Annotated[str, typer.Option(help="Drills only: 'nan' or 'scale:K' corrupts this site's updates "
-                                             "to test the server's defences.", hidden=True)] = "",
+    runtime: Annotated[str, typer.Option(help="The Runtime API of this site's SuperNode, started with "
+                                         "`--isolation process --port PORT`: 127.0.0.1:PORT.")] = "127.0.0.1:9094",
+    root_certificates: Annotated[Path | None, typer.Option(
+        help="CA certificate of the Runtime API, if the SuperNode serves it over TLS (--ssl-certfile).")] = None,
+    auth_secret_file: Annotated[Path | None, typer.Option(
+        help="The SuperNode's --superexec-auth-secret-file, if it was started with one.")] = None,
+    poll: Annotated[float, typer.Option(help="Seconds between asks for a new task when idle.")] = 0.05,
 ) -> None:
-    """Keep this site's data and model code warm for its SuperNode (much faster rounds).
+    """Run this site's ClientApp for its SuperNode in one warm process (fast rounds).
 
-    Start it next to the site's SuperNode and point the SuperNode at it:
+    Flower's default starts a fresh ClientApp process, re-importing torch and reloading the site
+    store, for every message. Start the SuperNode with `--isolation process` and this next to it:
 
-      fedmol site worker /data/store &
-      flower-supernode ... --node-config 'site-store="/data/store" site-worker="/data/store/worker.sock"'
+      flower-supernode ... --isolation process --port 9094 --node-config 'site-store="/data/store"'
+      fedmol site worker --runtime 127.0.0.1:9094
+
+    It runs the fedmol installed on this site and refuses runs of any other app or version.
     """
     import logging
 
     from client.worker import serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    serve(store, socket, name=name, fault=fault_drill)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll otherwise
+    serve(runtime, poll=poll, root_certificates=root_certificates, auth_secret_file=auth_secret_file)

@@ -1,8 +1,8 @@
 """The Flower ClientApp: decode the message, let the site work, encode the reply.
 
-Kept thin and light to import (the deployment engine starts a fresh ClientApp process per
-message): torch and the site's data are loaded inside the site node, or stay warm in a site
-worker (`client.worker`) when the SuperNode's node config names one (``site-worker=PATH``).
+Kept light to import: with Flower's default isolation the deployment engine starts a fresh
+ClientApp process per message, so torch and the site's data are loaded only inside the site node.
+The site runtime (`client.worker`) runs this same app in one long-lived process instead.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ app = ClientApp()
 
 
 def _handle(op: str, msg: Message, context: Context) -> Message:
-    from client.site import report_task_names, site_for
+    from client.site import site_for
 
     node_config = dict(context.node_config)
     run_config = dict(context.run_config)
@@ -31,20 +31,19 @@ def _handle(op: str, msg: Message, context: Context) -> Message:
     if op == "train":
         kwargs["proximal_mu"] = float(config.get(wire.CFG_PROXIMAL_MU, 0.0))
     shared = from_array_record(msg.content[wire.ARRAYS])
-    worker = node_config.get("site-worker")
-    if worker:
-        from client.worker import forward
-
-        reply = forward(worker, node_config["site-store"],
-                        {"op": op, "run_config": run_config, "shared": shared,
-                         "report_task_names": report_task_names(node_config, cfg), **kwargs},
-                        timeout=cfg.round_timeout)
-    else:
-        site = site_for(node_config, cfg)
-        reply = site.train_round(cfg, shared, **kwargs) if op == "train" else site.evaluate_round(cfg, shared, **kwargs)
+    site = site_for(node_config, cfg)
+    evaluation = None
+    if op == "train" and bool(config.get(wire.CFG_EVALUATE_FIRST, False)):
+        # The model received is the last round's aggregate: evaluate it, then train on it, one reply.
+        evaluation = site.evaluate_round(cfg, shared, server_round=int(config[wire.CFG_EVALUATE_ROUND]),
+                                         federation_id=kwargs["federation_id"])
+    reply = site.train_round(cfg, shared, **kwargs) if op == "train" else site.evaluate_round(cfg, shared, **kwargs)
     content = RecordDict({wire.METRICS: MetricRecord(reply.metrics), wire.REPORT: ConfigRecord(reply.report)})
     if reply.arrays is not None:
         content[wire.ARRAYS] = to_array_record(reply.arrays)
+    if evaluation is not None:
+        content[wire.EVAL_METRICS] = ConfigRecord(evaluation.metrics)
+        content[wire.EVAL_REPORT] = ConfigRecord(evaluation.report)
     return Message(content=content, reply_to=msg)
 
 

@@ -375,9 +375,11 @@ def site_for(node_config: dict[str, Any], cfg: FederationConfig) -> SiteNode:
     name = str(node_config.get("site-name", ""))
     key = (str(store), name)
     if key not in _NODES:
-        _NODES[key] = SiteNode(store, name, report_task_names=report_task_names(node_config, cfg),
-                               fault=str(node_config.get("fault-drill", "")))
-    return _NODES[key]
+        _NODES[key] = SiteNode(store, name)
+    node = _NODES[key]  # a long-lived site runtime serves many runs: take this run's settings
+    node.report_task_names = report_task_names(node_config, cfg)
+    node.fault = str(node_config.get("fault-drill", ""))
+    return node
 
 
 def report_task_names(node_config: dict[str, Any], cfg: FederationConfig) -> bool:

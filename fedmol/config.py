@@ -28,6 +28,10 @@ class FederationConfig:
     min_sites: int = 2  # a round needs at least this many sites to answer
     fraction_train: float = 1.0
     round_timeout: float = 3600.0  # seconds to wait for the sites' replies in one round
+    # One message per round: a site evaluates the model it receives (the last round's aggregate)
+    # before training on it and sends both in one reply; only the final round sends a separate
+    # evaluate message. The sites compute exactly the same; each round costs one round trip.
+    evaluate_in_train: bool = True
     # Server-side optimiser (FedAdam/FedYogi) and robust aggregation.
     server_lr: float = 0.01
     trimmed_beta: float = 0.2

@@ -10,6 +10,12 @@ A train or evaluate message from the server carries::
 A reply from a site carries exactly one ArrayRecord (train only), exactly one MetricRecord
 whose keys are the same at every site (Flower's strategies require it), and a ConfigRecord
 REPORT with the site's per-task metrics as JSON. Nothing per-compound ever travels.
+
+With ``evaluate-in-train`` a train message asks the site to evaluate the received model first
+(CFG_EVALUATE_FIRST, for round CFG_EVALUATE_ROUND); the train reply then also carries that
+evaluation as EVAL_METRICS (a ConfigRecord: Flower's strategies allow one MetricRecord) and
+EVAL_REPORT, exactly what an evaluate reply would hold. The server splits them off before
+aggregating.
 """
 
 ARRAYS = "arrays"
@@ -31,6 +37,12 @@ CFG_LOCAL_EPOCHS = "local-epochs"
 CFG_LR = "lr"
 CFG_FINAL = "final-round"
 CFG_PROXIMAL_MU = "proximal-mu"  # Flower's FedProx injects this key
+CFG_EVALUATE_FIRST = "evaluate-first"
+CFG_EVALUATE_ROUND = "evaluate-round"
+
+# Extra records of a train reply that carries an evaluation (evaluate-in-train).
+EVAL_METRICS = "eval-metrics"
+EVAL_REPORT = "eval-report"
 
 # REPORT keys sent by a site.
 REP_SITE = "site"

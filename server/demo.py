@@ -135,9 +135,8 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
             if "[ROUND " in line:
                 progress.update(fed, completed=int(line.split("[ROUND ")[1].split("/")[0]) - 1)
                 progress.update(sites_task, completed=0)
-            elif "aggregate_train: Received" in line:
+            elif "aggregate_train: Received" in line:  # a round's model is aggregated
                 progress.update(sites_task, completed=int(line.split("Received ")[1].split(" ")[0]))
-            elif "aggregate_evaluate: Received" in line:
                 progress.advance(fed)
 
         with LocalSuperLink(out / "flower") as link:

@@ -75,7 +75,7 @@ def run_federation(grid: Grid, context: Context) -> dict[str, Any]:
     final = FinalReport()
     hooks = [tracker, Checkpointer(cfg, federation_id, tracker.run_id), final]
     strategy = HookedStrategy(inner, hooks, round_offset=start_round, total_rounds=cfg.num_server_rounds,
-                              expected_fingerprint=reference)
+                              expected_fingerprint=reference, evaluate_in_train=cfg.evaluate_in_train)
     remaining = cfg.num_server_rounds - start_round
     result_arrays = to_array_record(arrays)
     if remaining > 0:

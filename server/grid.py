@@ -1,12 +1,15 @@
 """A Grid wrapper that waits for replies with a short poll instead of Flower's 3 s sleep.
 
 Flower 1.41's deployment Grid (`flwr.superlink.grid.http_grid`) sleeps 3 s between pulls, which
-adds up to 3 s to every train and evaluate phase of every round. This wrapper delegates all
-calls to the real Grid and only re-implements `send_and_receive` with a configurable interval.
+adds up to 3 s to every train and evaluate phase of every round, and when a reply is listed before
+all its arrays have reached the SuperLink it backs off 1 s, 2 s, ... before fetching them again.
+This wrapper delegates all calls to the real Grid, re-implements only `send_and_receive` with a
+short interval, and fetches reply arrays with a short backoff.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterable
 
@@ -14,10 +17,22 @@ from flwr.app import Message
 from flwr.serverapp import Grid
 
 
+def _fast_object_pulls(backoff: float, cap: float) -> None:
+    """Make the deployment Grid fetch reply objects with a short backoff (this process only)."""
+    try:
+        from flwr.superlink.grid import http_grid
+        from flwr.supercore.inflatable.inflatable_utils import pull_objects
+    except ImportError:  # another Flower layout: keep its defaults
+        return
+    if getattr(http_grid, "pull_objects", None) is pull_objects:
+        http_grid.pull_objects = functools.partial(pull_objects, initial_backoff=backoff, backoff_cap=cap)
+
+
 class FastPollGrid(Grid):
-    def __init__(self, inner: Grid, poll_interval: float = 0.1) -> None:
+    def __init__(self, inner: Grid, poll_interval: float = 0.1, pull_backoff: float = 0.02) -> None:
         self.inner = inner
         self.poll_interval = poll_interval
+        _fast_object_pulls(pull_backoff, cap=0.5)
 
     # -- delegation ---------------------------------------------------------------------------
     def set_run(self, run) -> None:  # noqa: ANN001

@@ -240,8 +240,10 @@ class LocalSuperNode:
 
     def __init__(self, link: LocalSuperLink, store: Path, name: str, *, private_key: Path | None = None,
                  warm: bool = True, fault_drill: str = "") -> None:
-        """warm: also start the site's worker (`fedmol site worker`) and forward messages to it.
-        fault_drill: make this site send corrupted updates ("nan", "scale:K"), to test defences."""
+        """warm: run the ClientApp in the site runtime (`fedmol site worker`), one long-lived process
+        behind a SuperNode started with ``--isolation process``; otherwise Flower's default, a fresh
+        ClientApp process per message. fault_drill: make this site send corrupted updates ("nan",
+        "scale:K"), to test the server's defences."""
         self.link, self.store, self.name, self.private_key = link, Path(store).resolve(), name, private_key
         self.warm = warm
         self.fault_drill = fault_drill
@@ -249,29 +251,16 @@ class LocalSuperNode:
         self.worker: subprocess.Popen[bytes] | None = None
         self.log_path = link.workdir / f"supernode-{name}.log"
 
-    def _start_worker(self, timeout: float = 120.0) -> str:
-        sock = self.store / "worker.sock"
-        if sock.exists():
-            sock.unlink()
-        log = (self.link.workdir / f"worker-{self.name}.log").open("ab")
-        drill = ["--fault-drill", self.fault_drill] if self.fault_drill else []
-        self.worker = subprocess.Popen([_bin("fedmol"), "site", "worker", str(self.store), "--name", self.name, *drill],
-                                       stdout=log, stderr=subprocess.STDOUT, env=self.link.env(),
-                                       start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while not sock.exists():
-            if self.worker.poll() is not None or time.monotonic() > deadline:
-                raise LaunchError(f"the site worker of {self.name} did not start; see {log.name}")
-            time.sleep(0.1)
-        return f' site-worker="{sock}"'
-
     def start(self) -> LocalSuperNode:
-        worker = self._start_worker() if self.warm else ""
-        if self.fault_drill and not self.warm:
-            worker += f' fault-drill="{self.fault_drill}"'
-        cmd = [_bin("flower-supernode"), "--superlink", self.link.address,
-               "--port", str(free_port()),
-               "--node-config", f'site-store="{self.store}" site-name="{self.name}"{worker}']
+        runtime_port = free_port()
+        node_config = f'site-store="{self.store}" site-name="{self.name}"'
+        if self.fault_drill:
+            node_config += f' fault-drill="{self.fault_drill}"'
+        # warm: fedmol-supernode is flower-supernode with a 0.25 s instead of 3 s idle wait.
+        cmd = [_bin("fedmol-supernode" if self.warm else "flower-supernode"), "--superlink", self.link.address,
+               "--host", "127.0.0.1", "--port", str(runtime_port), "--node-config", node_config]
+        if self.warm:
+            cmd += ["--isolation", "process"]
         if self.link.tls_dir is None:
             cmd.append("--insecure")
         else:
@@ -281,6 +270,13 @@ class LocalSuperNode:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.link.env(),
                                      start_new_session=True, cwd=self.link.workdir)
+        if self.warm:
+            # The runtime retries until the SuperNode's Runtime API is up; it stops with the SuperNode.
+            worker_log = (self.link.workdir / f"worker-{self.name}.log").open("ab")
+            self.worker = subprocess.Popen(
+                [_bin("fedmol"), "site", "worker", "--runtime", f"127.0.0.1:{runtime_port}"],
+                stdout=worker_log, stderr=subprocess.STDOUT, env=self.link.env(), start_new_session=True,
+                cwd=self.link.workdir)
         return self
 
     def alive(self) -> bool:

@@ -6,13 +6,18 @@ FedAdam, ...) and, around it:
 * validates every site's update (expected array names and shapes, finite values) and drops an
   invalid one with a logged reason before the strategy sees it;
 * offsets round numbers, so a resumed federation continues at the round after its checkpoint;
-* hands each round's site reports to hooks (tracking, checkpoints, the final table).
+* hands each round's site reports to hooks (tracking, checkpoints, the final table);
+* with ``evaluate_in_train``, asks the sites to evaluate the model they receive in the train
+  message and splits that evaluation off the train replies: one round trip per round, and the
+  hooks still see an evaluate outcome for every round (round r-1's, during round r; the final
+  round's from a separate evaluate message).
 
 Flower's own round loop (`Strategy.start`) runs unchanged: nothing of it is copied here.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from collections.abc import Iterable, Sequence
@@ -20,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
@@ -44,14 +49,17 @@ class SiteReport:
 
     @classmethod
     def from_message(cls, msg: Message) -> SiteReport:
-        content = msg.content
+        return cls.from_content(msg.metadata.src_node_id, msg.content)
+
+    @classmethod
+    def from_content(cls, node_id: int, content: RecordDict) -> SiteReport:
         metrics: dict[str, float] = {}
         for rec in content.metric_records.values():
             metrics.update({k: float(v) for k, v in rec.items() if not isinstance(v, list)})
         report = content.config_records.get(wire.REPORT, ConfigRecord())
         return cls(
-            node_id=msg.metadata.src_node_id,
-            site=str(report.get(wire.REP_SITE, f"node-{msg.metadata.src_node_id}")),
+            node_id=node_id,
+            site=str(report.get(wire.REP_SITE, f"node-{node_id}")),
             metrics=metrics,
             task_metrics=json.loads(str(report.get(wire.REP_TASK_METRICS, "{}"))),
             summary=json.loads(str(report.get(wire.REP_SUMMARY, "{}"))),
@@ -133,8 +141,12 @@ class HookedStrategy(Strategy):
         round_offset: int = 0,
         total_rounds: int | None = None,
         expected_fingerprint: str = "",
+        evaluate_in_train: bool = False,
     ) -> None:
         self.inner = inner
+        self.evaluate_in_train = evaluate_in_train
+        self._evaluate_round: int | None = None  # the round evaluated inside this round's train replies
+        self._skip_evaluate = False
         self.hooks = list(hooks)
         self.round_offset = round_offset
         self.total_rounds = total_rounds
@@ -158,6 +170,10 @@ class HookedStrategy(Strategy):
     ) -> Iterable[Message]:
         rnd = self._round(server_round)
         self._expected = {k: (tuple(a.shape), a.dtype) for k, a in arrays.items()}
+        self._evaluate_round = rnd - 1 if self.evaluate_in_train and rnd > 1 else None
+        if self._evaluate_round is not None:
+            config = ConfigRecord({**dict(config), wire.CFG_EVALUATE_FIRST: True,
+                                   wire.CFG_EVALUATE_ROUND: self._evaluate_round})
         messages = list(self.inner.configure_train(rnd, arrays, config, grid))
         self._sampled["train"] = [m.metadata.dst_node_id for m in messages]
         return messages
@@ -167,6 +183,8 @@ class HookedStrategy(Strategy):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         rnd = self._round(server_round)
         replies = list(replies)
+        if self._evaluate_round is not None:
+            self._aggregate_embedded_evaluation(server_round, replies)
         accepted, rejected = [], []
         for msg in replies:
             if msg.has_error():
@@ -194,11 +212,17 @@ class HookedStrategy(Strategy):
         rnd = self._round(server_round)
         config = ConfigRecord(dict(config))
         config[wire.CFG_FINAL] = self.total_rounds is not None and rnd >= self.total_rounds
+        self._skip_evaluate = self.evaluate_in_train and not config[wire.CFG_FINAL]
+        if self._skip_evaluate:  # the next round's train replies carry this evaluation
+            self._sampled["evaluate"] = []
+            return []
         messages = list(self.inner.configure_evaluate(rnd, arrays, config, grid))
         self._sampled["evaluate"] = [m.metadata.dst_node_id for m in messages]
         return messages
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        if self._skip_evaluate:
+            return None
         rnd = self._round(server_round)
         replies = [m for m in replies if not m.has_error()]
         missing = self._missing("evaluate", replies)
@@ -207,6 +231,26 @@ class HookedStrategy(Strategy):
         reports = [self._remember(SiteReport.from_message(m)) for m in good]
         self._fire(RoundOutcome(rnd, "evaluate", reports, [], missing, metrics, self.last_arrays))
         return metrics
+
+    def _aggregate_embedded_evaluation(self, server_round: int, replies: list[Message]) -> None:
+        """Split each train reply's evaluation of the received model off, and aggregate those as
+        the evaluate phase of the previous round (which is the round whose model they evaluated)."""
+        evaluations = []
+        for msg in replies:
+            if msg.has_error() or wire.EVAL_METRICS not in msg.content.config_records:
+                continue
+            metrics = msg.content.config_records[wire.EVAL_METRICS]
+            report = msg.content.config_records.get(wire.EVAL_REPORT, ConfigRecord())
+            del msg.content[wire.EVAL_METRICS]
+            if wire.EVAL_REPORT in msg.content.config_records:
+                del msg.content[wire.EVAL_REPORT]
+            content = RecordDict({wire.METRICS: MetricRecord({k: float(v) for k, v in metrics.items()}),
+                                  wire.REPORT: report})
+            evaluations.append(Message(metadata=copy.copy(msg.metadata), content=content))
+        self._sampled["evaluate"] = list(self._sampled["train"])
+        self._skip_evaluate = False
+        # Flower's strategies number rounds themselves; the wrapped one sees the consortium's.
+        self.aggregate_evaluate(server_round - 1, evaluations)
 
     # -- helpers -------------------------------------------------------------------------
     def _check_fingerprint(self, report: SiteReport) -> str | None:

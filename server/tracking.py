@@ -36,6 +36,7 @@ class MlflowTracker:
         from mlflow.tracking import MlflowClient
 
         self.cfg = cfg
+        self._last_aggregation = time.monotonic()
         self.uri = cfg.resolved_tracking_uri
         if self.uri.startswith("sqlite:///"):
             Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -98,6 +99,10 @@ class MlflowTracker:
             for k, v in outcome.metrics.items():
                 if not isinstance(v, list):
                     metrics[metric_key(phase, k)] = float(v)
+        if phase == "train":  # wall time from the previous aggregation (or the start) to this one
+            now = time.monotonic()
+            metrics["round-wall-seconds"] = now - self._last_aggregation
+            self._last_aggregation = now
         metrics[metric_key(phase, "sites-answered")] = len(outcome.reports)
         metrics[metric_key(phase, "sites-missing")] = len(outcome.missing)
         metrics[metric_key(phase, "updates-rejected")] = len(outcome.rejected)
@@ -140,7 +145,9 @@ class Checkpointer:
         self.last_path: Path | None = None
 
     def on_round(self, outcome: RoundOutcome, strategy: HookedStrategy) -> None:
-        if outcome.phase != "evaluate" or strategy.last_arrays is None:
+        # After the evaluation when it has its own message; with evaluate-in-train right after
+        # aggregation (round r's evaluation then comes with round r+1, also after a resume).
+        if outcome.phase != ("train" if strategy.evaluate_in_train else "evaluate") or strategy.last_arrays is None:
             return
         ckpt = Checkpoint(
             federation_id=self.federation_id,

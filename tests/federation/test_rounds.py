@@ -122,3 +122,53 @@ def test_float16_updates_are_aggregated_in_float32():
     out = agg["trunk.w"].numpy()
     assert out.dtype == np.float32
     np.testing.assert_allclose(out, (1.0009765625 + 3.0) / 2, rtol=1e-6)
+
+
+def with_evaluation(msg, valid_loss, site):
+    """A train reply that also carries the site's evaluation of the model it received."""
+    from flwr.app import ConfigRecord
+
+    msg.content[wire.EVAL_METRICS] = ConfigRecord({wire.NUM_TRAIN_LABELS: 5.0, wire.VALID_LOSS: valid_loss})
+    msg.content[wire.EVAL_REPORT] = ConfigRecord({wire.REP_SITE: site, wire.REP_TASK_METRICS: "{}",
+                                                  wire.REP_SUMMARY: '{"eval_seconds": 0.5}'})
+    return msg
+
+
+def test_evaluate_in_train_asks_for_the_evaluation_and_splits_it_off_the_train_replies(monkeypatch):
+    from flwr.app import ConfigRecord
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from fedmol.records import to_array_record
+
+    class Grid:
+        def get_node_ids(self):
+            return [1, 2, 3]
+
+    # Flower's strategies build messages for the ServerApp's own task (as in a real run).
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+    s, rec = wrapped(FedAvg(weighted_by_key=wire.NUM_TRAIN_LABELS, arrayrecord_key=wire.ARRAYS),
+                     evaluate_in_train=True, total_rounds=3)
+    cfg = ConfigRecord({wire.CFG_FEDERATION_ID: "f"})
+    first = list(s.configure_train(1, to_array_record(GLOBAL), cfg, Grid()))
+    assert wire.CFG_EVALUATE_FIRST not in first[0].content[wire.CONFIG]  # nothing to evaluate before round 1
+    assert list(s.configure_evaluate(1, to_array_record(GLOBAL), cfg, Grid())) == []  # folded into round 2
+    assert s.aggregate_evaluate(1, []) is None and rec.outcomes == []
+
+    second = list(s.configure_train(2, to_array_record(GLOBAL), cfg, Grid()))
+    sent = second[0].content[wire.CONFIG]
+    assert sent[wire.CFG_EVALUATE_FIRST] is True and sent[wire.CFG_EVALUATE_ROUND] == 1
+    replies = [with_evaluation(reply(n, arrays(float(n)), 10), valid_loss=float(n), site=f"site{n}") for n in (1, 2)]
+    agg, _ = s.aggregate_train(2, replies)
+    evaluation, training = rec.outcomes[-2:]
+    assert (evaluation.phase, evaluation.server_round) == ("evaluate", 1)
+    assert [r.site for r in evaluation.reports] == ["site1", "site2"]
+    assert evaluation.metrics[wire.VALID_LOSS] == pytest.approx(1.5)  # weighted by the eval weight (5 and 5)
+    assert evaluation.missing == ["node-3"]  # sampled for round 2, never answered
+    assert (training.phase, training.server_round) == ("train", 2)
+    assert all(wire.EVAL_METRICS not in m.content.config_records for m in replies)
+    np.testing.assert_allclose(agg["trunk.w"].numpy(), 1.5)
+
+    final = list(s.configure_evaluate(3, to_array_record(GLOBAL), cfg, Grid()))
+    assert len(final) == 3 and final[0].content[wire.CONFIG][wire.CFG_FINAL] is True
