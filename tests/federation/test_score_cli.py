@@ -36,6 +36,14 @@ def test_score_writes_predictions_and_rejects(tmp_path, model_and_key):
     assert list(rejects["line"]) == [3, 4, 6]
     assert rejects["reason"].str.len().gt(0).all()
     assert len(scored) + len(rejects) == 5
+    assert list(scored["canonical_smiles"]) == ["CCO", "Oc1ccccc1"]
+
+    fast = tmp_path / "fast.csv"
+    assert main(["score", str(src), "--model", str(model_dir), "--key-file", str(key_path), "--out", str(fast),
+                 "--smiles-col", "SMILES", "--mc-samples", "5", "--no-canonical-smiles"]) == 0
+    fast_scored = pd.read_csv(fast)
+    assert "canonical_smiles" not in fast_scored.columns
+    pd.testing.assert_series_equal(fast_scored["active"], scored["active"], check_names=False, atol=1e-6)
 
 
 def test_wrong_key_and_missing_column_are_clear_errors(tmp_path, model_and_key, capsys):
