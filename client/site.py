@@ -129,7 +129,8 @@ class SiteNode:
     def finetune(self, model, cfg: FederationConfig, server_round: int) -> dict[str, Any]:  # noqa: ANN001
         """Personalise ``model`` (trunk and every head) on this site's training folds, in place.
 
-        Adam at ``finetune-lr`` for at most ``finetune-epochs`` epochs, early stopping on the
+        The sites' own optimiser (``optimizer``, ``momentum``, ``weight-decay``: local training
+        continued) at ``finetune-lr`` for at most ``finetune-epochs`` epochs, early stopping on the
         validation fold's loss (patience ``finetune-patience``) with the best epoch's weights
         restored; when no epoch beats the received model on validation, the received model is
         kept. The same advantages the local-only baseline gets. Nothing here leaves the site.
@@ -144,7 +145,8 @@ class SiteNode:
         valid = TaskData.from_store(self.store, model.spec, self.rows(cfg, "valid"))
         start_loss = evaluate(model, valid, device=cfg.device, thresholds=cfg.eval_thresholds).loss
         start = copy.deepcopy(model.state_dict())
-        tc = TrainConfig(epochs=cfg.finetune_epochs, batch_size=cfg.batch_size, lr=cfg.finetune_lr, optimizer="adam",
+        tc = TrainConfig(epochs=cfg.finetune_epochs, batch_size=cfg.batch_size, lr=cfg.finetune_lr,
+                         optimizer=cfg.optimizer, momentum=cfg.momentum, weight_decay=cfg.weight_decay,  # type: ignore[arg-type]
                          lr_step_epoch=10**6, lr_gamma=1.0, patience=cfg.finetune_patience, monitor="loss",
                          restore_best=True, device=cfg.device, seed=cfg.seed * 100_003 + server_round + 11,
                          num_threads=cfg.num_threads or None)

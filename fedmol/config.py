@@ -51,9 +51,9 @@ class FederationConfig:
     proximal_mu: float = 0.01  # FedProx only
     head_epochs: int = 1  # private heads refitted on the received trunk before each evaluation
     # Personalisation in the final evaluation (0: off): each site fine-tunes a copy of the final
-    # model (trunk and its heads) on its training folds, Adam at finetune-lr, early stopping on its
-    # validation fold (patience finetune-patience), and reports that model's metrics. The
-    # fine-tuned model never leaves the site.
+    # model (trunk and its heads) on its training folds with its local optimiser at finetune-lr,
+    # early stopping on its validation fold (patience finetune-patience), and reports that model's
+    # metrics. The fine-tuned model never leaves the site.
     finetune_epochs: int = 0
     finetune_lr: float = 0.001
     finetune_patience: int = 3
