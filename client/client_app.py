@@ -3,6 +3,10 @@
 Kept light to import: with Flower's default isolation the deployment engine starts a fresh
 ClientApp process per message, so torch and the site's data are loaded only inside the site node.
 The site runtime (`client.worker`) runs this same app in one long-lived process instead.
+
+With ``secure-aggregation`` the server speaks Flower's legacy records (FitIns/EvaluateIns, see
+`server.secagg`) and Flower's `secaggplus_mod` masks the training reply; the site does exactly
+the same work, and its report travels in the legacy metrics as ``report.*`` strings.
 """
 
 from __future__ import annotations
@@ -16,7 +20,54 @@ from fedmol import wire
 from fedmol.config import FederationConfig
 from fedmol.records import from_array_record, to_array_record
 
-app = ClientApp()
+LEGACY_FIT = "fitins.parameters"  # Flower's legacy record names (flwr.compat recorddict_compat)
+LEGACY_EVALUATE = "evaluateins.parameters"
+
+
+def _secure_aggregation(msg: Message, context: Context, call_next):  # noqa: ANN001, ANN202
+    """Flower's SecAgg+ mod, for the messages of a secure-aggregation run only."""
+    from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+
+    if RECORD_KEY_CONFIGS not in msg.content.config_records:
+        return call_next(msg, context)
+    from flwr.client.mod import secaggplus_mod
+
+    return secaggplus_mod(msg, context, call_next)
+
+
+app = ClientApp(mods=[_secure_aggregation])
+
+
+def _handle_legacy(op: str, msg: Message, context: Context) -> Message:
+    """A round of a secure-aggregation run: legacy records in and out, the same site work."""
+    import json
+
+    from flwr.common import Code, EvaluateRes, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+    from flwr.compat.common import recorddict_compat as compat
+
+    from client.site import site_for
+    from fedmol.records import join_metrics
+
+    cfg = FederationConfig.from_run_config(dict(context.run_config))
+    site = site_for(dict(context.node_config), cfg)
+    ins = (compat.recorddict_to_fitins if op == "train" else compat.recorddict_to_evaluateins)(msg.content, True)
+    names = json.loads(str(ins.config[wire.CFG_ARRAY_NAMES]))
+    shared = dict(zip(names, parameters_to_ndarrays(ins.parameters), strict=True))
+    kwargs: dict[str, Any] = {"server_round": int(ins.config[wire.CFG_ROUND]),
+                              "federation_id": str(ins.config[wire.CFG_FEDERATION_ID])}
+    ok = Status(code=Code.OK, message="")
+    if op == "train":
+        reply = site.train_round(cfg, shared, **kwargs)
+        assert reply.arrays is not None
+        res = FitRes(status=ok, parameters=ndarrays_to_parameters([reply.arrays[k] for k in names]),
+                     num_examples=int(reply.metrics[wire.NUM_TRAIN_LABELS]),
+                     metrics=join_metrics(reply.metrics, reply.report))
+        return Message(compat.fitres_to_recorddict(res, keep_input=False), reply_to=msg)
+    reply = site.evaluate_round(cfg, shared, **kwargs)
+    res = EvaluateRes(status=ok, loss=float(reply.metrics[wire.VALID_LOSS]),
+                      num_examples=int(reply.metrics[wire.NUM_EVAL_LABELS]),
+                      metrics=join_metrics(reply.metrics, reply.report))
+    return Message(compat.evaluateres_to_recorddict(res), reply_to=msg)
 
 
 def _handle(op: str, msg: Message, context: Context) -> Message:
@@ -49,9 +100,13 @@ def _handle(op: str, msg: Message, context: Context) -> Message:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
+    if LEGACY_FIT in msg.content.array_records:
+        return _handle_legacy("train", msg, context)
     return _handle("train", msg, context)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
+    if LEGACY_EVALUATE in msg.content.array_records:
+        return _handle_legacy("evaluate", msg, context)
     return _handle("evaluate", msg, context)

@@ -36,6 +36,14 @@ class FederationConfig:
     server_lr: float = 0.01
     trimmed_beta: float = 0.2
     transport_dtype: str = "float32"  # "float16" halves the bytes a site uploads per round
+    # Secure aggregation (Flower's SecAgg+, server.secagg): the server sees only the sum of the
+    # updates. FedAvg only; shares and threshold as fractions of the sampled sites; parameters are
+    # clipped to +-secagg-clipping-range; a site's weight (training labels) must be <= max-weight.
+    secure_aggregation: bool = False
+    secagg_num_shares: float = 1.0
+    secagg_threshold: float = 0.67
+    secagg_clipping_range: float = 8.0
+    secagg_max_weight: float = 100000.0
     # Central differential privacy (Flower's server-side DP wrappers).
     dp: str = "off"  # "off" | "server-fixed" | "server-adaptive"
     dp_noise_multiplier: float = 0.1
@@ -135,6 +143,11 @@ class FederationConfig:
             raise ConfigError("lr-decay must be in (0, 1]")
         if self.finetune_epochs < 0 or self.finetune_lr <= 0 or self.finetune_patience < 1:
             raise ConfigError("finetune-epochs must be >= 0, finetune-lr > 0 and finetune-patience >= 1")
+        if self.secure_aggregation and (self.strategy != "fedavg" or self.dp != "off"
+                                        or self.transport_dtype != "float32"):
+            raise ConfigError("secure-aggregation=true needs strategy=\"fedavg\", dp=\"off\" and "
+                              "transport-dtype=\"float32\": the server never sees an individual update "
+                              "to take a median of, clip, or upcast")
         if self.eval_min_labels < 1:
             raise ConfigError("eval-min-labels must be at least 1")
         if self.test_fold == self.valid_fold:

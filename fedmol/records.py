@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from flwr.app import Array, ArrayRecord
 
@@ -13,3 +15,17 @@ def to_array_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
 
 def from_array_record(record: ArrayRecord) -> dict[str, np.ndarray]:
     return {k: v.numpy() for k, v in record.items()}
+
+
+def join_metrics(metrics: dict[str, float], report: dict[str, str]) -> dict[str, Any]:
+    """One legacy (FitRes/EvaluateRes) metrics dict: the numbers and the site report as
+    ``report.*`` strings (secure aggregation, `server.secagg`)."""
+    return {**metrics, **{f"report.{k}": v for k, v in report.items()}}
+
+
+def split_metrics(metrics: dict[str, Any]) -> tuple[dict[str, float], dict[str, str]]:
+    """The inverse of `join_metrics`: numbers (to aggregate) and the site report."""
+    numbers = {k: float(v) for k, v in metrics.items()
+               if not k.startswith("report.") and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    report = {k[len("report."):]: str(v) for k, v in metrics.items() if k.startswith("report.")}
+    return numbers, report

@@ -39,6 +39,7 @@ CFG_FINAL = "final-round"
 CFG_PROXIMAL_MU = "proximal-mu"  # Flower's FedProx injects this key
 CFG_EVALUATE_FIRST = "evaluate-first"
 CFG_EVALUATE_ROUND = "evaluate-round"
+CFG_ARRAY_NAMES = "array-names"  # secure aggregation: JSON list, the order of the legacy parameter list
 
 # Extra records of a train reply that carries an evaluation (evaluate-in-train).
 EVAL_METRICS = "eval-metrics"

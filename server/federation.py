@@ -81,14 +81,22 @@ def run_federation(grid: Grid, context: Context) -> dict[str, Any]:
     if remaining > 0:
         round_config = ConfigRecord({wire.CFG_FEDERATION_ID: federation_id})
         try:
-            result = strategy.start(
-                grid=grid, initial_arrays=result_arrays, num_rounds=remaining, timeout=cfg.round_timeout,
-                train_config=round_config, evaluate_config=ConfigRecord(dict(round_config)),
-            )
+            if cfg.secure_aggregation:  # Flower's SecAgg+ on its legacy path; the same hooks
+                from server.secagg import run_secure_rounds
+
+                tracker.set_tag("fedmol.secure-aggregation", "SecAgg+: the server saw only the sum of the updates")
+                strategy = run_secure_rounds(grid, context, cfg, arrays, hooks, federation_id=federation_id,
+                                             round_offset=start_round, expected_fingerprint=reference)
+                result_arrays = strategy.last_arrays
+            else:
+                result = strategy.start(
+                    grid=grid, initial_arrays=result_arrays, num_rounds=remaining, timeout=cfg.round_timeout,
+                    train_config=round_config, evaluate_config=ConfigRecord(dict(round_config)),
+                )
+                result_arrays = result.arrays if len(result.arrays) else result_arrays
         except BaseException:
             tracker.finish("FAILED")  # a resume (resume="latest") reopens the same run
             raise
-        result_arrays = result.arrays if len(result.arrays) else result_arrays
     else:
         log.info("nothing to do: the checkpoint already has all %d rounds", cfg.num_server_rounds)
 

@@ -1,0 +1,170 @@
+"""Secure aggregation: the server learns only the weighted sum of the sites' updates.
+
+Run config ``secure-aggregation=true`` runs the rounds with Flower's SecAgg+ protocol
+(`flwr.server.workflow.SecAggPlusWorkflow`): each site masks its update with pairwise and private
+masks agreed in a key exchange, and the masks cancel only in the sum. In Flower 1.41 SecAgg+
+exists only on the legacy path, so this module drives Flower's `DefaultWorkflow` with a legacy
+FedAvg (`SecureFedAvg`) instead of the Message-API strategies of `server.rounds`; the sites run
+Flower's `secaggplus_mod` (see `client.client_app`). Four message round trips per training round.
+
+What changes for the consortium:
+
+* individual updates are never visible, so they cannot be validated one by one or outvoted
+  (FedMedian, trimmed mean, central DP clipping need them): the strategy is FedAvg, the
+  aggregate is checked (finite values), and a round whose aggregate is not finite, or in which
+  a site reports another reference hash, is discarded as a whole;
+* parameters are clipped to ``secagg-clipping-range`` and quantised (2^22 levels) before
+  masking, and each site's weight (its number of training labels) must not exceed
+  ``secagg-max-weight``;
+* what the sites report besides the update (losses, counts, per-task metrics) travels as before
+  and is tracked per site, with the same hooks (MLflow, checkpoints, the final table).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.server.strategy import FedAvg as LegacyFedAvg
+
+from fedmol import wire
+from fedmol.config import FederationConfig
+from fedmol.records import split_metrics, to_array_record
+from server.rounds import RoundOutcome, SiteReport
+
+log = logging.getLogger("fedmol.server")
+
+class SecureFedAvg(LegacyFedAvg):
+    """Flower's legacy FedAvg, fed by SecAgg+, with fedmol's round hooks.
+
+    It also offers what the hooks read from `server.rounds.HookedStrategy` (``last_arrays``,
+    ``site_names``, ``expected_fingerprint``, ...), so tracking and checkpoints are shared code.
+    """
+
+    evaluate_in_train = False
+
+    def __init__(self, cfg: FederationConfig, arrays: dict[str, np.ndarray], hooks: list[Any], *,
+                 federation_id: str, round_offset: int = 0, expected_fingerprint: str = "") -> None:
+        from flwr.common import ndarrays_to_parameters
+
+        self.names = sorted(arrays)
+        super().__init__(
+            fraction_fit=cfg.fraction_train, fraction_evaluate=1.0, min_fit_clients=cfg.min_sites,
+            min_evaluate_clients=cfg.min_sites, min_available_clients=cfg.min_sites,
+            initial_parameters=ndarrays_to_parameters([arrays[k] for k in self.names]),
+            on_fit_config_fn=self._config, on_evaluate_config_fn=self._config,
+            accept_failures=True,
+        )
+        self.cfg = cfg
+        self.hooks = hooks
+        self.federation_id = federation_id
+        self.round_offset = round_offset
+        self.total_rounds = cfg.num_server_rounds
+        self.expected_fingerprint = expected_fingerprint
+        self.inner = self  # strategy_state() finds no server optimiser state: FedAvg has none
+        self.site_names: dict[int, str] = {}
+        self.last_arrays: ArrayRecord | None = to_array_record(arrays)
+        self.prep_settings: dict[str, Any] = {}
+        self.key_fingerprint = ""
+        self.discarded_rounds: list[int] = []
+
+    def _config(self, server_round: int) -> dict[str, Any]:
+        rnd = server_round + self.round_offset
+        return {wire.CFG_ROUND: rnd, wire.CFG_FEDERATION_ID: self.federation_id,
+                wire.CFG_FINAL: rnd >= self.total_rounds, wire.CFG_ARRAY_NAMES: json.dumps(self.names)}
+
+    def _reports(self, results: list[tuple[Any, Any]]) -> list[SiteReport]:
+        reports = []
+        for proxy, res in results:
+            numbers, report = split_metrics(dict(res.metrics))
+            rep = SiteReport.from_content(proxy.node_id, RecordDict({
+                wire.METRICS: MetricRecord(numbers), wire.REPORT: ConfigRecord(report)}))
+            self.site_names[rep.node_id] = rep.site
+            self.prep_settings = self.prep_settings or rep.prep_settings
+            self.key_fingerprint = self.key_fingerprint or rep.key_fingerprint
+            reports.append(rep)
+        return reports
+
+    def _missing(self, failures: list[Any]) -> list[str]:
+        out = []
+        for f in failures:
+            node = getattr(f[0], "node_id", None) if isinstance(f, tuple) else None
+            out.append(self.site_names.get(node, f"node-{node}") if node is not None else type(f).__name__)
+        return out
+
+    @staticmethod
+    def _mean(reports: list[SiteReport], weight_key: str) -> MetricRecord | None:
+        if not reports:
+            return None
+        weights = np.array([r.metrics.get(weight_key, 1.0) for r in reports])
+        keys = set.intersection(*(set(r.metrics) for r in reports))
+        return MetricRecord({k: float(np.average([r.metrics[k] for r in reports], weights=weights))
+                             for k in sorted(keys)})
+
+    def _fire(self, outcome: RoundOutcome) -> None:
+        for hook in self.hooks:
+            hook.on_round(outcome, self)
+
+    def aggregate_fit(self, server_round: int, results: list, failures: list) -> tuple[Any, dict]:
+        from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
+
+        rnd = server_round + self.round_offset
+        reports = self._reports(results)
+        rejected: list[tuple[str, str]] = []
+        arrays = None
+        if results:
+            # SecAgg+ handed every result the same unmasked sum: the weighted mean is that sum.
+            summed = parameters_to_ndarrays(results[0][1].parameters)
+            wrong_hash = [r.site for r in reports if self.expected_fingerprint
+                          and r.reference_hash != self.expected_fingerprint]
+            if not self.expected_fingerprint and reports:
+                self.expected_fingerprint = reports[0].reference_hash
+            if wrong_hash:
+                rejected = [(s, "reference hash differs: the whole secure aggregate is discarded")
+                            for s in wrong_hash]
+            elif not all(np.all(np.isfinite(a)) for a in summed):
+                rejected = [("aggregate", "NaN or infinite values in the secure aggregate: round discarded")]
+            else:
+                arrays = dict(zip(self.names, summed, strict=True))
+        if rejected:
+            log.warning("round %d: %s", rnd, rejected)
+            self.discarded_rounds.append(rnd)
+        if arrays is not None:
+            self.last_arrays = to_array_record({k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()})
+        metrics = self._mean(reports, wire.NUM_TRAIN_LABELS)
+        self._fire(RoundOutcome(rnd, "train", reports, rejected, self._missing(failures), metrics,
+                                self.last_arrays if arrays is not None else None))
+        assert self.last_arrays is not None
+        current = [self.last_arrays[k].numpy() for k in self.names]
+        return ndarrays_to_parameters(current), {}
+
+    def aggregate_evaluate(self, server_round: int, results: list, failures: list) -> tuple[Any, dict]:
+        rnd = server_round + self.round_offset
+        reports = self._reports(results)
+        metrics = self._mean(reports, wire.NUM_EVAL_LABELS)
+        self._fire(RoundOutcome(rnd, "evaluate", reports, [], self._missing(failures), metrics, self.last_arrays))
+        loss = None if metrics is None else metrics.get(wire.VALID_LOSS)
+        return loss, {}
+
+
+def run_secure_rounds(grid: Any, context: Any, cfg: FederationConfig, arrays: dict[str, np.ndarray],
+                      hooks: list[Any], *, federation_id: str, round_offset: int,
+                      expected_fingerprint: str) -> SecureFedAvg:
+    """Run the remaining rounds with SecAgg+; returns the strategy (its ``last_arrays`` is the model)."""
+    from flwr.server import LegacyContext, ServerConfig
+    from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+
+    strategy = SecureFedAvg(cfg, arrays, hooks, federation_id=federation_id, round_offset=round_offset,
+                            expected_fingerprint=expected_fingerprint)
+    legacy = LegacyContext(context=context, strategy=strategy,
+                           config=ServerConfig(num_rounds=cfg.num_server_rounds - round_offset,
+                                               round_timeout=cfg.round_timeout))
+    workflow = DefaultWorkflow(fit_workflow=SecAggPlusWorkflow(
+        num_shares=cfg.secagg_num_shares, reconstruction_threshold=cfg.secagg_threshold,
+        max_weight=cfg.secagg_max_weight, clipping_range=cfg.secagg_clipping_range,
+        timeout=cfg.round_timeout))
+    workflow(grid, legacy)
+    return strategy
