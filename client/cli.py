@@ -63,8 +63,10 @@ def worker(
     Flower's default starts a fresh ClientApp process, re-importing torch and reloading the site
     store, for every message. Start the SuperNode with `--isolation process` and this next to it:
 
-      flower-supernode ... --isolation process --port 9094 --node-config 'site-store="/data/store"'
+      fedmol-supernode ... --isolation process --port 9094 --node-config 'site-store="/data/store"'
       fedmol site worker --runtime 127.0.0.1:9094
+
+    (fedmol-supernode is flower-supernode with a 0.25 s instead of 3 s idle wait.)
 
     It runs the fedmol installed on this site and refuses runs of any other app or version.
     """

@@ -6,9 +6,11 @@ reloading the site store, twice per round. Flower's own answer is ``--isolation 
 SuperNode then serves its Runtime API and leaves running the ClientApp to a separate process. That
 process is this one:
 
-    flower-supernode ... --isolation process --port 9094 \\
+    fedmol-supernode ... --isolation process --port 9094 \\
         --node-config 'site-store="/data/store" site-name="acme"'
     fedmol site worker --runtime 127.0.0.1:9094          # on the same host, same account
+
+(`fedmol-supernode` is `flower-supernode` with a shorter idle wait, see `client.supernode`.)
 
 It asks the SuperNode for tasks (as Flower's SuperExec does), and runs each one in-process with
 the ClientApp, torch and the site's data already loaded: a message costs only its own compute.
@@ -66,6 +68,7 @@ def pull_task_input(client):  # noqa: ANN001, ANN201
         make_pull_object_fn_protobuf,
     )
     from flwr.supercore.inflatable.inflatable_utils import pull_and_inflate_object_from_tree
+
     res = client.PullTaskInput(PullTaskInputRequest())
     identity = (res.task_id, res.run.run_id, res.context.node_id)
     _set_identity(identity)
