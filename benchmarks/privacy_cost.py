@@ -1,0 +1,128 @@
+"""What privacy and transport options cost on Tox21: time per round and the federated ROC-AUC.
+
+    .venv/bin/python benchmarks/privacy_cost.py            # 4 federations of ~4-6 min each
+    .venv/bin/python benchmarks/privacy_cost.py --quick    # small subset, 3 rounds: smoke test
+
+The Tox21 federation of `benchmarks/federation_gain.py` (4 scaffold sites, its model and
+federation settings, simulation engine, 1 CPU per virtual client), run once per variant:
+
+* ``float32``: the default;
+* ``float16``: ``transport-dtype=float16`` (sites upload half the bytes; the server aggregates
+  in float32);
+* ``secure-aggregation``: Flower's SecAgg+ (the server sees only the sum of the updates; four
+  message round trips per round);
+* ``central-dp``: ``dp=server-fixed`` with the run-config defaults (clipping norm 10, noise
+  multiplier 0.1): Flower's server-side fixed clipping + Gaussian noise;
+* ``central-dp-noise-0.01``: the same with a ten times smaller noise multiplier (weaker privacy).
+
+``--only VARIANT`` reruns some variants and keeps the other rows of the previous results file.
+
+Reported per variant: mean test ROC-AUC over sites (the federated column of federation_gain),
+its change against float32, median seconds per round after round 1 (the server's
+``round-wall-seconds``), and bytes a site uploads per round (from the outbox ledgers). Results:
+benchmarks/results/privacy_cost.json and .md. The machine may be shared: the ROC-AUC does not
+depend on load; the seconds do, so compare them within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import DATA_DIR, RESULTS, log, prepared_store, quiet_warnings, run_flower, save_sites  # noqa: E402
+from benchmarks.federation_gain import MODEL, SETS, split_sites  # noqa: E402
+
+VARIANTS = {
+    "float32": {},
+    "float16": {"transport_dtype": "float16"},
+    "secure-aggregation": {"secure_aggregation": True},
+    "central-dp": {"dp": "server-fixed"},
+    "central-dp-noise-0.01": {"dp": "server-fixed", "dp_noise_multiplier": 0.01},
+}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="2,500 rows, 3 rounds: a smoke test")
+    p.add_argument("--only", choices=sorted(VARIANTS), action="append", help="run only this variant")
+    p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "fedmol-bench")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    args = p.parse_args(argv)
+    quiet_warnings()
+    from mlflow.tracking import MlflowClient
+
+    from fedmol.config import FederationConfig
+    from models.report import GainTable
+
+    spec = SETS["tox21"]
+    quick = spec["quick"] if args.quick else {}
+    store = prepared_store(DATA_DIR / spec["file"], args.work, radius=2, n_bits=MODEL["n_bits"],
+                           nrows=quick.get("nrows"), id_col=spec["id_col"])
+    work = args.work / ("quick" if args.quick else "full") / "privacy-cost"
+    sites = save_sites(split_sites(store, spec, 0), work / "sites")
+    fed = dict(spec["federation"])
+    if "num_server_rounds" in quick:
+        fed["num_server_rounds"] = quick["num_server_rounds"]
+    rows = []
+    for name, change in VARIANTS.items():
+        if args.only and name not in args.only:
+            continue
+        out_dir = work / name
+        shutil.rmtree(out_dir, ignore_errors=True)
+        for path in sites.values():
+            (path / "outbox.jsonl").unlink(missing_ok=True)
+        cfg = FederationConfig(**MODEL, **fed, consortium_tasks=spec["consortium"], min_sites=len(sites), seed=0,
+                               eval_min_labels=10, num_threads=1, sim_store_dir=str(work / "sites"),
+                               output_dir=str(out_dir / "server"), table_name="tox21", report_task_names=True,
+                               register_model=False, experiment="bench-privacy-cost", run_name=name).replace(**change)
+        log(f"{name}: {cfg.num_server_rounds} rounds")
+        t0 = time.perf_counter()
+        run = run_flower(cfg, len(sites), out_dir, label=name)
+        if run.code != 0 or "table" not in run.outputs:
+            raise RuntimeError(f"{name}: the federation failed (exit {run.code}):\n" + "\n".join(run.log_tail))
+        table = GainTable.from_json(run.outputs["table"])
+        auc = table.summary()["federated"]["mean_over_sites"]
+        client = MlflowClient(run.outputs["tracking_uri"])
+        walls = [m.value for m in sorted(client.get_metric_history(run.outputs["mlflow_run_id"], "round-wall-seconds"),
+                                         key=lambda m: m.step)]
+        uploads = [json.loads(line)["bytes_total"] for path in sites.values()
+                   for line in (path / "outbox.jsonl").read_text().splitlines() if '"phase": "train"' in line]
+        rows.append({"variant": name, "settings": change, "mean_test_roc_auc": auc,
+                     "median_round_s_after_1": statistics.median(walls[1:]) if len(walls) > 1 else None,
+                     "upload_bytes_per_site_round": statistics.median(uploads) if uploads else None,
+                     "total_s": time.perf_counter() - t0})
+        log(f"{name}: ROC-AUC {auc:.4f}, {rows[-1]['median_round_s_after_1']:.2f} s/round")
+    suffix = "_quick" if args.quick else ""
+    previous = args.out / f"privacy_cost{suffix}.json"
+    if args.only and previous.exists():  # keep the rows of the variants not rerun, in their order
+        fresh = {r["variant"]: r for r in rows}
+        old = [r for r in json.loads(previous.read_text()) if r["variant"] not in fresh]
+        rows = sorted(old + rows, key=lambda r: list(VARIANTS).index(r["variant"]))
+    ref = next((r["mean_test_roc_auc"] for r in rows if r["variant"] == "float32"), None)
+    lines = ["| variant | mean test ROC-AUC | change vs float32 | s / round (median after round 1) | "
+             "upload / site / round (MB) |", "|---|---:|---:|---:|---:|"]
+    for r in rows:
+        delta = "" if ref is None else f"{r['mean_test_roc_auc'] - ref:+.4f}"
+        lines.append(f"| {r['variant']} | {r['mean_test_roc_auc']:.4f} | {delta} | {r['median_round_s_after_1']:.2f} "
+                     f"| {r['upload_bytes_per_site_round'] / 1e6:.2f} |")
+    text = (f"# Privacy and transport options on Tox21 ({len(sites)} sites, {fed['num_server_rounds']} rounds, "
+            "simulation)\n\n" + "\n".join(lines) + "\n")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"privacy_cost{suffix}.json").write_text(json.dumps(rows, indent=2))
+    (args.out / f"privacy_cost{suffix}.md").write_text(text)
+    print(text)
+    return {"rows": rows}
+
+
+if __name__ == "__main__":
+    main()
