@@ -38,7 +38,8 @@ class FederationConfig:
     transport_dtype: str = "float32"  # "float16" halves the bytes a site uploads per round
     # Secure aggregation (Flower's SecAgg+, server.secagg): the server sees only the sum of the
     # updates. FedAvg only; shares and threshold as fractions of the sampled sites; parameters are
-    # clipped to +-secagg-clipping-range; a site's weight (training labels) must be <= max-weight.
+    # clipped to +-secagg-clipping-range; a site's weight (training labels) must be <= max-weight,
+    # and a max-weight far above the weights costs precision in round 1 (then it is tightened).
     secure_aggregation: bool = False
     secagg_num_shares: float = 1.0
     secagg_threshold: float = 0.67

@@ -13,9 +13,11 @@ What changes for the consortium:
   (FedMedian, trimmed mean, central DP clipping need them): the strategy is FedAvg, the
   aggregate is checked (finite values), and a round whose aggregate is not finite, or in which
   a site reports another reference hash, is discarded as a whole;
-* parameters are clipped to ``secagg-clipping-range`` and quantised (2^22 levels) before
-  masking, and each site's weight (its number of training labels) must not exceed
-  ``secagg-max-weight``;
+* parameters are clipped to ``secagg-clipping-range`` and quantised (2^22 levels) after being
+  scaled by weight / ``secagg-max-weight``, so each site's weight (its number of training labels)
+  must not exceed that bound, and a bound far above the weights costs precision: after round 1
+  the server tightens it to 1.5x the largest weight the sites reported (in clear, like every
+  count they report);
 * what the sites report besides the update (losses, counts, per-task metrics) travels as before
   and is tracked per site, with the same hooks (MLflow, checkpoints, the final table).
 """
@@ -70,6 +72,7 @@ class SecureFedAvg(LegacyFedAvg):
         self.prep_settings: dict[str, Any] = {}
         self.key_fingerprint = ""
         self.discarded_rounds: list[int] = []
+        self.workflow: Any = None  # the SecAggPlusWorkflow, whose max_weight is tightened per round
 
     def _config(self, server_round: int) -> dict[str, Any]:
         rnd = server_round + self.round_offset
@@ -135,6 +138,9 @@ class SecureFedAvg(LegacyFedAvg):
         if arrays is not None:
             self.last_arrays = to_array_record({k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()})
         metrics = self._mean(reports, wire.NUM_TRAIN_LABELS)
+        weights = [r.metrics.get(wire.NUM_TRAIN_LABELS, 0.0) for r in reports]
+        if self.workflow is not None and weights:
+            self.workflow.max_weight = max(1.5 * max(weights), 1.0)
         self._fire(RoundOutcome(rnd, "train", reports, rejected, self._missing(failures), metrics,
                                 self.last_arrays if arrays is not None else None))
         assert self.last_arrays is not None
@@ -162,9 +168,8 @@ def run_secure_rounds(grid: Any, context: Any, cfg: FederationConfig, arrays: di
     legacy = LegacyContext(context=context, strategy=strategy,
                            config=ServerConfig(num_rounds=cfg.num_server_rounds - round_offset,
                                                round_timeout=cfg.round_timeout))
-    workflow = DefaultWorkflow(fit_workflow=SecAggPlusWorkflow(
+    strategy.workflow = SecAggPlusWorkflow(
         num_shares=cfg.secagg_num_shares, reconstruction_threshold=cfg.secagg_threshold,
-        max_weight=cfg.secagg_max_weight, clipping_range=cfg.secagg_clipping_range,
-        timeout=cfg.round_timeout))
-    workflow(grid, legacy)
+        max_weight=cfg.secagg_max_weight, clipping_range=cfg.secagg_clipping_range, timeout=cfg.round_timeout)
+    DefaultWorkflow(fit_workflow=strategy.workflow)(grid, legacy)
     return strategy

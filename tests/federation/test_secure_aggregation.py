@@ -3,7 +3,9 @@
 Two federations of the same 3 sites, 2 rounds each, the same seeds: plain FedAvg and
 ``secure-aggregation=true``. With SecAgg+ the server only ever unmasks the weighted sum, so if the
 protocol, the legacy records and the weights are wired right, the two global models agree up to
-SecAgg+'s quantisation.
+SecAgg+'s quantisation. Round 1 runs with ``secagg-max-weight=1000`` (these sites have a few
+hundred training labels each), round 2 with the bound the server tightened to 1.5x the largest
+weight reported in round 1.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ pytestmark = pytest.mark.slow
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 TASKS = ["NR-AhR", "SR-p53"]
-N_SITES, ROWS, N_BITS = 3, 300, 1024
+N_SITES, ROWS, N_BITS = 3, 200, 1024
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +47,8 @@ def runs(tmp_path_factory):
         res.store.save(root / "sites" / f"site-{i}")
     base = FederationConfig(num_server_rounds=2, min_sites=N_SITES, n_bits=N_BITS, hidden="32", num_threads=1,
                             consortium_tasks=",".join(f"{t}:classification" for t in TASKS),
-                            sim_store_dir=str(root / "sites"), register_model=False, experiment="secagg")
+                            sim_store_dir=str(root / "sites"), register_model=False, experiment="secagg",
+                            secagg_max_weight=1000.0)
     sim = {"num-supernodes": N_SITES, "client-resources-num-cpus": 1}
     out = {}
     with LocalSuperLink(root / "flower") as link:
@@ -68,7 +71,7 @@ def test_secure_aggregation_gives_the_plain_fedavg_model(runs):
     start = max(np.abs(v).max() for v in plain.values())
     assert start > 0
     for k in plain:
-        np.testing.assert_allclose(secure[k], plain[k], atol=2e-3, err_msg=k)
+        np.testing.assert_allclose(secure[k], plain[k], atol=5e-4, err_msg=k)
 
 
 def test_secure_run_is_tracked_per_site_and_marked(runs):
