@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import statistics
 import sys
 import time
@@ -145,7 +146,8 @@ def main(argv: list[str] | None = None) -> dict:
     stores, tasks = make_sites(args.workdir / "sites", args.sites, args.rows, args.n_bits)
     results = [measure(label, args.workdir, stores, tasks, args, **kw)
                for label, kw in CONFIGS.items() if not args.only or label in args.only]
-    report = {"settings": {k: str(v) for k, v in vars(args).items()}, "results": results}
+    report = {"settings": {k: str(v) for k, v in vars(args).items()}, "results": results,
+              "load_average_1_5_15": os.getloadavg()}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "rounds.json").write_text(json.dumps(report, indent=2))
     lines = ["| configuration | median round wall (s) | median overhead (s) | round-1 overhead (s) | "
@@ -154,7 +156,8 @@ def main(argv: list[str] | None = None) -> dict:
         lines.append(f"| {r['label']} | {r['median_wall_s_after_round_1']:.1f} "
                      f"| {r['median_overhead_s_after_round_1']:.1f} | {r['first_round_overhead_s']:.1f} "
                      f"| {r['bytes_per_site_per_round'] / 1e6:.2f} | {r['upload_over_trunk']:.2f} |")
-    title = f"# Round overhead, {args.sites} sites, {args.n_bits} bits, hidden {args.hidden}\n\n"
+    title = (f"# Round overhead, {args.sites} sites, {args.n_bits} bits, hidden {args.hidden}\n\n"
+             f"Load average at the end (1/5/15 min, 2 cores): {', '.join(f'{x:.1f}' for x in os.getloadavg())}\n\n")
     text = title + "\n".join(lines) + "\n"
     (args.out / "rounds.md").write_text(text)
     print(text)
