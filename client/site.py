@@ -146,7 +146,8 @@ class SiteNode:
         start_loss = evaluate(model, valid, device=cfg.device, thresholds=cfg.eval_thresholds).loss
         start = copy.deepcopy(model.state_dict())
         tc = TrainConfig(epochs=cfg.finetune_epochs, batch_size=cfg.batch_size, lr=cfg.finetune_lr,
-                         optimizer=cfg.optimizer, momentum=cfg.momentum, weight_decay=cfg.weight_decay,  # type: ignore[arg-type]
+                         optimizer=cfg.optimizer,  # type: ignore[arg-type]
+                         momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                          lr_step_epoch=10**6, lr_gamma=1.0, patience=cfg.finetune_patience, monitor="loss",
                          restore_best=True, device=cfg.device, seed=cfg.seed * 100_003 + server_round + 11,
                          num_threads=cfg.num_threads or None)
@@ -158,7 +159,8 @@ class SiteNode:
             model.load_state_dict(start)
         return {"finetune_epochs_run": len(result.history),
                 "finetune_best_epoch": 0 if kept else int(result.best_epoch or 0) + 1,
-                "finetune_valid_loss_before": float(start_loss), "finetune_valid_loss_after": float(min(best, start_loss)),
+                "finetune_valid_loss_before": float(start_loss),
+                "finetune_valid_loss_after": float(min(best, start_loss)),
                 "finetune_seconds": time.perf_counter() - t0}
 
     def save_personalised(self, model, federation_id: str) -> Path:  # noqa: ANN001
