@@ -63,7 +63,7 @@ def _handle_legacy(op: str, msg: Message, context: Context) -> Message:
                      num_examples=int(reply.metrics[wire.NUM_TRAIN_LABELS]),
                      metrics=join_metrics(reply.metrics, reply.report))
         return Message(compat.fitres_to_recorddict(res, keep_input=False), reply_to=msg)
-    reply = site.evaluate_round(cfg, shared, **kwargs)
+    reply = site.evaluate_round(cfg, shared, final=bool(ins.config.get(wire.CFG_FINAL, False)), **kwargs)
     res = EvaluateRes(status=ok, loss=float(reply.metrics[wire.VALID_LOSS]),
                       num_examples=int(reply.metrics[wire.NUM_EVAL_LABELS]),
                       metrics=join_metrics(reply.metrics, reply.report))
@@ -88,7 +88,10 @@ def _handle(op: str, msg: Message, context: Context) -> Message:
         # The model received is the last round's aggregate: evaluate it, then train on it, one reply.
         evaluation = site.evaluate_round(cfg, shared, server_round=int(config[wire.CFG_EVALUATE_ROUND]),
                                          federation_id=kwargs["federation_id"])
-    reply = site.train_round(cfg, shared, **kwargs) if op == "train" else site.evaluate_round(cfg, shared, **kwargs)
+    if op == "train":
+        reply = site.train_round(cfg, shared, **kwargs)
+    else:
+        reply = site.evaluate_round(cfg, shared, final=bool(config.get(wire.CFG_FINAL, False)), **kwargs)
     content = RecordDict({wire.METRICS: MetricRecord(reply.metrics), wire.REPORT: ConfigRecord(reply.report)})
     if reply.arrays is not None:
         content[wire.ARRAYS] = to_array_record(reply.arrays)
