@@ -87,7 +87,10 @@ emulation of `client.site.SiteNode` before running it in Flower:
   0.2499, server log), pooled 0.2612; personalised better than local-only on 148/278 pairs (53%).
   Both targets met, by margins (+0.007 mean R², 53% of pairs) smaller than the seed noise (about
   0.015): one seed, not a robust win. Per site: site-0 +0.017, site-1 +0.027, site-4 +0.036,
-  site-2 -0.013, site-3 -0.032.
+  site-2 -0.013, site-3 -0.032. The same settings at ``--seed 1`` (other site split and inits;
+  results/federation_gain_chembl_seed1.*): local-only 0.2553, federated + personalisation 0.2532,
+  pooled 0.2493, 146/278 pairs (53%): the majority target holds, no-negative-transfer misses by
+  0.002. Over the two seeds: federated 0.2533 against local-only 0.2508.
 
   Measured at hidden 1000 (test fold, seed 0, 2026-11-22): local-only 0.2623 (Adam recipe),
   federated + personalisation 0.2471 (plain federated model 0.2357, server log), pooled 0.2533;
