@@ -193,8 +193,23 @@ def pair_stats(table: Any) -> dict[str, Any]:
             "share_federated_wins": won / n if n else float("nan")}
 
 
-def run_set(name: str, args: argparse.Namespace) -> dict[str, Any]:
+def federation_config(name: str, n_sites: int, sites_dir: Path, output_dir: Path, *, quick: bool, seed: int,
+                      experiment: str, run_name: str) -> Any:
+    """The federation of set ``name`` as this benchmark runs it (model, rounds, optimiser, quorum)."""
     from fedmol.config import FederationConfig
+
+    spec = SETS[name]
+    fed = dict(spec["federation"])
+    if quick and "num_server_rounds" in spec["quick"]:
+        fed["num_server_rounds"] = spec["quick"]["num_server_rounds"]
+    return FederationConfig(
+        **{**MODEL, **spec.get("model", {})}, **fed, consortium_tasks=spec["consortium"], min_sites=n_sites,
+        seed=seed, eval_min_labels=10, num_threads=1, sim_store_dir=str(sites_dir), output_dir=str(output_dir),
+        table_name=name, report_task_names=True, register_model=False, experiment=experiment, run_name=run_name,
+    )
+
+
+def run_set(name: str, args: argparse.Namespace) -> dict[str, Any]:
     from models.report import GainTable
     from server.baselines import federation_recipe, train_baselines
 
@@ -212,19 +227,11 @@ def run_set(name: str, args: argparse.Namespace) -> dict[str, Any]:
     log(f"{name}: {len(sites)} sites " + ", ".join(f"{s} {v['compounds']} compounds/{v['trainable_tasks']} tasks"
                                                     for s, v in site_info.items()))
 
-    consortium = spec["consortium"]
-    fed = dict(spec["federation"])
-    if "num_server_rounds" in quick:
-        fed["num_server_rounds"] = quick["num_server_rounds"]
     server_dir = work / "server"
     if server_dir.exists():
         shutil.rmtree(server_dir)
-    cfg = FederationConfig(
-        **{**MODEL, **spec.get("model", {})}, **fed, consortium_tasks=consortium, min_sites=len(sites),
-        seed=args.seed, eval_min_labels=10,
-        num_threads=1, sim_store_dir=str(work / "sites"), output_dir=str(server_dir), table_name=name,
-        report_task_names=True, register_model=False, experiment=f"bench-{name}", run_name=f"federation-gain-{name}",
-    )
+    cfg = federation_config(name, len(sites), work / "sites", server_dir, quick=args.quick, seed=args.seed,
+                            experiment=f"bench-{name}", run_name=f"federation-gain-{name}")
 
     # -- baselines (two recipes; the better mean per approach is the reported baseline) --------
     recipes = {"adam": None, "federation": federation_recipe(cfg)}
@@ -269,9 +276,9 @@ def run_set(name: str, args: argparse.Namespace) -> dict[str, Any]:
     table.notes = {
         "metric": spec["metric"] + " per task ('score'), test fold 0",
         "sites": f"{len(sites)} by {spec['split']} (seed {args.seed})",
-        "consortium tasks": (f"{len(cfg.consortium_task_list)} shared heads" if consortium
+        "consortium tasks": (f"{len(cfg.consortium_task_list)} shared heads" if cfg.consortium_tasks
                              else "none: private heads only (the trunk alone is shared)"),
-        "federation": ", ".join(f"{k.replace('_', '-')}={v}" for k, v in fed.items()),
+        "federation": ", ".join(f"{k.replace('_', '-')}={getattr(cfg, k)}" for k in spec["federation"]),
         "baseline recipe": ", ".join(f"{a}: {r}" for a, r in chosen.items()),
         "scoring": "tasks with >= 10 positives and >= 10 negatives (regression: >= 10 exact values) in "
                    "the site's test fold",

@@ -40,7 +40,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import DATA_DIR, RESULTS, log, prepared_store, quiet_warnings, run_flower, save_sites  # noqa: E402
-from benchmarks.federation_gain import MODEL, SETS, split_sites  # noqa: E402
+from benchmarks.federation_gain import MODEL, SETS, federation_config, split_sites  # noqa: E402
 
 VARIANTS = {
     "float32": {},
@@ -61,7 +61,6 @@ def main(argv: list[str] | None = None) -> dict:
     quiet_warnings()
     from mlflow.tracking import MlflowClient
 
-    from fedmol.config import FederationConfig
     from models.report import GainTable
 
     spec = SETS["tox21"]
@@ -70,9 +69,6 @@ def main(argv: list[str] | None = None) -> dict:
                            nrows=quick.get("nrows"), id_col=spec["id_col"])
     work = args.work / ("quick" if args.quick else "full") / "privacy-cost"
     sites = save_sites(split_sites(store, spec, 0), work / "sites")
-    fed = dict(spec["federation"])
-    if "num_server_rounds" in quick:
-        fed["num_server_rounds"] = quick["num_server_rounds"]
     rows = []
     for name, change in VARIANTS.items():
         if args.only and name not in args.only:
@@ -81,10 +77,8 @@ def main(argv: list[str] | None = None) -> dict:
         shutil.rmtree(out_dir, ignore_errors=True)
         for path in sites.values():
             (path / "outbox.jsonl").unlink(missing_ok=True)
-        cfg = FederationConfig(**MODEL, **fed, consortium_tasks=spec["consortium"], min_sites=len(sites), seed=0,
-                               eval_min_labels=10, num_threads=1, sim_store_dir=str(work / "sites"),
-                               output_dir=str(out_dir / "server"), table_name="tox21", report_task_names=True,
-                               register_model=False, experiment="bench-privacy-cost", run_name=name).replace(**change)
+        cfg = federation_config("tox21", len(sites), work / "sites", out_dir / "server", quick=args.quick, seed=0,
+                                experiment="bench-privacy-cost", run_name=name).replace(**change)
         log(f"{name}: {cfg.num_server_rounds} rounds")
         t0 = time.perf_counter()
         run = run_flower(cfg, len(sites), out_dir, label=name)
@@ -115,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
         delta = "" if ref is None else f"{r['mean_test_roc_auc'] - ref:+.4f}"
         lines.append(f"| {r['variant']} | {r['mean_test_roc_auc']:.4f} | {delta} | {r['median_round_s_after_1']:.2f} "
                      f"| {r['upload_bytes_per_site_round'] / 1e6:.2f} |")
-    text = (f"# Privacy and transport options on Tox21 ({len(sites)} sites, {fed['num_server_rounds']} rounds, "
+    text = (f"# Privacy and transport options on Tox21 ({len(sites)} sites, {cfg.num_server_rounds} rounds, "
             "simulation)\n\n" + "\n".join(lines) + "\n")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"privacy_cost{suffix}.json").write_text(json.dumps(rows, indent=2))
