@@ -20,8 +20,8 @@ from flwr.serverapp import Grid
 def _fast_object_pulls(backoff: float, cap: float) -> None:
     """Make the deployment Grid fetch reply objects with a short backoff (this process only)."""
     try:
-        from flwr.superlink.grid import http_grid
         from flwr.supercore.inflatable.inflatable_utils import pull_objects
+        from flwr.superlink.grid import http_grid
     except ImportError:  # another Flower layout: keep its defaults
         return
     if getattr(http_grid, "pull_objects", None) is pull_objects:

@@ -235,11 +235,12 @@ def score(
     """Score candidate molecules: per task a prediction, its MC-dropout std and, when calibrated,
     the conformal p-values (classification) or interval (regression).
 
-    Output columns: line, id, smiles, canonical_smiles (unless --no-canonical-smiles), then per task T: T (P(active), or the value
-    in the task's units), T_std, T_p0/T_p1 or T_lower/T_upper. The shared model has no calibration
-    data; with --site-store the site's full model (shared + private heads) is calibrated on its
-    validation fold. Rows that cannot be scored (empty or unparsable SMILES, unreadable SDF records,
-    too large) go to the rejects file with their line and reason: scored + rejected = read.
+    Output columns: line, id, smiles, canonical_smiles (unless --no-canonical-smiles), then per
+    task T: T (P(active), or the value in the task's units), T_std, T_p0/T_p1 or T_lower/T_upper.
+    The shared model has no calibration data; with --site-store the site's full model (shared +
+    private heads) is calibrated on its validation fold. Rows that cannot be scored (empty or
+    unparsable SMILES, unreadable SDF records, too large) go to the rejects file with their line
+    and reason: scored + rejected = read.
 
     Example: fedmol score candidates.sdf --model models:/fedmol-shared/3 --key-file consortium.key --out preds.parquet
     """
@@ -260,7 +261,7 @@ def score(
     err.print(scorer.calibration_note, highlight=False)
     rejects = rejects or out.with_name(out.name + ".rejects.csv")
     n_read = n_scored = n_rejected = 0
-    leading = ["line", "id", "smiles", "canonical_smiles"] if canonical_smiles else ["line", "id", "smiles"]
+    leading = [c for c in TEXT_COLUMNS if canonical_smiles or c != "canonical_smiles"]
     writer = _Writer(out, [*leading, *scorer.columns])
     t0, cpu0 = time.perf_counter(), _cpu_seconds()
     try:
@@ -271,7 +272,7 @@ def score(
                 bad = res["error"] != ""
                 bad_rows = res.loc[bad, ["line", "id", "smiles", "error"]].rename(columns={"error": "reason"})
                 bad_rows.to_csv(rejects, mode="a" if n_read else "w", header=not n_read, index=False)
-                writer.write(res.loc[~bad].drop(columns=["error"] if canonical_smiles else ["error", "canonical_smiles"]))
+                writer.write(res.loc[~bad, writer.columns])
                 n_read += len(res)
                 n_scored += int((~bad).sum())
                 n_rejected += int(bad.sum())
@@ -287,6 +288,9 @@ def score(
     err.print(f"read {n_read:,}, scored {n_scored:,} -> {out}, rejected {n_rejected:,} -> {rejects} "
               f"in {seconds:.1f} s ({n_read / seconds:,.0f} molecules/s; {cpu:.1f} CPU s with workers)",
               highlight=False, soft_wrap=True)
+
+
+TEXT_COLUMNS = ("line", "id", "smiles", "canonical_smiles")  # the output's leading columns
 
 
 def _cpu_seconds() -> float:
@@ -321,8 +325,8 @@ class _Writer:
 
     def close(self) -> None:
         if not self._started:  # no scored row: still an output file, with the header
-            text = ("line", "id", "smiles", "canonical_smiles")
-            frame = pd.DataFrame({c: pd.Series(dtype="object" if c in text else "float64") for c in self.columns})
+            frame = pd.DataFrame({c: pd.Series(dtype="object" if c in TEXT_COLUMNS else "float64")
+                                  for c in self.columns})
             self.write(frame)
         if self._parquet is not None:
             self._parquet.close()

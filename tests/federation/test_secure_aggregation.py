@@ -29,11 +29,12 @@ N_SITES, ROWS, N_BITS = 3, 200, 1024
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
+    from mlflow.tracking import MlflowClient
+
     from datasets.featurize import FeaturizeSettings
     from datasets.keys import generate_key_file, load_key
     from datasets.prepare import PrepareSettings, prepare_frame
     from datasets.readers import TableSpec
-    from mlflow.tracking import MlflowClient
 
     root = tmp_path_factory.mktemp("secagg")
     key = load_key(generate_key_file(root / "consortium.key"))
