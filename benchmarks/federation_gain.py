@@ -167,8 +167,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "fedmol-bench",
                    help="prepared-store cache, site stores, Flower and server outputs")
     p.add_argument("--out", type=Path, default=RESULTS, help="where the JSON/MD/PNG results go")
-    p.add_argument("--seed", type=int, default=0)
-    return p.parse_args(argv)
+    p.add_argument("--seed", type=int, nargs="+", default=[0], dest="seeds", metavar="SEED",
+                   help="one or more seeds (site split, initialisation, shuffling); with several, each set "
+                        "runs once per seed and the targets are judged on the mean over the seeds "
+                        "(default: 0)")
+    args = p.parse_args(argv)
+    if len(set(args.seeds)) != len(args.seeds):
+        p.error(f"--seed: each seed once, not {args.seeds}")
+    return args
 
 
 def split_sites(store: Any, spec: dict[str, Any], seed: int) -> list[Any]:
@@ -193,6 +199,47 @@ def pair_stats(table: Any) -> dict[str, Any]:
             "share_federated_wins": won / n if n else float("nan")}
 
 
+def judge(name: str, means: dict[str, float], pairs: dict[str, Any]) -> dict[str, bool]:
+    """The issue's targets for set ``name`` from mean test metrics and pair counts."""
+    if name == "tox21":
+        return {"federated >= 0.98 x pooled": means["federated"] >= 0.98 * means["pooled"],
+                "federated >= local + 0.02": means["federated"] >= means["local"] + 0.02}
+    return {"no negative transfer (federated >= local)": means["federated"] >= means["local"],
+            "federated better on a majority of pairs": pairs["share_federated_wins"] > 0.5}
+
+
+def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One set's runs at several seeds: means over the seeds, pairs summed, targets judged on those."""
+    if len(runs) == 1:
+        return runs[0]
+    name = runs[0]["set"]
+
+    def over_seeds(get: Any) -> dict[str, float]:
+        return {a: sum(get(r)[a] for r in runs) / len(runs) for a in ("local", "federated", "pooled")}
+
+    def summed(get: Any) -> dict[str, Any]:
+        won = sum(get(r)["federated_wins"] for r in runs)
+        n = sum(get(r)["pairs"] for r in runs)
+        return {"pairs": n, "federated_wins": won, "local_wins": sum(get(r)["local_wins"] for r in runs),
+                "ties": sum(get(r)["ties"] for r in runs), "share_federated_wins": won / n if n else float("nan")}
+
+    means, pairs = over_seeds(lambda r: r["means"]), summed(lambda r: r["pairs"])
+    strict_means = over_seeds(lambda r: r["best_on_test_baselines"]["means"])
+    strict_pairs = summed(lambda r: r["best_on_test_baselines"]["pairs"])
+    return {
+        "set": name, "seeds": [r["seed"] for r in runs], "file": runs[0]["file"], "metric": runs[0]["metric"],
+        "quick": runs[0]["quick"], "means": means,
+        "federated_over_pooled": means["federated"] / means["pooled"] if means["pooled"] else float("nan"),
+        "pairs": pairs, "targets": judge(name, means, pairs),
+        "per_seed": {str(r["seed"]): {"means": r["means"], "pairs": r["pairs"], "targets": r["targets"]}
+                     for r in runs},
+        "best_on_test_baselines": {"means": strict_means, "pairs": strict_pairs,
+                                   "targets": judge(name, strict_means, strict_pairs)},
+        "seconds": {"total": sum(r["seconds"]["total"] for r in runs)},
+        "runs": runs,
+    }
+
+
 def federation_config(name: str, n_sites: int, sites_dir: Path, output_dir: Path, *, quick: bool, seed: int,
                       experiment: str, run_name: str) -> Any:
     """The federation of set ``name`` as this benchmark runs it (model, rounds, optimiser, quorum)."""
@@ -209,7 +256,7 @@ def federation_config(name: str, n_sites: int, sites_dir: Path, output_dir: Path
     )
 
 
-def run_set(name: str, args: argparse.Namespace) -> dict[str, Any]:
+def run_set(name: str, args: argparse.Namespace, seed: int) -> dict[str, Any]:
     from models.report import GainTable
     from server.baselines import federation_recipe, train_baselines
 
@@ -220,40 +267,49 @@ def run_set(name: str, args: argparse.Namespace) -> dict[str, Any]:
     store = prepared_store(DATA_DIR / spec["file"], args.work, radius=2, n_bits=MODEL["n_bits"],
                            nrows=quick.get("nrows"), id_col=spec["id_col"])
     t_prep = time.perf_counter() - t0
-    parts = split_sites(store, spec, args.seed)
+    parts = split_sites(store, spec, seed)
     sites = save_sites(parts, work / "sites")
     site_info = {s: {"compounds": p.n_compounds, "trainable_tasks": len(p.trainable_tasks())}
                  for s, p in zip(sites, parts, strict=True)}
     log(f"{name}: {len(sites)} sites " + ", ".join(f"{s} {v['compounds']} compounds/{v['trainable_tasks']} tasks"
                                                     for s, v in site_info.items()))
 
-    server_dir = work / "server"
+    # One server directory per seed: this process's MLflow client keeps its SQLite store open, so a
+    # store deleted and recreated at the same path would not show the new run.
+    server_dir = work / f"server-seed{seed}"
     if server_dir.exists():
         shutil.rmtree(server_dir)
-    cfg = federation_config(name, len(sites), work / "sites", server_dir, quick=args.quick, seed=args.seed,
+    cfg = federation_config(name, len(sites), work / "sites", server_dir, quick=args.quick, seed=seed,
                             experiment=f"bench-{name}", run_name=f"federation-gain-{name}")
 
-    # -- baselines (two recipes; the better mean per approach is the reported baseline) --------
+    # -- baselines (two recipes; per approach, the one with the better validation mean) ---------
     recipes = {"adam": None, "federation": federation_recipe(cfg)}
     base_epochs = quick.get("baseline_epochs", BASELINE_EPOCHS)
     if args.quick:
         recipes["federation"] = federation_recipe(cfg, epochs=base_epochs)
     tables: dict[str, GainTable] = {}
+    valid: dict[str, GainTable] = {}
     t1 = time.perf_counter()
     for rname, recipe in recipes.items():
         tb = time.perf_counter()
+        valid[rname] = GainTable(name, "score")
         tables[rname] = train_baselines(sites, cfg, epochs=base_epochs, dataset=name, recipe=recipe,
+                                        validation=valid[rname],
                                         on_model=lambda m, r=rname: log(f"{name}: baseline [{r}] {m} done"))
-        s = tables[rname].summary()
+        s, v = tables[rname].summary(), valid[rname].summary()
         log(f"{name}: baselines [{rname}] local {s['local']['mean_over_sites']:.4f}, pooled "
-            f"{s['pooled']['mean_over_sites']:.4f} ({time.perf_counter() - tb:.0f} s)")
+            f"{s['pooled']['mean_over_sites']:.4f} (validation: local {v['local']['mean_over_sites']:.4f}, "
+            f"pooled {v['pooled']['mean_over_sites']:.4f}; {time.perf_counter() - tb:.0f} s)")
     t_base = time.perf_counter() - t1
-    chosen = {a: max(recipes, key=lambda r: _finite(tables[r].summary()[a]["mean_over_sites"]))
+    chosen = {a: max(recipes, key=lambda r: _finite(valid[r].summary()[a]["mean_over_sites"]))
               for a in ("local", "pooled")}
-    baselines = GainTable(name, "score")
-    for approach, rname in chosen.items():
-        for site, per_task in tables[rname].values[approach].items():
-            baselines.add(approach, site, per_task)
+    best_on_test = {a: max(recipes, key=lambda r: _finite(tables[r].summary()[a]["mean_over_sites"]))
+                    for a in ("local", "pooled")}
+    baselines, strictest = GainTable(name, "score"), GainTable(name, "score")
+    for target, choice in ((baselines, chosen), (strictest, best_on_test)):
+        for approach, rname in choice.items():
+            for site, per_task in tables[rname].values[approach].items():
+                target.add(approach, site, per_task)
 
     # -- federation in Flower's simulation engine ----------------------------------------------
     log(f"{name}: federation, {cfg.num_server_rounds} rounds, {len(sites)} virtual clients (1 CPU each)")
@@ -266,20 +322,18 @@ def run_set(name: str, args: argparse.Namespace) -> dict[str, Any]:
     means = {a: summary[a]["mean_over_sites"] for a in ("local", "federated", "pooled")}
     pairs = pair_stats(table)
     ratio = means["federated"] / means["pooled"] if means["pooled"] else float("nan")
-    if name == "tox21":
-        targets = {"federated >= 0.98 x pooled": means["federated"] >= 0.98 * means["pooled"],
-                   "federated >= local + 0.02": means["federated"] >= means["local"] + 0.02}
-    else:
-        targets = {"no negative transfer (federated >= local)": means["federated"] >= means["local"],
-                   "federated better on a majority of pairs": pairs["share_federated_wins"] > 0.5}
+    targets = judge(name, means, pairs)
+    strict = strictest.merge(federated)
+    strict_summary = strict.summary()
+    strict_means = {a: strict_summary[a]["mean_over_sites"] for a in ("local", "federated", "pooled")}
     seconds = time.perf_counter() - t0
     table.notes = {
         "metric": spec["metric"] + " per task ('score'), test fold 0",
-        "sites": f"{len(sites)} by {spec['split']} (seed {args.seed})",
+        "sites": f"{len(sites)} by {spec['split']} (seed {seed})",
         "consortium tasks": (f"{len(cfg.consortium_task_list)} shared heads" if cfg.consortium_tasks
                              else "none: private heads only (the trunk alone is shared)"),
         "federation": ", ".join(f"{k.replace('_', '-')}={getattr(cfg, k)}" for k in spec["federation"]),
-        "baseline recipe": ", ".join(f"{a}: {r}" for a, r in chosen.items()),
+        "baseline recipe": ", ".join(f"{a}: {r}" for a, r in chosen.items()) + " (chosen on the validation fold)",
         "scoring": "tasks with >= 10 positives and >= 10 negatives (regression: >= 10 exact values) in "
                    "the site's test fold",
     }
@@ -288,11 +342,15 @@ def run_set(name: str, args: argparse.Namespace) -> dict[str, Any]:
     log(f"{name}: local {means['local']:.4f}  federated {means['federated']:.4f}  pooled {means['pooled']:.4f}  "
         f"ratio {ratio:.4f}  federated wins {pairs['federated_wins']}/{pairs['pairs']} pairs  ({seconds:.0f} s)")
     return {
-        "set": name, "file": spec["file"], "metric": spec["metric"], "quick": args.quick,
+        "set": name, "seed": seed, "file": spec["file"], "metric": spec["metric"], "quick": args.quick,
         "means": means, "federated_over_pooled": ratio, "pairs": pairs, "targets": targets,
         "baseline_recipe": chosen,
         "baseline_recipes": {r: {a: tables[r].summary()[a]["mean_over_sites"] for a in ("local", "pooled")}
                              for r in recipes},
+        "baseline_recipes_validation": {r: {a: valid[r].summary()[a]["mean_over_sites"]
+                                            for a in ("local", "pooled")} for r in recipes},
+        "best_on_test_baselines": {"recipe": best_on_test, "means": strict_means, "pairs": pair_stats(strict),
+                                   "targets": judge(name, strict_means, pair_stats(strict))},
         "run_config": {k: v for k, v in cfg.to_run_config().items()
                        if k not in ("sim-store-dir", "output-dir", "tracking-uri")},
         "sites": site_info,
@@ -316,10 +374,16 @@ def _previous_results(args: argparse.Namespace, names: list[str]) -> list[dict[s
     for r in json.loads(path.read_text()).get("sets", []):
         if r.get("set") in names or r.get("set") not in SETS:
             continue
-        r["_table"] = GainTable.from_dict(r["table"])
+        for run in _runs(r):
+            run["_table"] = GainTable.from_dict(run["table"])
         r.setdefault("note", "from an earlier run (this run used --only)")
         kept.append(r)
     return kept
+
+
+def _runs(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """A set's runs: one per seed (a single-seed result is its own run)."""
+    return result.get("runs") or [result]
 
 
 def _federated_variants(cfg: Any, run_id: str | None) -> dict[str, float | None]:
@@ -346,71 +410,112 @@ def _finite(v: float) -> float:
 def write_results(results: list[dict[str, Any]], args: argparse.Namespace, command: str, total: float) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "federation_gain_quick" if args.quick else "federation_gain"
-    tables = {r["set"]: r.pop("_table") for r in results}
+    tables = {(r["set"], run.get("seed", 0)): run.pop("_table") for r in results for run in _runs(r)}
     payload = {"command": command, "total_seconds": total, "machine": f"{platform.machine()}, "
                f"{platform.python_version()}", "sets": results}
     (args.out / f"{stem}.json").write_text(json.dumps(payload, indent=2, default=_json) + "\n")
 
+    def row(label: str, r: dict[str, Any], seconds: str) -> str:
+        m, p = r["means"], r["pairs"]
+        ratio = m["federated"] / m["pooled"] if m["pooled"] else float("nan")
+        return (f"| {label} | {r['metric']} | {m['local']:.4f} | {m['federated']:.4f} | {m['pooled']:.4f} | "
+                f"{ratio:.3f} | {p['federated_wins']}/{p['pairs']} ({p['share_federated_wins']:.0%}) | {seconds} |")
+
     lines = [f"# Federation gain{' (quick smoke test, not a result)' if args.quick else ''}", "",
              f"Command: `{command}` — {total / 60:.1f} min on {platform.machine()} "
              "(2 cores, no GPU).", "",
+             "Baselines: per approach, the recipe with the better validation-fold mean (see the docstring).",
+             "With several seeds, a set's first row is the mean over its seeds (pairs summed) and the targets "
+             "are judged on it.", "",
              "| set | metric | local-only | federated | pooled | federated / pooled | pairs won by federated | "
              "run time |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in results:
-        m, p = r["means"], r["pairs"]
-        lines.append(f"| {r['set']} | {r['metric']} | {m['local']:.4f} | {m['federated']:.4f} | {m['pooled']:.4f} | "
-                     f"{r['federated_over_pooled']:.3f} | {p['federated_wins']}/{p['pairs']} "
-                     f"({p['share_federated_wins']:.0%}) | {r['seconds']['total'] / 60:.1f} min |")
+        runs = _runs(r)
+        if len(runs) > 1:
+            lines.append(row(f"{r['set']}, mean of seeds {', '.join(map(str, r['seeds']))}", r,
+                             f"{r['seconds']['total'] / 60:.1f} min"))
+        for run in runs:
+            lines.append(row(f"{run['set']}, seed {run.get('seed', 0)}", run,
+                             f"{run['seconds']['total'] / 60:.1f} min"))
     lines += ["", "Targets:", ""]
     for r in results:
+        runs = _runs(r)
         for t, ok in r["targets"].items():
-            lines.append(f"- {r['set']}: {t}: **{'met' if ok else 'NOT met'}**")
-    lines += ["", "Baselines per recipe (mean over sites; the better one per approach is reported above):", ""]
+            per_seed = ""
+            if len(runs) > 1:
+                per_seed = " (per seed: " + ", ".join(
+                    f"{run['seed']} {'met' if run['targets'][t] else 'not met'}" for run in runs) + ")"
+            lines.append(f"- {r['set']}: {t}: **{'met' if ok else 'NOT met'}**{per_seed}")
+        strict = r.get("best_on_test_baselines")
+        if strict:
+            m = strict["means"]
+            lines.append(f"- {r['set']}, against the baseline recipe that is better on the test fold (stricter; "
+                         f"local {m['local']:.4f}, pooled {m['pooled']:.4f}): "
+                         + ", ".join(f"{t} {'met' if ok else 'NOT met'}" for t, ok in strict["targets"].items()))
+    lines += ["", "Baselines per recipe (mean over sites, test fold; validation fold in brackets):", ""]
     for r in results:
-        for rname, v in r["baseline_recipes"].items():
-            lines.append(f"- {r['set']} [{rname}]: local {v['local']:.4f}, pooled {v['pooled']:.4f}")
+        for run in _runs(r):
+            val = run.get("baseline_recipes_validation", {})
+            for rname, v in run["baseline_recipes"].items():
+                vv = val.get(rname)
+                vtext = f" [validation: local {vv['local']:.4f}, pooled {vv['pooled']:.4f}]" if vv else ""
+                lines.append(f"- {run['set']} seed {run.get('seed', 0)} [{rname}]: local {v['local']:.4f}, "
+                             f"pooled {v['pooled']:.4f}{vtext}")
     for r in results:
         if r.get("note"):
             lines.append(f"- {r['set']}: {r['note']}")
-        v = r.get("federated_final_round_means") or {}
-        if v.get("test_federated_score") is not None:
-            lines.append(f"- {r['set']}: final round, consortium mean of the sites' means over all their scored "
-                         f"tasks (server log): personalised {v['test_score']:.4f}, federated model before "
-                         f"fine-tuning {v['test_federated_score']:.4f}")
+        for run in _runs(r):
+            v = run.get("federated_final_round_means") or {}
+            if v.get("test_federated_score") is not None:
+                lines.append(f"- {run['set']} seed {run.get('seed', 0)}: final round, consortium mean of the sites' "
+                             f"means over all their scored tasks (server log): personalised {v['test_score']:.4f}, "
+                             f"federated model before fine-tuning {v['test_federated_score']:.4f}")
     lines += ["", "How it was measured: see the docstring of `benchmarks/federation_gain.py`.", ""]
     for r in results:
-        body = tables[r["set"]].markdown().replace("\n# ", "\n## ").replace("\n## ", "\n### ")
-        lines += ["", body.replace("# score on", "## " + r["metric"] + " on", 1)]
+        for run in _runs(r):
+            body = tables[(run["set"], run.get("seed", 0))].markdown()
+            body = body.replace("\n# ", "\n## ").replace("\n## ", "\n### ")
+            lines += ["", body.replace(f"# score on {run['set']}",
+                                       f"## {run['metric']} on {run['set']} (seed {run.get('seed', 0)})", 1)]
     (args.out / f"{stem}.md").write_text("\n".join(lines) + "\n")
-    plot(tables, results, args.out / f"{stem}.png")
+    plot(tables, [run for r in results for run in _runs(r)], args.out / f"{stem}.png")
     log(f"results: {args.out / stem}.json / .md / .png")
 
 
-def plot(tables: dict[str, Any], results: list[dict[str, Any]], path: Path) -> None:
+def plot(tables: dict[tuple[str, int], Any], runs: list[dict[str, Any]], path: Path) -> None:
+    """Per-site means of local-only, federated and pooled: one panel per set and seed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, axes = plt.subplots(1, len(tables), figsize=(6 * len(tables), 4), squeeze=False)
+    sets = list(dict.fromkeys(r["set"] for r in runs))
+    ncols = max(sum(r["set"] == s for r in runs) for s in sets)
+    fig, axes = plt.subplots(len(sets), ncols, figsize=(6 * ncols, 4 * len(sets)), squeeze=False)
+    for ax in axes.flat:
+        ax.set_visible(False)
     colours = {"local": "#9e9e9e", "federated": "#1f77b4", "pooled": "#2ca02c"}
-    for ax, r in zip(axes[0], results, strict=True):
-        table = tables[r["set"]]
-        summary = table.summary()
-        sites = table.sites
-        x = np.arange(len(sites))
-        for k, a in enumerate(("local", "federated", "pooled")):
-            ax.bar(x + (k - 1) * 0.27, [summary[a][s] for s in sites], 0.27, label=a, color=colours[a])
-        ax.set_xticks(x, [f"{s}\n({len(table.common_tasks(s))} tasks)" for s in sites])
-        ax.set_ylabel(f"mean test {r['metric']}")
-        vals = [summary[a][s] for a in ("local", "federated", "pooled") for s in sites]
-        lo = min(v for v in vals if math.isfinite(v))
-        ax.set_ylim(min(0.5, lo - 0.05) if r["metric"] == "ROC-AUC" else min(0.0, lo - 0.05),
-                    max(vals) + 0.08)
-        m = r["means"]
-        ax.set_title(f"{r['set']}: local {m['local']:.3f}, fed {m['federated']:.3f}, pooled {m['pooled']:.3f}")
-        ax.legend(loc="upper left", ncol=3, fontsize=8)
+    for s_i, name in enumerate(sets):
+        for ax, r in zip(axes[s_i], [r for r in runs if r["set"] == name], strict=False):
+            ax.set_visible(True)
+            seed = r.get("seed", 0)
+            table = tables[(name, seed)]
+            summary = table.summary()
+            sites = table.sites
+            x = np.arange(len(sites))
+            for k, a in enumerate(("local", "federated", "pooled")):
+                ax.bar(x + (k - 1) * 0.27, [summary[a][s] for s in sites], 0.27, label=a, color=colours[a])
+            ax.set_xticks(x, [f"{s}\n({len(table.common_tasks(s))} tasks)" for s in sites])
+            ax.set_ylabel(f"mean test {r['metric']}")
+            vals = [summary[a][s] for a in ("local", "federated", "pooled") for s in sites]
+            lo = min(v for v in vals if math.isfinite(v))
+            ax.set_ylim(min(0.5, lo - 0.05) if r["metric"] == "ROC-AUC" else min(0.0, lo - 0.05),
+                        max(vals) + 0.08)
+            m = r["means"]
+            ax.set_title(f"{name} seed {seed}: local {m['local']:.3f}, fed {m['federated']:.3f}, "
+                         f"pooled {m['pooled']:.3f}", fontsize=10)
+            ax.legend(loc="upper left", ncol=3, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -434,7 +539,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     results = []
     try:
         for name in names:
-            results.append(run_set(name, args))
+            runs = []
+            for seed in args.seeds:
+                log(f"{name}: seed {seed}")
+                runs.append(run_set(name, args, seed))
+            results.append(combine(runs))
     finally:
         left = flower_leftovers(args.work)
         if left:

@@ -56,8 +56,9 @@ def federation_recipe(cfg: FederationConfig, epochs: int | None = None, patience
 
 def _train_and_test(store: SiteStore, consortium: list[tuple[str, str]], cfg: FederationConfig, epochs: int,
                     test_sets: Mapping[str, tuple[SiteStore, Callable[[str], str | None]]],
-                    recipe: TrainConfig | None = None) -> dict[str, dict]:
-    """Train one model on ``store`` and return site -> task -> metrics on each test store."""
+                    recipe: TrainConfig | None = None,
+                    folds: tuple[str, ...] = ("test",)) -> dict[str, dict[str, dict]]:
+    """Train one model on ``store``; fold ("test", "valid") -> site -> task -> metrics on each test store."""
     from models.data import TaskData
     from models.network import MultiTaskNet
     from models.spec import build_spec
@@ -76,11 +77,12 @@ def _train_and_test(store: SiteStore, consortium: list[tuple[str, str]], cfg: Fe
                                device=cfg.device, num_threads=cfg.num_threads or None,
                                lr_step_epoch=max(epochs // 2, 1))
     train_epochs(model, train, tc, valid=valid)
-    out: dict[str, dict] = {}
+    out: dict[str, dict[str, dict]] = {fold: {} for fold in folds}
     for site, (test_store, rename) in test_sets.items():
-        test = _aligned(test_store, spec, rename, _splits(test_store, cfg)["test"])
-        per_task = evaluate(model, test, device=cfg.device, thresholds=cfg.eval_thresholds).per_task
-        out[site] = {name: m for t, m in per_task.items() if (name := _back(t, site)) is not None}
+        for fold in folds:
+            test = _aligned(test_store, spec, rename, _splits(test_store, cfg)[fold])
+            per_task = evaluate(model, test, device=cfg.device, thresholds=cfg.eval_thresholds).per_task
+            out[fold][site] = {name: m for t, m in per_task.items() if (name := _back(t, site)) is not None}
     return out
 
 
@@ -128,28 +130,35 @@ def pooled_store(stores: Mapping[str, SiteStore], consortium: list[tuple[str, st
 
 def train_baselines(store_paths: Mapping[str, Path], cfg: FederationConfig, *, epochs: int = 25,
                     dataset: str | None = None, on_model: Callable[[str], None] | None = None,
-                    recipe: TrainConfig | None = None) -> GainTable:
+                    recipe: TrainConfig | None = None, validation: GainTable | None = None) -> GainTable:
     """Local-only (per site) and pooled models, each tested on every site's test fold.
 
     Default recipe: Adam lr 1e-3, <= ``epochs`` epochs, lr x0.3 at half-way, early stopping on the
     validation loss (patience 5). ``recipe`` replaces it (e.g. `federation_recipe`); ``epochs`` is
     then ignored. Tasks are scored with ``cfg.eval_thresholds`` (run-config ``eval-min-labels``).
+    ``validation``, when given, receives the same models' scores on each site's validation fold
+    (to choose between recipes without looking at the test fold).
     """
     stores = {site: SiteStore.load(p) for site, p in store_paths.items()}
     consortium = cfg.consortium_task_list
     shared = {n for n, _ in consortium}
     table = GainTable(dataset or cfg.table_name, "score")
+    folds = ("test", "valid") if validation is not None else ("test",)
+    targets = {"test": table, "valid": validation}
+
+    def add(approach: str, res: dict[str, dict[str, dict]]) -> None:
+        for fold in folds:
+            for site, per_task in res[fold].items():
+                targets[fold].add(approach, site, {t: _score(m) for t, m in per_task.items()})  # type: ignore[union-attr]
+
     for site, store in stores.items():
-        res = _train_and_test(store, consortium, cfg, epochs, {site: (store, lambda n: n)}, recipe)
-        table.add("local", site, {t: _score(m) for t, m in res[site].items()})
+        add("local", _train_and_test(store, consortium, cfg, epochs, {site: (store, lambda n: n)}, recipe, folds))
         if on_model:
             on_model(f"local:{site}")
     pooled = pooled_store(stores, consortium)
     tests = {site: (store, (lambda n, s=site: n if n in shared else f"{s}{SEP}{n}"))
              for site, store in stores.items()}
-    res = _train_and_test(pooled, consortium, cfg, epochs, tests, recipe)
-    for site, per_task in res.items():
-        table.add("pooled", site, {t: _score(m) for t, m in per_task.items()})
+    add("pooled", _train_and_test(pooled, consortium, cfg, epochs, tests, recipe, folds))
     if on_model:
         on_model("pooled")
     return table
