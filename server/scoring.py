@@ -357,8 +357,11 @@ def predict_units(model: Any, X: sp.csr_matrix, mc_samples: int, *, seed: int = 
                     out = torch.bmm(x, w.transpose(1, 2)).transpose(0, 1)
                 out += head.linear.bias
                 units = head.to_units(out)  # (B, S, tasks)
-                sd, mean = torch.std_mean(units, dim=1, correction=0)
-                mean_parts[name].append(mean.numpy())
+                # Two-pass std (centre, then mean of squares): same values as torch.std_mean to
+                # ~2e-7 relative, in half the model's time (std_mean's reduction is not vectorised).
+                mean = units.mean(dim=1, keepdim=True)
+                sd = (units - mean).square_().mean(dim=1).sqrt_()
+                mean_parts[name].append(mean[:, 0].numpy())
                 std_parts[name].append(sd.numpy())
     model.train(was_training)
     values: dict[str, np.ndarray] = {}
