@@ -1,8 +1,14 @@
 """Federation gain: local-only vs federated vs pooled, on two public sets split into sites.
 
-    .venv/bin/python benchmarks/federation_gain.py            # both sets, ~15-20 min (+5 min first prep)
+    .venv/bin/python benchmarks/federation_gain.py --seed 0 1 2  # both sets, 3 seeds, ~40 min (+5 min first prep)
+    .venv/bin/python benchmarks/federation_gain.py            # one seed (0), ~15 min
     .venv/bin/python benchmarks/federation_gain.py --quick    # small subsets, a few rounds: smoke test
     .venv/bin/python benchmarks/federation_gain.py --only tox21
+
+With several seeds (each: another site split, initialisation and shuffling), every set runs once
+per seed; the reported means are over the seeds, the pairs are summed over them, and the targets
+are judged on those (each seed's own verdict is listed too). The margins at stake on chembl_5thresh
+are smaller than one seed's noise, so one seed cannot settle them either way.
 
 What it does, per set:
 
@@ -21,12 +27,15 @@ What it does, per set:
 3. **Baselines** with `server.baselines.train_baselines` (the same code the demo uses): a
    *local-only* model per site and a *pooled* model on every site's training folds, each tested
    on each site's test fold. Two training recipes are run and, per approach, the one with the
-   better mean is reported (``baseline recipe`` in the results): the library default (Adam lr 1e-3,
-   lr x0.3 half-way, early stopping on validation loss) and `server.baselines.federation_recipe`
-   (the centralised counterpart of the federation: the sites' own optimiser, lr, momentum, batch
-   size and per-round lr decay for rounds x local-epochs epochs, plus early stopping on the
-   validation loss, which the federation does not get). Picking the better of two on the test
-   fold favours the baselines: it makes the federation's targets harder, not easier.
+   better mean on the **validation** fold is reported (``baseline recipe`` in the results): the
+   library default (Adam lr 1e-3, lr x0.3 half-way, early stopping on validation loss) and
+   `server.baselines.federation_recipe` (the centralised counterpart of the federation: the sites'
+   own optimiser, lr, momentum, batch size and per-round lr decay for rounds x local-epochs
+   epochs, plus early stopping on the validation loss, which the federation does not get). The
+   federation's settings were chosen on the validation fold too, so both sides are chosen alike.
+   Until 2026-11-22 the recipe better on the *test* fold was reported, which gives the baselines
+   a choice the federation never gets; that stricter comparison is still computed and listed
+   ("against the baseline recipe that is better on the test fold", ``best_on_test_baselines``).
 4. **Federation** in Flower's simulation engine (server.launcher.LocalSuperLink + flwr_run,
    1 CPU per virtual client, ``num-threads=1``); the server writes its last round's per-site,
    per-task test metrics as a GainTable (``outputs["table"]``), merged here with the baselines.
