@@ -130,19 +130,21 @@ def _read_sdf(path: Path, id_col: str | None, chunk_size: int) -> Iterator[pd.Da
 def _read_delimited(path: Path, sep: str, smiles_col: str, id_col: str | None,
                     chunk_size: int) -> Iterator[pd.DataFrame]:
     try:
-        # Blank lines are kept (as empty records) so that ``line`` stays the physical line number.
-        reader = pd.read_csv(path, sep=sep, chunksize=chunk_size, dtype=str, keep_default_na=False,
-                             skip_blank_lines=False)
+        header = list(pd.read_csv(path, sep=sep, nrows=0, dtype=str).columns)
     except pd.errors.EmptyDataError as exc:
         raise InputError(f"{path} is empty") from exc
+    cols = {c.lower(): c for c in header}
+    if smiles_col.lower() not in cols:
+        raise InputError(f"{path}: no column {smiles_col!r}; columns are {header} (choose one with --smiles-col)")
+    if id_col and id_col.lower() not in cols:
+        raise InputError(f"{path}: no id column {id_col!r}; columns are {header}")
+    # Only the SMILES and id columns are parsed (a library's other columns can be many). Blank
+    # lines are kept (as empty records) so that ``line`` stays the physical line number.
+    wanted = [cols[smiles_col.lower()], *([cols[id_col.lower()]] if id_col else [])]
+    reader = pd.read_csv(path, sep=sep, chunksize=chunk_size, dtype=str, keep_default_na=False,
+                         skip_blank_lines=False, usecols=wanted)
     first_line = 2
     for chunk in reader:
-        cols = {c.lower(): c for c in chunk.columns}
-        if smiles_col.lower() not in cols:
-            raise InputError(f"{path}: no column {smiles_col!r}; columns are {list(chunk.columns)} "
-                             "(choose one with --smiles-col)")
-        if id_col and id_col.lower() not in cols:
-            raise InputError(f"{path}: no id column {id_col!r}; columns are {list(chunk.columns)}")
         lines = list(range(first_line, first_line + len(chunk)))
         first_line += len(chunk)
         ids = chunk[cols[id_col.lower()]].fillna("").tolist() if id_col else [str(x) for x in lines]
@@ -164,9 +166,11 @@ def _init_worker(scorer: Any) -> None:
 
 def score_chunk(scorer: Any, chunk: pd.DataFrame) -> pd.DataFrame:
     """The scorer's frame for one chunk with line and id first; pre-rejected rows keep their reason."""
-    smiles = [s if not r else "" for s, r in zip(chunk["smiles"], chunk["pre_reject"], strict=True)]
-    res = scorer.score(smiles)
+    smiles = chunk["smiles"].tolist()
     pre = chunk["pre_reject"].to_numpy()
+    for i in (pre != "").nonzero()[0]:  # rows already rejected while reading are not parsed
+        smiles[i] = ""
+    res = scorer.score(smiles)
     if (pre != "").any():
         res.loc[pre != "", "error"] = pre[pre != ""]
         res.loc[pre != "", "smiles"] = chunk["smiles"].to_numpy()[pre != ""]
@@ -317,7 +321,9 @@ class _Writer:
 
             table = pa.Table.from_pandas(frame, preserve_index=False)
             if self._parquet is None:
-                self._parquet = pq.ParquetWriter(self.path, table.schema)
+                # No dictionary encoding: SMILES, ids and predictions are (nearly) all distinct, so
+                # it only costs time (~1 us per row) and makes the file larger.
+                self._parquet = pq.ParquetWriter(self.path, table.schema, use_dictionary=False)
             self._parquet.write_table(table.cast(self._parquet.schema))
         else:
             frame.to_csv(self.path, mode="a" if self._started else "w", header=not self._started, index=False)
