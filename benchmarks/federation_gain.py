@@ -62,7 +62,10 @@ emulation of `client.site.SiteNode` before running it in Flower:
 * tox21: FedAvg, SGD momentum 0.9, lr 1.0 x 0.92 per round (``lr-decay``), 2 local epochs,
   batch 128, 24 rounds. With a constant lr the federation peaked near 0.788 at round ~25 and then
   overfit (0.784 at 40); lr 0.05 (the default) learnt far too slowly (0.50 after 20 rounds); Adam
-  restarted every round reached 0.70.
+  restarted every round reached 0.70. Measured (test fold, ``--seed 0 1 2``, 2026-11-22):
+  local-only 0.7600 / 0.7715 / 0.7619, federated 0.7894 / 0.7965 / 0.7870, pooled 0.7803 /
+  0.8042 / 0.7859; mean 0.7645 / 0.7910 / 0.7901, 79/106 pairs (75%): both targets met at every
+  seed.
 * chembl_5thresh: hidden 2000 (every approach), FedAvg, SGD momentum 0.9, lr 0.1, 2 local
   epochs, batch 128, 20 rounds (lr 0.5 with decay was unstable: R² 0.06 after 20 rounds),
   ``head-epochs=0``, and personalisation ``finetune-epochs=20 finetune-lr=0.03
@@ -91,15 +94,26 @@ emulation of `client.site.SiteNode` before running it in Flower:
     (169/288, 59%)**: the wider trunk is where sharing pays (+0.016 over local-only on
     validation, against +0.007 at hidden 1000), so chembl_5thresh uses hidden 2000.
 
-  Measured with these settings (test fold, seed 0, 2026-11-22, hidden 2000): local-only 0.2462
-  (federation recipe; Adam 0.2449), federated + personalisation 0.2533 (plain federated model
-  0.2499, server log), pooled 0.2612; personalised better than local-only on 148/278 pairs (53%).
-  Both targets met, by margins (+0.007 mean R², 53% of pairs) smaller than the seed noise (about
-  0.015): one seed, not a robust win. Per site: site-0 +0.017, site-1 +0.027, site-4 +0.036,
-  site-2 -0.013, site-3 -0.032. The same settings at ``--seed 1`` (other site split and inits;
-  results/federation_gain_chembl_seed1.*): local-only 0.2553, federated + personalisation 0.2532,
-  pooled 0.2493, 146/278 pairs (53%): the majority target holds, no-negative-transfer misses by
-  0.002. Over the two seeds: federated 0.2533 against local-only 0.2508.
+  Measured with these settings (test fold, hidden 2000, ``--seed 0 1 2``, 2026-11-22; the
+  baseline recipes chosen on validation; results/federation_gain.*):
+
+  ====  ==========  ======================  ======  ==============
+  seed  local-only  federated + personal.   pooled  pairs won
+  ====  ==========  ======================  ======  ==============
+  0     0.2462      0.2522 (plain 0.2450)   0.2376  157/278 (56%)
+  1     0.2553      0.2500 (plain 0.2382)   0.2493  147/278 (53%)
+  2     0.2476      0.2640 (plain 0.2493)   0.2704  158/278 (57%)
+  mean  0.2497      0.2554                  0.2524  462/834 (55%)
+  ====  ==========  ======================  ======  ==============
+
+  Both targets are met on the mean over the three seeds (+0.006 mean R², 55% of pairs), and the
+  majority target at every seed; no-negative-transfer misses at seed 1 (-0.005). The local-only
+  recipe chosen on validation is the one better on the test fold at all three seeds, so the
+  stricter comparison gives the same local-only mean; only the pooled reference changes (0.2603).
+  "plain" is the federated model before each site's fine-tuning (server log; a mean over all of
+  a site's scored tasks, so not exactly the table's tasks): below local-only at seeds 0 and 1,
+  above it at seed 2; the personalisation adds 0.007 to 0.015. The same seed-0 settings gave
+  federated 0.2533 in an earlier run (thread timing in the simulation makes runs differ slightly).
 
   Measured at hidden 1000 (test fold, seed 0, 2026-11-22): local-only 0.2623 (Adam recipe),
   federated + personalisation 0.2471 (plain federated model 0.2357, server log), pooled 0.2533;

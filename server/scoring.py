@@ -136,7 +136,7 @@ class Scorer:
         self.mc_samples = mc_samples
         self.confidence = confidence
         self.seed = seed
-        self.canonical_smiles = canonical_smiles  # False: skip RDKit's SMILES writer (~1/3 of the time)
+        self.canonical_smiles = canonical_smiles  # False: skip RDKit's SMILES writer (~1/4 of the time)
         self.site: str | None = None
         self.calibration = load_calibration(self.model_dir)
         if site_store is not None:
