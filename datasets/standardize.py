@@ -62,7 +62,7 @@ def parse_smiles(smiles: str) -> Chem.Mol:
     stereochemistry. Here hydrogens are removed only when the molecule has any, and stereochemistry
     is perceived only when the SMILES has a stereo mark: the same molecule (canonical SMILES, with
     and without stereo, and Morgan fingerprints identical on all 178,000 molecules of
-    ``../shared/data``; ``tests/datasets/test_standardize.py`` checks a sample), with RDKit's own
+    ``../shared/data``; ``tests/datasets/test_fast_paths.py`` checks a sample), with RDKit's own
     sanitisation error as the reject reason instead of ``None``.
     """
     mol = Chem.MolFromSmiles(smiles, sanitize=False)
