@@ -280,6 +280,7 @@ def federation_config(name: str, n_sites: int, sites_dir: Path, output_dir: Path
 
 
 def run_set(name: str, args: argparse.Namespace, seed: int) -> dict[str, Any]:
+    from fedmol.errors import TrainingDiverged
     from models.report import GainTable
     from server.baselines import federation_recipe, train_baselines
 
@@ -313,17 +314,24 @@ def run_set(name: str, args: argparse.Namespace, seed: int) -> dict[str, Any]:
     tables: dict[str, GainTable] = {}
     valid: dict[str, GainTable] = {}
     t1 = time.perf_counter()
-    for rname, recipe in recipes.items():
+    for rname, recipe in list(recipes.items()):
         tb = time.perf_counter()
         valid[rname] = GainTable(name, "score")
-        tables[rname] = train_baselines(sites, cfg, epochs=base_epochs, dataset=name, recipe=recipe,
-                                        validation=valid[rname],
-                                        on_model=lambda m, r=rname: log(f"{name}: baseline [{r}] {m} done"))
+        try:
+            tables[rname] = train_baselines(sites, cfg, epochs=base_epochs, dataset=name, recipe=recipe,
+                                            validation=valid[rname],
+                                            on_model=lambda m, r=rname: log(f"{name}: baseline [{r}] {m} done"))
+        except TrainingDiverged as exc:  # a recipe too aggressive for some site: the other one stands
+            log(f"{name}: baselines [{rname}] left out: {exc}")
+            del recipes[rname], valid[rname]
+            continue
         s, v = tables[rname].summary(), valid[rname].summary()
         log(f"{name}: baselines [{rname}] local {s['local']['mean_over_sites']:.4f}, pooled "
             f"{s['pooled']['mean_over_sites']:.4f} (validation: local {v['local']['mean_over_sites']:.4f}, "
             f"pooled {v['pooled']['mean_over_sites']:.4f}; {time.perf_counter() - tb:.0f} s)")
     t_base = time.perf_counter() - t1
+    if not recipes:
+        raise RuntimeError(f"{name}: every baseline recipe diverged")
     chosen = {a: max(recipes, key=lambda r: _finite(valid[r].summary()[a]["mean_over_sites"]))
               for a in ("local", "pooled")}
     best_on_test = {a: max(recipes, key=lambda r: _finite(tables[r].summary()[a]["mean_over_sites"]))

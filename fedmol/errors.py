@@ -17,3 +17,7 @@ class ConfigError(FedmolError):
 
 class StoreError(FedmolError):
     """A site store that is missing, incomplete or written by an incompatible version."""
+
+
+class TrainingDiverged(FedmolError):
+    """Training produced NaN or infinite weights (usually a learning rate too high for the data)."""

@@ -21,7 +21,7 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor
 
-from fedmol.errors import ConfigError
+from fedmol.errors import ConfigError, TrainingDiverged
 from models.data import TaskData, iter_batches, iter_feature_batches, transform_features
 from models.losses import LossSum, censored_mse, masked_bce
 from models.metrics import (
@@ -281,6 +281,7 @@ def _train_epochs(
             loss_sum += float(parts.total.detach().item())
             n_labels += int(count)
         record = EpochRecord(epoch=epoch, lr=lr, train_loss=loss_sum / max(n_labels, 1), n_labels=n_labels)
+        _check_finite(model, epoch, lr)
         if valid is not None:
             ev = evaluate(model, valid, batch_size=max(config.batch_size, 1024), thresholds=thresholds)
             record = EpochRecord(epoch, lr, record.train_loss, n_labels, ev.loss, ev.score)
@@ -306,6 +307,20 @@ def _train_epochs(
         model.load_state_dict(best_state)
     return TrainResult(history=history, optimizer=optimizer, best_epoch=best_epoch, stopped_early=stopped,
                        n_train_labels=train.n_labels())
+
+
+def _check_finite(model: torch.nn.Module, epoch: int, lr: float) -> None:
+    """Stop with a clear message when an epoch left NaN or infinite weights (with mixed precision
+    the grad scaler skips overflowing steps, so this is real divergence), instead of failing later
+    inside a metric or sending the weights anywhere."""
+    with torch.no_grad():
+        bad = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:
+        raise TrainingDiverged(
+            f"training diverged in epoch {epoch + 1}: {len(bad)} weight tensors hold NaN or infinite values "
+            f"(first: {bad[0]}) at learning rate {lr:g}; lower the learning rate (run config lr, or "
+            "finetune-lr for the personalisation)"
+        )
 
 
 def _prox_pairs(

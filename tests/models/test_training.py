@@ -126,3 +126,17 @@ def test_predict_with_mc_dropout_gives_uncertainty():
     assert a.std is not None and (a.std["act_a"] > 0).all()
     np.testing.assert_array_equal(a["pic50"], b["pic50"])
     assert predict(model, X).std is None
+
+
+def test_divergence_stops_with_a_clear_error():
+    from fedmol.errors import TrainingDiverged
+
+    spec, X, Y, censor = _data(200)
+    data = TaskData.from_arrays(spec, X, Y, censor, [t for t, _ in TASKS], np.arange(200))
+    model = MultiTaskNet(spec, seed=0)
+    config = TrainConfig(epochs=5, batch_size=32, lr=1e12, optimizer="sgd", momentum=0.9, device="cpu")
+    with pytest.raises(TrainingDiverged, match=r"training diverged in epoch 1: .* learning rate 1e\+12"):
+        train_epochs(model, data, config, valid=data)
+    sane = MultiTaskNet(spec, seed=0)  # the same data and model train fine at a sane rate
+    result = train_epochs(sane, data, TrainConfig(epochs=2, batch_size=32, lr=0.05, optimizer="sgd", device="cpu"))
+    assert len(result.history) == 2 and all(torch.isfinite(p).all() for p in sane.parameters())
