@@ -94,6 +94,14 @@ class FlowerRun:
     rss_samples: list[tuple[float, int]] = field(default_factory=list)
     log_tail: list[str] = field(default_factory=list)
 
+    def federated_table(self, label: str) -> Any:
+        """The server's final per-site, per-task table (a GainTable); raises if the run failed."""
+        from models.report import GainTable
+
+        if self.code != 0 or "table" not in self.outputs:
+            raise RuntimeError(f"{label}: the federation failed (exit {self.code}):\n" + "\n".join(self.log_tail))
+        return GainTable.from_json(self.outputs["table"])
+
 
 class TreeSampler(threading.Thread):
     """Sum of RSS over a process and all its descendants, every ``interval`` seconds."""

@@ -222,6 +222,12 @@ def pair_stats(table: Any) -> dict[str, Any]:
             "share_federated_wins": won / n if n else float("nan")}
 
 
+def approach_means(table: Any) -> dict[str, float]:
+    """Mean over sites of local-only, federated and pooled in a merged GainTable."""
+    summary = table.summary()
+    return {a: summary[a]["mean_over_sites"] for a in ("local", "federated", "pooled")}
+
+
 def judge(name: str, means: dict[str, float], pairs: dict[str, Any]) -> dict[str, bool]:
     """The issue's targets for set ``name`` from mean test metrics and pair counts."""
     if name == "tox21":
@@ -332,10 +338,11 @@ def run_set(name: str, args: argparse.Namespace, seed: int) -> dict[str, Any]:
     t_base = time.perf_counter() - t1
     if not recipes:
         raise RuntimeError(f"{name}: every baseline recipe diverged")
-    chosen = {a: max(recipes, key=lambda r: _finite(valid[r].summary()[a]["mean_over_sites"]))
-              for a in ("local", "pooled")}
-    best_on_test = {a: max(recipes, key=lambda r: _finite(tables[r].summary()[a]["mean_over_sites"]))
-                    for a in ("local", "pooled")}
+    # recipe -> approach -> mean over sites, on the test and on the validation fold
+    test_means = {r: {a: tables[r].summary()[a]["mean_over_sites"] for a in ("local", "pooled")} for r in recipes}
+    valid_means = {r: {a: valid[r].summary()[a]["mean_over_sites"] for a in ("local", "pooled")} for r in recipes}
+    chosen = {a: max(recipes, key=lambda r: _finite(valid_means[r][a])) for a in ("local", "pooled")}
+    best_on_test = {a: max(recipes, key=lambda r: _finite(test_means[r][a])) for a in ("local", "pooled")}
     baselines, strictest = GainTable(name, "score"), GainTable(name, "score")
     for target, choice in ((baselines, chosen), (strictest, best_on_test)):
         for approach, rname in choice.items():
@@ -345,18 +352,12 @@ def run_set(name: str, args: argparse.Namespace, seed: int) -> dict[str, Any]:
     # -- federation in Flower's simulation engine ----------------------------------------------
     log(f"{name}: federation, {cfg.num_server_rounds} rounds, {len(sites)} virtual clients (1 CPU each)")
     run = run_flower(cfg, len(sites), work, label=name)
-    if run.code != 0 or "table" not in run.outputs:
-        raise RuntimeError(f"{name}: the federation failed (exit {run.code}):\n" + "\n".join(run.log_tail))
-    federated = GainTable.from_json(run.outputs["table"])
-    table = baselines.merge(federated)
-    summary = table.summary()
-    means = {a: summary[a]["mean_over_sites"] for a in ("local", "federated", "pooled")}
-    pairs = pair_stats(table)
+    federated = run.federated_table(name)
+    table, strict = baselines.merge(federated), strictest.merge(federated)
+    means, strict_means = approach_means(table), approach_means(strict)
+    pairs, strict_pairs = pair_stats(table), pair_stats(strict)
     ratio = means["federated"] / means["pooled"] if means["pooled"] else float("nan")
     targets = judge(name, means, pairs)
-    strict = strictest.merge(federated)
-    strict_summary = strict.summary()
-    strict_means = {a: strict_summary[a]["mean_over_sites"] for a in ("local", "federated", "pooled")}
     seconds = time.perf_counter() - t0
     table.notes = {
         "metric": spec["metric"] + " per task ('score'), test fold 0",
@@ -376,12 +377,10 @@ def run_set(name: str, args: argparse.Namespace, seed: int) -> dict[str, Any]:
         "set": name, "seed": seed, "file": spec["file"], "metric": spec["metric"], "quick": args.quick,
         "means": means, "federated_over_pooled": ratio, "pairs": pairs, "targets": targets,
         "baseline_recipe": chosen,
-        "baseline_recipes": {r: {a: tables[r].summary()[a]["mean_over_sites"] for a in ("local", "pooled")}
-                             for r in recipes},
-        "baseline_recipes_validation": {r: {a: valid[r].summary()[a]["mean_over_sites"]
-                                            for a in ("local", "pooled")} for r in recipes},
-        "best_on_test_baselines": {"recipe": best_on_test, "means": strict_means, "pairs": pair_stats(strict),
-                                   "targets": judge(name, strict_means, pair_stats(strict))},
+        "baseline_recipes": test_means,
+        "baseline_recipes_validation": valid_means,
+        "best_on_test_baselines": {"recipe": best_on_test, "means": strict_means, "pairs": strict_pairs,
+                                   "targets": judge(name, strict_means, strict_pairs)},
         "run_config": {k: v for k, v in cfg.to_run_config().items()
                        if k not in ("sim-store-dir", "output-dir", "tracking-uri")},
         "sites": site_info,

@@ -61,7 +61,6 @@ def main(argv: list[str] | None = None) -> dict:
     quiet_warnings()
     from mlflow.tracking import MlflowClient
 
-    from models.report import GainTable
 
     spec = SETS["tox21"]
     quick = spec["quick"] if args.quick else {}
@@ -82,9 +81,7 @@ def main(argv: list[str] | None = None) -> dict:
         log(f"{name}: {cfg.num_server_rounds} rounds")
         t0 = time.perf_counter()
         run = run_flower(cfg, len(sites), out_dir, label=name)
-        if run.code != 0 or "table" not in run.outputs:
-            raise RuntimeError(f"{name}: the federation failed (exit {run.code}):\n" + "\n".join(run.log_tail))
-        table = GainTable.from_json(run.outputs["table"])
+        table = run.federated_table(name)
         auc = table.summary()["federated"]["mean_over_sites"]
         client = MlflowClient(run.outputs["tracking_uri"])
         walls = [m.value for m in sorted(client.get_metric_history(run.outputs["mlflow_run_id"], "round-wall-seconds"),

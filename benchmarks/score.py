@@ -108,16 +108,9 @@ def run_child(args: list[str]) -> dict[str, float]:
     return out
 
 
-def write_subset(data: Path, n: int, path: Path) -> Path:
+def write_subset(data: Path, n: int | None, path: Path, times: int = 1) -> Path:
+    """The first ``n`` rows of ``data`` (None: all), ``times`` times over, as gzip CSV at ``path``."""
     frame = pd.read_csv(data, nrows=n)
-    with gzip.open(path, "wt") as fh:
-        frame.to_csv(fh, index=False)
-    return path
-
-
-def write_repeated(data: Path, times: int, path: Path) -> Path:
-    """The input file's rows ``times`` times over (a larger library with the same molecules)."""
-    frame = pd.read_csv(data)
     with gzip.open(path, "wt") as fh:
         pd.concat([frame] * times, ignore_index=True).to_csv(fh, index=False)
     return path
@@ -197,7 +190,7 @@ def main() -> None:
     smiles = pd.read_csv(data, usecols=["smiles"])["smiles"].astype(str).tolist()
     n = len(smiles)
     small = write_subset(args.data, min(10_000, n // 2 if args.quick else 10_000), tmp / "10k.csv.gz")
-    triple = write_repeated(data, 3, tmp / "x3.csv.gz")  # a larger library: worker start-up amortised
+    triple = write_subset(data, None, tmp / "x3.csv.gz", times=3)  # a larger library: start-up amortised
     std_file = write_subset(args.data, args.std_limit, tmp / "std.csv.gz")
     cores = os.cpu_count() or 1
     raw_rate(smiles[:500])  # warm-up

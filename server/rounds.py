@@ -130,7 +130,49 @@ def _as_float32(msg: Message) -> Message:
     return msg
 
 
-class HookedStrategy(Strategy):
+class RoundBook:
+    """What every round loop of the consortium keeps about its sites, shared by `HookedStrategy`
+    (Message API) and `server.secagg.SecureFedAvg` (Flower's legacy path, for SecAgg+): the sites'
+    names, the reference hash and preparation settings they must share, and the hooks to call.
+    The class using it sets ``hooks``, ``expected_fingerprint``, ``site_names``, ``prep_settings``
+    and ``key_fingerprint``."""
+
+    hooks: list[RoundHook]
+    expected_fingerprint: str
+    site_names: dict[int, str]
+    prep_settings: dict[str, Any]
+    key_fingerprint: str
+
+    def _check_fingerprint(self, report: SiteReport) -> str | None:
+        """Every site must have prepared its data with the consortium's key and settings."""
+        if not report.reference_hash:
+            return "the site sent no reference hash"
+        if not self.expected_fingerprint:
+            self.expected_fingerprint = report.reference_hash
+            return None
+        if report.reference_hash != self.expected_fingerprint:
+            return (
+                f"reference hash {report.reference_hash[:12]} differs from the consortium's "
+                f"{self.expected_fingerprint[:12]}: the site prepared its data with another key or settings"
+            )
+        return None
+
+    def _remember(self, report: SiteReport) -> SiteReport:
+        self.site_names[report.node_id] = report.site
+        if report.prep_settings and not self.prep_settings:
+            self.prep_settings = report.prep_settings
+        if report.key_fingerprint and not self.key_fingerprint:
+            self.key_fingerprint = report.key_fingerprint
+        return report
+
+    def _fire(self, outcome: RoundOutcome) -> None:
+        if outcome.missing:
+            log.warning("round %d %s: no reply from %s", outcome.server_round, outcome.phase, outcome.missing)
+        for hook in self.hooks:
+            hook.on_round(outcome, self)
+
+
+class HookedStrategy(RoundBook, Strategy):
     """Wrap a Flower strategy: validate updates, offset rounds, call hooks once per phase."""
 
     def __init__(
@@ -252,35 +294,6 @@ class HookedStrategy(Strategy):
         # Flower's strategies number rounds themselves; the wrapped one sees the consortium's.
         self.aggregate_evaluate(server_round - 1, evaluations)
 
-    # -- helpers -------------------------------------------------------------------------
-    def _check_fingerprint(self, report: SiteReport) -> str | None:
-        """Every site must have prepared its data with the consortium's key and settings."""
-        if not report.reference_hash:
-            return "the site sent no reference hash"
-        if not self.expected_fingerprint:
-            self.expected_fingerprint = report.reference_hash
-            return None
-        if report.reference_hash != self.expected_fingerprint:
-            return (
-                f"reference hash {report.reference_hash[:12]} differs from the consortium's "
-                f"{self.expected_fingerprint[:12]}: the site prepared its data with another key or settings"
-            )
-        return None
-
-    def _remember(self, report: SiteReport) -> SiteReport:
-        self.site_names[report.node_id] = report.site
-        if report.prep_settings and not self.prep_settings:
-            self.prep_settings = report.prep_settings
-        if report.key_fingerprint and not self.key_fingerprint:
-            self.key_fingerprint = report.key_fingerprint
-        return report
-
     def _missing(self, phase: str, replies: list[Message]) -> list[str]:
         answered = {m.metadata.src_node_id for m in replies if not m.has_error()}
         return [self.site_names.get(n, f"node-{n}") for n in self._sampled[phase] if n not in answered]
-
-    def _fire(self, outcome: RoundOutcome) -> None:
-        if outcome.missing:
-            log.warning("round %d %s: no reply from %s", outcome.server_round, outcome.phase, outcome.missing)
-        for hook in self.hooks:
-            hook.on_round(outcome, self)

@@ -168,12 +168,13 @@ def score_chunk(scorer: Any, chunk: pd.DataFrame) -> pd.DataFrame:
     """The scorer's frame for one chunk with line and id first; pre-rejected rows keep their reason."""
     smiles = chunk["smiles"].tolist()
     pre = chunk["pre_reject"].to_numpy()
-    for i in (pre != "").nonzero()[0]:  # rows already rejected while reading are not parsed
+    known = pre != ""  # rows already rejected while reading: not parsed, their reason kept
+    for i in known.nonzero()[0]:
         smiles[i] = ""
     res = scorer.score(smiles)
-    if (pre != "").any():
-        res.loc[pre != "", "error"] = pre[pre != ""]
-        res.loc[pre != "", "smiles"] = chunk["smiles"].to_numpy()[pre != ""]
+    if known.any():
+        res.loc[known, "error"] = pre[known]
+        res.loc[known, "smiles"] = chunk["smiles"].to_numpy()[known]
     res.insert(0, "id", chunk["id"].to_numpy())
     res.insert(0, "line", chunk["line"].to_numpy())
     return res

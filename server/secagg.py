@@ -35,15 +35,16 @@ from flwr.server.strategy import FedAvg as LegacyFedAvg
 from fedmol import wire
 from fedmol.config import FederationConfig
 from fedmol.records import split_metrics, to_array_record
-from server.rounds import RoundOutcome, SiteReport
+from server.rounds import RoundBook, RoundOutcome, SiteReport
 
 log = logging.getLogger("fedmol.server")
 
-class SecureFedAvg(LegacyFedAvg):
+class SecureFedAvg(RoundBook, LegacyFedAvg):
     """Flower's legacy FedAvg, fed by SecAgg+, with fedmol's round hooks.
 
     It also offers what the hooks read from `server.rounds.HookedStrategy` (``last_arrays``,
-    ``site_names``, ``expected_fingerprint``, ...), so tracking and checkpoints are shared code.
+    ``site_names``, ``expected_fingerprint``, ...), so tracking and checkpoints are shared code, and
+    keeps its sites' names, reference hash and settings with the same `server.rounds.RoundBook`.
     """
 
     evaluate_in_train = False
@@ -83,12 +84,8 @@ class SecureFedAvg(LegacyFedAvg):
         reports = []
         for proxy, res in results:
             numbers, report = split_metrics(dict(res.metrics))
-            rep = SiteReport.from_content(proxy.node_id, RecordDict({
-                wire.METRICS: MetricRecord(numbers), wire.REPORT: ConfigRecord(report)}))
-            self.site_names[rep.node_id] = rep.site
-            self.prep_settings = self.prep_settings or rep.prep_settings
-            self.key_fingerprint = self.key_fingerprint or rep.key_fingerprint
-            reports.append(rep)
+            reports.append(self._remember(SiteReport.from_content(proxy.node_id, RecordDict({
+                wire.METRICS: MetricRecord(numbers), wire.REPORT: ConfigRecord(report)}))))
         return reports
 
     def _missing(self, failures: list[Any]) -> list[str]:
@@ -107,10 +104,6 @@ class SecureFedAvg(LegacyFedAvg):
         return MetricRecord({k: float(np.average([r.metrics[k] for r in reports], weights=weights))
                              for k in sorted(keys)})
 
-    def _fire(self, outcome: RoundOutcome) -> None:
-        for hook in self.hooks:
-            hook.on_round(outcome, self)
-
     def aggregate_fit(self, server_round: int, results: list, failures: list) -> tuple[Any, dict]:
         from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
 
@@ -121,13 +114,9 @@ class SecureFedAvg(LegacyFedAvg):
         if results:
             # SecAgg+ handed every result the same unmasked sum: the weighted mean is that sum.
             summed = parameters_to_ndarrays(results[0][1].parameters)
-            wrong_hash = [r.site for r in reports if self.expected_fingerprint
-                          and r.reference_hash != self.expected_fingerprint]
-            if not self.expected_fingerprint and reports:
-                self.expected_fingerprint = reports[0].reference_hash
+            wrong_hash = [(r.site, reason) for r in reports if (reason := self._check_fingerprint(r))]
             if wrong_hash:
-                rejected = [(s, "reference hash differs: the whole secure aggregate is discarded")
-                            for s in wrong_hash]
+                rejected = [(site, f"{reason}; the whole secure aggregate is discarded") for site, reason in wrong_hash]
             elif not all(np.all(np.isfinite(a)) for a in summed):
                 rejected = [("aggregate", "NaN or infinite values in the secure aggregate: round discarded")]
             else:
