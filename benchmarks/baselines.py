@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/baselines.py                      # tox21, 4 scaffold sites
     .venv/bin/python benchmarks/baselines.py --data ../shared/data/sider.csv.gz --sites 3
 
-Steps: prepare the file once into an in-memory store (datasets.prepare, scaffold folds), split
-it into ``--sites`` sites by scaffold cluster (datasets.partition.by_scaffold: no scaffold is
+Steps: prepare the file once into an in-memory store (fedmol.datasets.prepare, scaffold folds), split
+it into ``--sites`` sites by scaffold cluster (fedmol.datasets.partition.by_scaffold: no scaffold is
 shared between sites), then train
 
 * **local**: one model per site on that site's training folds only;
@@ -16,7 +16,7 @@ the tasks that meet the store's quorums at that site (as a federation client doe
 trains on every label it has. Early stopping on the site's (pooled: all sites') validation fold.
 
 Outputs in ``--out`` (default benchmarks/results): ``baselines_<set>.json`` / ``.md`` (the
-`models.report.GainTable` of per-site, per-task ROC-AUC, or R² for regression sets) and
+`fedmol.models.report.GainTable` of per-site, per-task ROC-AUC, or R² for regression sets) and
 ``baselines_<set>_details.json`` (every metric, histories, settings, timings).
 
 The consortium key is **public and fixed** here: sha256 of the text in ``DEMO_KEY_TEXT``. It
@@ -87,9 +87,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def prepare_store(args: argparse.Namespace) -> Any:
     """The whole file as one in-memory SiteStore (scaffold folds, permuted fingerprints)."""
-    from datasets.featurize import FeaturizeSettings
-    from datasets.prepare import PrepareSettings, prepare_file
-    from datasets.readers import TableSpec
+    from fedmol.datasets.featurize import FeaturizeSettings
+    from fedmol.datasets.prepare import PrepareSettings, prepare_file
+    from fedmol.datasets.readers import TableSpec
 
     id_col = args.id_col
     if id_col is None and args.data.name.startswith("tox21"):
@@ -105,13 +105,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     import torch
 
-    from datasets.partition import by_scaffold
-    from models.data import TaskData
-    from models.metrics import MetricThresholds
-    from models.network import MultiTaskNet
-    from models.report import GainTable
-    from models.spec import build_spec
-    from models.training import TrainConfig, evaluate, fit_target_scaling, train_epochs
+    from fedmol.datasets.partition import by_scaffold
+    from fedmol.models.data import TaskData
+    from fedmol.models.metrics import MetricThresholds
+    from fedmol.models.network import MultiTaskNet
+    from fedmol.models.report import GainTable
+    from fedmol.models.spec import build_spec
+    from fedmol.models.training import TrainConfig, evaluate, fit_target_scaling, train_epochs
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -46,10 +46,10 @@ def prepared_store(data: Path, work: Path, *, radius: int = 2, n_bits: int = 204
     import pandas as pd
 
     from benchmarks.baselines import DEMO_KEY_TEXT, demo_key
-    from datasets.featurize import FeaturizeSettings
-    from datasets.prepare import PrepareSettings, prepare_frame
-    from datasets.readers import TableSpec
-    from datasets.store import SiteStore
+    from fedmol.datasets.featurize import FeaturizeSettings
+    from fedmol.datasets.prepare import PrepareSettings, prepare_frame
+    from fedmol.datasets.readers import TableSpec
+    from fedmol.datasets.store import SiteStore
 
     settings = PrepareSettings(table=TableSpec(smiles_col="smiles", id_col=id_col),
                                featurize=FeaturizeSettings(radius=radius, n_bits=n_bits))
@@ -96,7 +96,7 @@ class FlowerRun:
 
     def federated_table(self, label: str) -> Any:
         """The server's final per-site, per-task table (a GainTable); raises if the run failed."""
-        from models.report import GainTable
+        from fedmol.models.report import GainTable
 
         if self.code != 0 or "table" not in self.outputs:
             raise RuntimeError(f"{label}: the federation failed (exit {self.code}):\n" + "\n".join(self.log_tail))
@@ -166,7 +166,7 @@ def run_flower(cfg: Any, n_sites: int, workdir: Path, *, label: str = "", sample
 
 def _run_flower_once(cfg: Any, n_sites: int, workdir: Path, *, label: str, sample_memory: bool,
                      on_line: Callable[[str], None] | None, timeout: float) -> FlowerRun:
-    from server.launcher import LocalSuperLink, flwr_run
+    from fedmol.deploy.launcher import LocalSuperLink, flwr_run
 
     lines: list[str] = []
     t0 = time.monotonic()

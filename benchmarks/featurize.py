@@ -5,10 +5,10 @@ Usage: .venv/bin/python benchmarks/featurize.py [--data ../shared/data/hiv.csv.g
 Rows (molecules per second, same SMILES list):
   raw           RDKit MolFromSmiles + Morgan r3 GetFingerprint (32k bits), one process: baseline
   featurise     fedmol featurisation without standardisation, one process: parse, sparse
-                counts, key permutation, CSR assembly (datasets.featurize.Featurizer)
+                counts, key permutation, CSR assembly (fedmol.datasets.featurize.Featurizer)
   pipeline      prepare's per-structure hot path without standardisation, one process: the
                 above plus canonical SMILES (duplicate identity) and the scaffold fold
-  pipeline x2   the same over a pool of 2 worker processes (datasets.structures)
+  pipeline x2   the same over a pool of 2 worker processes (fedmol.datasets.structures)
   +std rows     the pipeline with MolStandardize (cleanup, parent, neutralise, tautomer cap 100)
 Targets (issue 2): featurise >= 0.9x raw per core; pipeline x2 >= 1.7x pipeline x1.
 
@@ -61,9 +61,9 @@ def main() -> None:
     from rdkit import Chem, RDLogger
     from rdkit.Chem import rdFingerprintGenerator
 
-    from datasets.featurize import Featurizer, FeaturizeSettings, bit_permutation
-    from datasets.standardize import StandardizeSettings
-    from datasets.structures import StructureSettings, process_structures
+    from fedmol.datasets.featurize import Featurizer, FeaturizeSettings, bit_permutation
+    from fedmol.datasets.standardize import StandardizeSettings
+    from fedmol.datasets.structures import StructureSettings, process_structures
 
     RDLogger.DisableLog("rdApp.*")
     smiles = pd.read_csv(args.data)["smiles"].astype(str).tolist()

@@ -12,11 +12,11 @@ are smaller than one seed's noise, so one seed cannot settle them either way.
 
 What it does, per set:
 
-1. **Prepare once** (datasets.prepare) with the fixed public benchmark key of
+1. **Prepare once** (fedmol.datasets.prepare) with the fixed public benchmark key of
    `benchmarks/baselines.py`, ECFP4 (radius 2) folded to 2,048 bits, scaffold folds (test fold 0,
    validation fold 1). The prepared store is cached under ``--work`` (preparation of
    chembl_5thresh takes ~5 min on 2 cores; the cache makes reruns cheap).
-2. **Split into sites** (datasets.partition) and save them as ``site-0 .. site-N-1``:
+2. **Split into sites** (fedmol.datasets.partition) and save them as ``site-0 .. site-N-1``:
 
    * **tox21**: 4 sites by scaffold cluster (`by_scaffold`: no scaffold at two sites); all 12
      tasks are consortium tasks (shared heads, ``consortium-tasks=NAME:classification,...``).
@@ -24,19 +24,19 @@ What it does, per set:
    * **chembl_5thresh**: 5 sites that each own a disjoint set of targets (`by_task`, over the
      302 targets that meet the training quorum in the whole set); private heads only. Metric: R².
 
-3. **Baselines** with `server.baselines.train_baselines` (the same code the demo uses): a
+3. **Baselines** with `fedmol.models.baselines.train_baselines` (the same code the demo uses): a
    *local-only* model per site and a *pooled* model on every site's training folds, each tested
    on each site's test fold. Two training recipes are run and, per approach, the one with the
    better mean on the **validation** fold is reported (``baseline recipe`` in the results): the
    library default (Adam lr 1e-3, lr x0.3 half-way, early stopping on validation loss) and
-   `server.baselines.federation_recipe` (the centralised counterpart of the federation: the sites'
+   `fedmol.models.baselines.federation_recipe` (the centralised counterpart of the federation: the sites'
    own optimiser, lr, momentum, batch size and per-round lr decay for rounds x local-epochs
    epochs, plus early stopping on the validation loss, which the federation does not get). The
    federation's settings were chosen on the validation fold too, so both sides are chosen alike.
    Until 2026-11-22 the recipe better on the *test* fold was reported, which gives the baselines
    a choice the federation never gets; that stricter comparison is still computed and listed
    ("against the baseline recipe that is better on the test fold", ``best_on_test_baselines``).
-4. **Federation** in Flower's simulation engine (server.launcher.LocalSuperLink + flwr_run,
+4. **Federation** in Flower's simulation engine (fedmol.deploy.launcher.LocalSuperLink + flwr_run,
    1 CPU per virtual client, ``num-threads=1``); the server writes its last round's per-site,
    per-task test metrics as a GainTable (``outputs["table"]``), merged here with the baselines.
 
@@ -46,7 +46,7 @@ hidden 2000, for every approach alike, chosen on validation as described below),
 the same scoring quorum: a task is scored at a site when the site's test fold has >= 10
 positives and >= 10 negatives (regression: >= 10 exact values), MELLODDY's per-fold evaluation
 quorum, set with the run-config key ``eval-min-labels=10`` for the sites and the baselines alike.
-Means per site are over the tasks every approach scored there (models.report.GainTable); the
+Means per site are over the tasks every approach scored there (fedmol.models.report.GainTable); the
 "mean" of a set is the mean over sites. The federated model is the one after the last round (no
 model selection on validation, unlike the baselines); for chembl_5thresh each site then
 personalises it (``finetune-epochs``, below): it fine-tunes a copy of the final model (trunk and
@@ -57,7 +57,7 @@ model ("FedAvg + local fine-tuning"); the plain federated model's means are in
 ``federated_final_round_means`` (``test_federated_score``).
 
 Federation settings (run-config keys), chosen on the validation fold with an in-process FedAvg
-emulation of `client.site.SiteNode` before running it in Flower:
+emulation of `fedmol.client.site.SiteNode` before running it in Flower:
 
 * tox21: FedAvg, SGD momentum 0.9, lr 1.0 x 0.92 per round (``lr-decay``), 2 local epochs,
   batch 128, 24 rounds. With a constant lr the federation peaked near 0.788 at round ~25 and then
@@ -201,7 +201,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def split_sites(store: Any, spec: dict[str, Any], seed: int) -> list[Any]:
-    from datasets.partition import by_scaffold, by_task
+    from fedmol.datasets.partition import by_scaffold, by_task
 
     if spec["split"] == "by_scaffold":
         return [store.subset(rows) for rows in by_scaffold(store, spec["sites"], seed)]
@@ -287,8 +287,8 @@ def federation_config(name: str, n_sites: int, sites_dir: Path, output_dir: Path
 
 def run_set(name: str, args: argparse.Namespace, seed: int) -> dict[str, Any]:
     from fedmol.errors import TrainingDiverged
-    from models.report import GainTable
-    from server.baselines import federation_recipe, train_baselines
+    from fedmol.models.report import GainTable
+    from fedmol.models.baselines import federation_recipe, train_baselines
 
     spec = SETS[name]
     quick = spec["quick"] if args.quick else {}
@@ -395,7 +395,7 @@ def run_set(name: str, args: argparse.Namespace, seed: int) -> dict[str, Any]:
 
 def _previous_results(args: argparse.Namespace, names: list[str]) -> list[dict[str, Any]]:
     """The last full run's results of the sets not run now (``--only``), to keep them in the files."""
-    from models.report import GainTable
+    from fedmol.models.report import GainTable
 
     path = args.out / "federation_gain.json"
     if not path.exists():

@@ -45,9 +45,9 @@ KEY_TEXT = b"fedmol public benchmark key - not a secret, never use for real data
 def make_sites(root: Path, n_sites: int, rows: int, n_bits: int) -> dict[str, Path]:
     import pandas as pd
 
-    from datasets.featurize import FeaturizeSettings
-    from datasets.prepare import PrepareSettings, prepare_frame
-    from datasets.readers import TableSpec
+    from fedmol.datasets.featurize import FeaturizeSettings
+    from fedmol.datasets.prepare import PrepareSettings, prepare_frame
+    from fedmol.datasets.readers import TableSpec
 
     key = hashlib.sha256(KEY_TEXT).digest()
     df = pd.read_csv(DATA / "tox21.csv.gz").head(n_sites * rows)
@@ -68,7 +68,7 @@ def measure(label: str, root: Path, stores: dict[str, Path], tasks: tuple[str, .
             *, warm: bool, dtype: str, fold: bool = True) -> dict:
     from mlflow.tracking import MlflowClient
 
-    from server.consortium import LocalConsortium
+    from fedmol.deploy.consortium import LocalConsortium
 
     cons = LocalConsortium(root / label, stores, mlflow_server=False, warm=warm)
     with cons:

@@ -5,7 +5,7 @@
     .venv/bin/python benchmarks/scale.py --sites 10,30,100,200 --rounds 2
 
 Setup: Tox21 prepared once (ECFP4, 2,048 bits, the fixed public benchmark key; cached like
-`federation_gain.py`), split into N sites by scaffold cluster (datasets.partition.by_scaffold),
+`federation_gain.py`), split into N sites by scaffold cluster (fedmol.datasets.partition.by_scaffold),
 all 12 tasks as consortium heads, a small trunk (``hidden=64``), 1 local epoch per round, FedAvg,
 Flower's simulation engine with 1 CPU per virtual client (so 2 clients train at a time on this
 2-core machine) and ``num-threads=1``. Small sites rarely meet MELLODDY's 25/25 training quorum,
@@ -71,8 +71,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run_n(store: Any, n: int, args: argparse.Namespace, rounds: int) -> dict[str, Any]:
-    from datasets.partition import by_scaffold
-    from datasets.tasks import QuorumSettings
+    from fedmol.datasets.partition import by_scaffold
+    from fedmol.datasets.tasks import QuorumSettings
     from fedmol.config import FederationConfig
 
     quorum = QuorumSettings(min_actives=3, min_inactives=3, min_fold_actives=0, min_fold_inactives=0)

@@ -57,12 +57,12 @@ DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / 
 
 
 def build_model(root: Path, tasks: list[str]) -> tuple[Path, Path]:
-    from datasets.featurize import FeaturizeSettings
-    from datasets.keys import generate_key_file, key_fingerprint, load_key
-    from datasets.standardize import StandardizeSettings
-    from models.io import save_model
-    from models.network import MultiTaskNet
-    from models.spec import build_spec
+    from fedmol.datasets.featurize import FeaturizeSettings
+    from fedmol.datasets.keys import generate_key_file, key_fingerprint, load_key
+    from fedmol.datasets.standardize import StandardizeSettings
+    from fedmol.models.io import save_model
+    from fedmol.models.network import MultiTaskNet
+    from fedmol.models.spec import build_spec
 
     key_path = generate_key_file(root / "consortium.key")
     fs = FeaturizeSettings()  # r3, 32768 bits
@@ -120,7 +120,7 @@ def standardisation_changes(smiles: list[str]) -> float:
     """Fraction of parsable molecules whose canonical SMILES changes under default standardisation."""
     from rdkit import Chem
 
-    from datasets.standardize import MoleculeReject, Standardizer, StandardizeSettings
+    from fedmol.datasets.standardize import MoleculeReject, Standardizer, StandardizeSettings
 
     on, off = Standardizer(StandardizeSettings()), Standardizer(StandardizeSettings(enabled=False))
     changed = total = 0

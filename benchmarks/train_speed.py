@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/train_speed.py              # 32,768 bits, CPU (+ CUDA when present)
 
 Both trunks have the same shape (n_bits -> hidden -> 12 tasks, ReLU, dropout), the same
-optimizer (Adam, as `models.training.make_optimizer` builds it) and the same batches; the dense
+optimizer (Adam, as `fedmol.models.training.make_optimizer` builds it) and the same batches; the dense
 path densifies each batch (B, n_bits) float32 as a dense model must. Reported: samples per
 second of a training epoch (forward, masked BCE, backward, optimizer step), after one warm-up
 epoch, best of ``--repeats`` epochs (other processes share the machine), for each torch CPU
@@ -55,8 +55,8 @@ def fingerprints(args: argparse.Namespace) -> tuple[sp.csr_matrix, str]:
         try:
             import pandas as pd
 
-            from datasets.featurize import FeaturizeSettings, featurize_smiles
-            from datasets.standardize import MoleculeReject
+            from fedmol.datasets.featurize import FeaturizeSettings, featurize_smiles
+            from fedmol.datasets.standardize import MoleculeReject
         except ImportError:
             pass
         else:
@@ -86,9 +86,9 @@ def time_epochs(model: Any, X: sp.csr_matrix, Y: np.ndarray, *, dense: bool, dev
     """Samples/s of full training epochs (best and all), after a warm-up epoch."""
     import torch
 
-    from models.data import SparseBatch
-    from models.losses import masked_bce
-    from models.training import TrainConfig, make_optimizer
+    from fedmol.models.data import SparseBatch
+    from fedmol.models.losses import masked_bce
+    from fedmol.models.training import TrainConfig, make_optimizer
 
     model.to(device).train()
     optimizer = make_optimizer(model, TrainConfig())
@@ -128,8 +128,8 @@ def build_models(n_bits: int, hidden: int, n_tasks: int, seed: int) -> tuple[Any
     import torch
     from torch import nn
 
-    from models.network import MultiTaskNet
-    from models.spec import build_spec
+    from fedmol.models.network import MultiTaskNet
+    from fedmol.models.spec import build_spec
 
     spec = build_spec(n_bits, [(f"t{i}", "classification") for i in range(n_tasks)], [], hidden=(hidden,),
                       dropout=0.2)
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import torch
     from threadpoolctl import threadpool_limits
 
-    from models.training import resolve_device
+    from fedmol.models.training import resolve_device
 
     X, source = fingerprints(args)
     rng = np.random.default_rng(args.seed)

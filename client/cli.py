@@ -72,7 +72,7 @@ def worker(
     """
     import logging
 
-    from client.worker import serve
+    from fedmol.client.worker import serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll otherwise

@@ -2,10 +2,10 @@
 
 Kept light to import: with Flower's default isolation the deployment engine starts a fresh
 ClientApp process per message, so torch and the site's data are loaded only inside the site node.
-The site runtime (`client.worker`) runs this same app in one long-lived process instead.
+The site runtime (`fedmol.client.worker`) runs this same app in one long-lived process instead.
 
 With ``secure-aggregation`` the server speaks Flower's legacy records (FitIns/EvaluateIns, see
-`server.secagg`) and Flower's `secaggplus_mod` masks the training reply; the site does exactly
+`fedmol.server.secagg`) and Flower's `secaggplus_mod` masks the training reply; the site does exactly
 the same work, and its report travels in the legacy metrics as ``report.*`` strings.
 """
 
@@ -45,7 +45,7 @@ def _handle_legacy(op: str, msg: Message, context: Context) -> Message:
     from flwr.common import Code, EvaluateRes, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
     from flwr.compat.common import recorddict_compat as compat
 
-    from client.site import site_for
+    from fedmol.client.site import site_for
     from fedmol.records import join_metrics
 
     cfg = FederationConfig.from_run_config(dict(context.run_config))
@@ -71,7 +71,7 @@ def _handle_legacy(op: str, msg: Message, context: Context) -> Message:
 
 
 def _handle(op: str, msg: Message, context: Context) -> Message:
-    from client.site import site_for
+    from fedmol.client.site import site_for
 
     node_config = dict(context.node_config)
     run_config = dict(context.run_config)

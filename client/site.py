@@ -2,7 +2,7 @@
 
 `SiteNode.train_round` and `SiteNode.evaluate_round` take the shared arrays the server sent
 (plain numpy) and return what may leave the site: the shared arrays after local training,
-aggregate metrics and a report. The Flower adapter (`client.client_app`) only converts records.
+aggregate metrics and a report. The Flower adapter (`fedmol.client.client_app`) only converts records.
 
 Private heads live in ``<store>/federations/<federation-id>/private_heads.pt`` between rounds
 (Flower's ``context.state`` lasts only one run, and is serialised with every message); the
@@ -53,8 +53,8 @@ class SiteNode:
 
     # -- data ------------------------------------------------------------------------------
     @cached_property
-    def store(self):  # noqa: ANN201 - datasets.store.SiteStore
-        from datasets.store import SiteStore
+    def store(self):  # noqa: ANN201 - fedmol.datasets.store.SiteStore
+        from fedmol.datasets.store import SiteStore
 
         return SiteStore.load(self.store_path)
 
@@ -71,8 +71,8 @@ class SiteNode:
         return np.flatnonzero((folds != cfg.test_fold) & (folds != cfg.valid_fold))
 
     # -- model -----------------------------------------------------------------------------
-    def spec(self, cfg: FederationConfig):  # noqa: ANN201 - models.spec.ModelSpec
-        from models.spec import build_spec
+    def spec(self, cfg: FederationConfig):  # noqa: ANN201 - fedmol.models.spec.ModelSpec
+        from fedmol.models.spec import build_spec
 
         if self.store.n_features != cfg.n_bits:
             raise StoreError(
@@ -93,7 +93,7 @@ class SiteNode:
         """The site's model: the received shared parameters plus its own private heads."""
         import torch
 
-        from models.network import MultiTaskNet
+        from fedmol.models.network import MultiTaskNet
 
         model = MultiTaskNet(self.spec(cfg), seed=cfg.seed)
         model.load_shared_state_dict(shared)
@@ -109,8 +109,8 @@ class SiteNode:
         The heads were last trained with this site's own trunk; after aggregation the trunk has
         moved, so the heads are fitted to the shared trunk before they are evaluated.
         """
-        from models.data import TaskData
-        from models.training import TrainConfig, train_epochs
+        from fedmol.models.data import TaskData
+        from fedmol.models.training import TrainConfig, train_epochs
 
         private = {f"heads.{n}." for n in model.private_head_names()}
         frozen = [p for name, p in model.named_parameters() if not any(name.startswith(x) for x in private)]
@@ -137,8 +137,8 @@ class SiteNode:
         """
         import copy
 
-        from models.data import TaskData
-        from models.training import TrainConfig, evaluate, train_epochs
+        from fedmol.models.data import TaskData
+        from fedmol.models.training import TrainConfig, evaluate, train_epochs
 
         t0 = time.perf_counter()
         train = TaskData.from_store(self.store, model.spec, self.rows(cfg, "train"))
@@ -203,8 +203,8 @@ class SiteNode:
         """Train the received model on the site's training folds; keep private heads on disk."""
         import torch
 
-        from models.data import TaskData
-        from models.training import TrainConfig, fit_target_scaling, train_epochs
+        from fedmol.models.data import TaskData
+        from fedmol.models.training import TrainConfig, fit_target_scaling, train_epochs
 
         t0 = time.perf_counter()
         model, fresh = self.build_model(cfg, shared, federation_id)
@@ -251,8 +251,8 @@ class SiteNode:
         """
         import torch
 
-        from models.data import TaskData
-        from models.training import evaluate
+        from fedmol.models.data import TaskData
+        from fedmol.models.training import evaluate
 
         t0 = time.perf_counter()
         if cfg.num_threads:

@@ -10,7 +10,7 @@ process is this one:
         --node-config 'site-store="/data/store" site-name="acme"'
     fedmol site worker --runtime 127.0.0.1:9094          # on the same host, same account
 
-(`fedmol-supernode` is `flower-supernode` with a shorter idle wait, see `client.supernode`.)
+(`fedmol-supernode` is `flower-supernode` with a shorter idle wait, see `fedmol.client.supernode`.)
 
 It asks the SuperNode for tasks (as Flower's SuperExec does), and runs each one in-process with
 the ClientApp, torch and the site's data already loaded: a message costs only its own compute.
@@ -104,7 +104,7 @@ def run_task(address: str, token: str, *, root_certificates: bytes | None = None
     from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
     from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
 
-    from client.client_app import app
+    from fedmol.client.client_app import app
 
     client = _client(address, [RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
                                RuntimeTokenHttpInterceptor(token)], root_certificates=root_certificates)
@@ -153,8 +153,8 @@ def serve(address: str, *, poll: float = 0.05, max_tasks: int | None = None,
     from flwr.supercore.constant import TaskType
     from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
 
-    import client.client_app  # noqa: F401 - flwr, the ClientApp and its wire code now
-    import models.training  # noqa: F401 - torch and the model code now, not on the first message
+    import fedmol.client.client_app  # noqa: F401 - flwr, the ClientApp and its wire code now
+    import fedmol.models.training  # noqa: F401 - torch and the model code now, not on the first message
 
     certs = Path(root_certificates).read_bytes() if root_certificates else None
     interceptors: list = [RuntimeVersionHttpInterceptor(component_name="SuperExec")]

@@ -6,5 +6,5 @@ thresholds), ``standardize``, ``featurize``, ``folds``, ``tasks`` (catalogue and
 store), ``reference`` (reference hash), ``store`` (the store format; loading needs no RDKit),
 ``partition`` (simulated sites), ``embedded`` (demo data), ``cli``.
 
-Nothing is imported here, so ``from datasets.store import SiteStore`` stays free of RDKit.
+Nothing is imported here, so ``from fedmol.datasets.store import SiteStore`` stays free of RDKit.
 """

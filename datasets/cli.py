@@ -32,7 +32,7 @@ def keygen(
     """
     from rich.console import Console
 
-    from datasets.keys import generate_key_file, key_fingerprint, load_key
+    from fedmol.datasets.keys import generate_key_file, key_fingerprint, load_key
 
     path = generate_key_file(out)
     Console().print(f"wrote {path} (mode 0600); key fingerprint {key_fingerprint(load_key(path))}. "
@@ -93,12 +93,12 @@ def prepare(
 
       fedmol prepare --embedded solubility --key-file consortium.key --out demo_store/
     """
-    from datasets.featurize import FeaturizeSettings
-    from datasets.folds import FoldSettings
-    from datasets.keys import load_key
-    from datasets.prepare import PrepareSettings, prepare_file, prepare_frame
-    from datasets.readers import TableSpec
-    from datasets.standardize import StandardizeSettings
+    from fedmol.datasets.featurize import FeaturizeSettings
+    from fedmol.datasets.folds import FoldSettings
+    from fedmol.datasets.keys import load_key
+    from fedmol.datasets.prepare import PrepareSettings, prepare_file, prepare_frame
+    from fedmol.datasets.readers import TableSpec
+    from fedmol.datasets.standardize import StandardizeSettings
     from fedmol.errors import InputError
 
     if (input is None) == (embedded is None):
@@ -113,7 +113,7 @@ def prepare(
     tasks = tuple(c.strip() for c in task_cols.split(",") if c.strip()) if task_cols else None
     frame = None
     if embedded is not None:
-        from datasets import embedded as demo
+        from fedmol.datasets import embedded as demo
 
         frame = demo.embedded(embedded)
         _, smiles_col, id_col, default_tasks = demo.EMBEDDED[embedded]

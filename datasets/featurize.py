@@ -29,7 +29,7 @@ import scipy.sparse as sp
 from rdkit import Chem
 from rdkit.Chem import Descriptors, rdFingerprintGenerator
 
-from datasets.keys import derive
+from fedmol.datasets.keys import derive
 
 __all__ = [
     "DESCRIPTORS",
@@ -225,7 +225,7 @@ def featurize_smiles(smiles: list[str], settings: FeaturizeSettings | None = Non
     Returns (n, n_features) CSR float32; unparsable SMILES raise MoleculeReject. With ``key`` the
     columns are permuted as in a prepared store; without, they are RDKit's folded positions.
     """
-    from datasets.standardize import MoleculeReject
+    from fedmol.datasets.standardize import MoleculeReject
 
     settings = settings or FeaturizeSettings()
     perm = bit_permutation(bytes(key), settings.n_bits) if key is not None else None

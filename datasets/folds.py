@@ -32,7 +32,7 @@ import numpy as np
 from rdkit import Chem
 from rdkit.Chem.Scaffolds import MurckoScaffold
 
-from datasets.keys import derive
+from fedmol.datasets.keys import derive
 
 __all__ = ["FoldAssigner", "FoldSettings", "assign_fold", "fold_balance", "scaffold_smiles"]
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from datasets.store import SiteStore
+from fedmol.datasets.store import SiteStore
 from fedmol.errors import ConfigError, StoreError
 
 __all__ = ["by_label_skew", "by_scaffold", "by_task", "scaffold_groups"]
@@ -38,7 +38,7 @@ def scaffold_groups(store: SiteStore) -> np.ndarray:
         raise StoreError("partitioning by scaffold needs compounds.csv with SMILES in the store")
     from rdkit import Chem, RDLogger
 
-    from datasets.folds import FoldAssigner, FoldSettings
+    from fedmol.datasets.folds import FoldAssigner, FoldSettings
 
     assigner = FoldAssigner(b"", FoldSettings(), subkey=b"partition")
     RDLogger.DisableLog("rdApp.*")  # a few stored SMILES of odd inorganics do not re-parse

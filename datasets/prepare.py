@@ -1,8 +1,8 @@
 """`prepare`: one input file → one site store, with every row accounted for.
 
-Steps: read (datasets.readers) → parse labels (bad cells reject their row) → standardise,
-featurise and fold each distinct input SMILES over a process pool (datasets.structures) →
-merge duplicates → task catalogue with quorums (datasets.tasks) → save the store, rejects.csv,
+Steps: read (fedmol.datasets.readers) → parse labels (bad cells reject their row) → standardise,
+featurise and fold each distinct input SMILES over a process pool (fedmol.datasets.structures) →
+merge duplicates → task catalogue with quorums (fedmol.datasets.tasks) → save the store, rejects.csv,
 settings.json (with key fingerprint and reference hash) and summary.json.
 
 Duplicates are rows whose standardised structures have the same canonical SMILES. Their labels
@@ -31,15 +31,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from datasets.featurize import FeaturizeSettings
-from datasets.folds import FoldSettings, fold_balance
-from datasets.keys import key_fingerprint
-from datasets.labels import apply_threshold, parse_values
-from datasets.readers import RawTable, TableSpec, frame_to_table, read_table
-from datasets.standardize import StandardizeSettings
-from datasets.store import SiteStore, TaskInfo
-from datasets.structures import BASIS_CODES, StructureSettings, process_structures
-from datasets.tasks import QuorumSettings, build_catalogue
+from fedmol.datasets.featurize import FeaturizeSettings
+from fedmol.datasets.folds import FoldSettings, fold_balance
+from fedmol.datasets.keys import key_fingerprint
+from fedmol.datasets.labels import apply_threshold, parse_values
+from fedmol.datasets.readers import RawTable, TableSpec, frame_to_table, read_table
+from fedmol.datasets.standardize import StandardizeSettings
+from fedmol.datasets.store import SiteStore, TaskInfo
+from fedmol.datasets.structures import BASIS_CODES, StructureSettings, process_structures
+from fedmol.datasets.tasks import QuorumSettings, build_catalogue
 from fedmol.errors import InputError
 
 __all__ = ["PrepareResult", "PrepareSettings", "prepare_file", "prepare_frame", "prepare_table"]
@@ -165,7 +165,7 @@ def prepare_table(table: RawTable, key: bytes, out: Path | None, settings: Prepa
     assert in_store + len(rejects) == n_read and in_store == n_kept, (in_store, len(rejects), n_read)
     assert (rejects["reason"].str.len() > 0).all(), "a reject without a reason"
 
-    from datasets.reference import reference_hash
+    from fedmol.datasets.reference import reference_hash
 
     ref = reference_hash(settings, key)
     summary = {

@@ -257,7 +257,7 @@ def frame_to_table(frame: pd.DataFrame, spec: TableSpec, source: str = "<frame>"
 def _looks_numeric(col: pd.Series) -> bool:
     if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
         return True
-    from datasets.labels import parse_values
+    from fedmol.datasets.labels import parse_values
 
     values = col.dropna()
     if len(values) == 0:

@@ -75,7 +75,7 @@ REFERENCE_SMILES: tuple[str, ...] = (
 def reference_hash(settings: Any, key: bytes) -> str:
     """sha256 hex over the reference set prepared with ``settings`` (a PrepareSettings or anything
     with ``standardize``, ``featurize`` and ``folds``) and ``key``."""
-    from datasets.structures import StructureSettings, process_structures
+    from fedmol.datasets.structures import StructureSettings, process_structures
 
     structure = StructureSettings(settings.standardize, settings.featurize, settings.folds)
     block = process_structures(list(REFERENCE_SMILES), structure, key, workers=1)

@@ -107,7 +107,7 @@ class SiteStore:
         Used by the simulation partitioners: preparing once and subsetting gives the same
         features and folds as preparing each site's file, because both are per-molecule.
         """
-        from datasets.tasks import build_catalogue
+        from fedmol.datasets.tasks import build_catalogue
 
         rows = np.arange(self.n_compounds) if rows is None else np.asarray(rows)
         cols = list(range(len(self.tasks)))

@@ -16,10 +16,10 @@ import numpy as np
 import scipy.sparse as sp
 from rdkit import Chem
 
-from datasets.featurize import Featurizer, FeaturizeSettings, SparseRows, bit_permutation
-from datasets.folds import FoldAssigner, FoldSettings
-from datasets.keys import derive
-from datasets.standardize import MoleculeReject, Standardizer, StandardizeSettings
+from fedmol.datasets.featurize import Featurizer, FeaturizeSettings, SparseRows, bit_permutation
+from fedmol.datasets.folds import FoldAssigner, FoldSettings
+from fedmol.datasets.keys import derive
+from fedmol.datasets.standardize import MoleculeReject, Standardizer, StandardizeSettings
 
 __all__ = ["BASIS_CODES", "StructureBlock", "StructureSettings", "process_structures"]
 

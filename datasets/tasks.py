@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from datasets.store import TaskInfo
+from fedmol.datasets.store import TaskInfo
 
 __all__ = ["QuorumSettings", "build_catalogue"]
 

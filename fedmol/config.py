@@ -36,7 +36,7 @@ class FederationConfig:
     server_lr: float = 0.01
     trimmed_beta: float = 0.2
     transport_dtype: str = "float32"  # "float16" halves the bytes a site uploads per round
-    # Secure aggregation (Flower's SecAgg+, server.secagg): the server sees only the sum of the
+    # Secure aggregation (Flower's SecAgg+, fedmol.server.secagg): the server sees only the sum of the
     # updates. FedAvg only; shares and threshold as fractions of the sampled sites; parameters are
     # clipped to +-secagg-clipping-range; a site's weight (training labels) must be <= max-weight,
     # and a max-weight far above the weights costs precision in round 1 (then it is tightened).
@@ -186,9 +186,9 @@ class FederationConfig:
         return out
 
     @property
-    def eval_thresholds(self):  # noqa: ANN201 - models.metrics.MetricThresholds
+    def eval_thresholds(self):  # noqa: ANN201 - fedmol.models.metrics.MetricThresholds
         """The metric thresholds of ``eval-min-labels`` (same for every site and every baseline)."""
-        from models.metrics import MetricThresholds
+        from fedmol.models.metrics import MetricThresholds
 
         n = self.eval_min_labels
         return MetricThresholds(min_pos=n, min_neg=n, min_points=n)

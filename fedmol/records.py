@@ -19,7 +19,7 @@ def from_array_record(record: ArrayRecord) -> dict[str, np.ndarray]:
 
 def join_metrics(metrics: dict[str, float], report: dict[str, str]) -> dict[str, Any]:
     """One legacy (FitRes/EvaluateRes) metrics dict: the numbers and the site report as
-    ``report.*`` strings (secure aggregation, `server.secagg`)."""
+    ``report.*`` strings (secure aggregation, `fedmol.server.secagg`)."""
     return {**metrics, **{f"report.{k}": v for k, v in report.items()}}
 
 

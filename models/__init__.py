@@ -3,14 +3,14 @@ its losses, metrics, uncertainty, training loop and checkpoint format.
 
 Modules (import them directly; this package imports nothing heavy so ``fedmol --help`` stays fast):
 
-- `models.spec`: `HeadSpec`, `ModelSpec`, `build_spec` (plain JSON-serialisable hyper-parameters)
-- `models.network`: `MultiTaskNet` (``trunk.*`` / ``heads.<name>.*`` state; shared vs private parts)
-- `models.data`: `SparseBatch`, `TaskData.from_store`, `iter_batches`
-- `models.losses`: `masked_bce`, `censored_mse`
-- `models.training`: `TrainConfig`, `train_epochs`, `evaluate`, `predict`, `resolve_device`
-- `models.metrics`: per-task ROC-AUC, AUC-PR, Brier, ECE, RMSE, R², Pearson r, and summaries
-- `models.uncertainty`: MC dropout and split-conformal calibration
-- `models.io`: `save_model`/`load_model` (``spec.json`` + ``weights.pt`` + ``meta.json``)
-- `models.report`: `GainTable`, the local / pooled / federated comparison
-- `models.cli`: ``fedmol train``
+- `fedmol.models.spec`: `HeadSpec`, `ModelSpec`, `build_spec` (plain JSON-serialisable hyper-parameters)
+- `fedmol.models.network`: `MultiTaskNet` (``trunk.*`` / ``heads.<name>.*`` state; shared vs private parts)
+- `fedmol.models.data`: `SparseBatch`, `TaskData.from_store`, `iter_batches`
+- `fedmol.models.losses`: `masked_bce`, `censored_mse`
+- `fedmol.models.training`: `TrainConfig`, `train_epochs`, `evaluate`, `predict`, `resolve_device`
+- `fedmol.models.metrics`: per-task ROC-AUC, AUC-PR, Brier, ECE, RMSE, R², Pearson r, and summaries
+- `fedmol.models.uncertainty`: MC dropout and split-conformal calibration
+- `fedmol.models.io`: `save_model`/`load_model` (``spec.json`` + ``weights.pt`` + ``meta.json``)
+- `fedmol.models.report`: `GainTable`, the local / pooled / federated comparison
+- `fedmol.models.cli`: ``fedmol train``
 """

@@ -77,14 +77,14 @@ def run_training(store_path: Path, out: Path, *, test_fold: int, valid_fold: int
     import numpy as np
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from datasets.store import SiteStore
-    from models.data import TaskData
-    from models.io import save_model
-    from models.metrics import MetricThresholds
-    from models.network import MultiTaskNet
-    from models.spec import build_spec
-    from models.training import EpochRecord, TrainConfig, evaluate, fit_target_scaling, train_epochs
-    from models.uncertainty import calibrate
+    from fedmol.datasets.store import SiteStore
+    from fedmol.models.data import TaskData
+    from fedmol.models.io import save_model
+    from fedmol.models.metrics import MetricThresholds
+    from fedmol.models.network import MultiTaskNet
+    from fedmol.models.spec import build_spec
+    from fedmol.models.training import EpochRecord, TrainConfig, evaluate, fit_target_scaling, train_epochs
+    from fedmol.models.uncertainty import calibrate
 
     if test_fold == valid_fold:
         raise InputError(f"--test-fold and --valid-fold are both {test_fold}: give two different folds")

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from fedmol.errors import InputError
-from models.spec import InputTransform, ModelSpec
+from fedmol.models.spec import InputTransform, ModelSpec
 
 __all__ = ["SparseBatch", "LabelBatch", "HeadLabels", "TaskData", "transform_features", "iter_batches",
            "iter_feature_batches"]
@@ -188,7 +188,7 @@ class TaskData:
     def from_store(
         cls, store: object, spec: ModelSpec, rows: np.ndarray | None = None, *, trainable_only: bool = True
     ) -> TaskData:
-        """Rows of a `datasets.store.SiteStore` aligned to ``spec``.
+        """Rows of a `fedmol.datasets.store.SiteStore` aligned to ``spec``.
 
         trainable_only: labels of tasks the store's catalogue marks as not trainable (below the
         quorums) are treated as missing, so the site does not train a head column on them.

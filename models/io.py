@@ -13,9 +13,9 @@ import torch
 
 from fedmol.errors import ConfigError, InputError
 from fedmol.jsonio import json_default
-from models.network import MultiTaskNet
-from models.spec import ModelSpec
-from models.uncertainty import ConformalCalibration
+from fedmol.models.network import MultiTaskNet
+from fedmol.models.spec import ModelSpec
+from fedmol.models.uncertainty import ConformalCalibration
 
 __all__ = ["save_model", "load_model", "load_calibration", "MODEL_FILES"]
 

@@ -14,8 +14,8 @@ import torch
 from torch import Tensor, nn
 
 from fedmol.errors import ConfigError
-from models.data import SparseBatch
-from models.spec import HeadSpec, ModelSpec
+from fedmol.models.data import SparseBatch
+from fedmol.models.spec import HeadSpec, ModelSpec
 
 __all__ = ["MultiTaskNet", "SparseInputLayer", "Trunk", "TaskHead"]
 

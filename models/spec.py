@@ -60,7 +60,7 @@ class HeadSpec:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Architecture of a `models.network.MultiTaskNet`.
+    """Architecture of a `fedmol.models.network.MultiTaskNet`.
 
     n_features: width of the (permuted, folded) fingerprint, e.g. 32768.
     hidden: sizes of the trunk's layers; the first is the sparse input layer.

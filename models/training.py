@@ -22,16 +22,16 @@ import torch
 from torch import Tensor
 
 from fedmol.errors import ConfigError, TrainingDiverged
-from models.data import TaskData, iter_batches, iter_feature_batches, transform_features
-from models.losses import LossSum, censored_mse, masked_bce
-from models.metrics import (
+from fedmol.models.data import TaskData, iter_batches, iter_feature_batches, transform_features
+from fedmol.models.losses import LossSum, censored_mse, masked_bce
+from fedmol.models.metrics import (
     DEFAULT_THRESHOLDS,
     MetricThresholds,
     classification_metrics,
     regression_metrics,
     summarise,
 )
-from models.network import MultiTaskNet
+from fedmol.models.network import MultiTaskNet
 
 __all__ = ["TrainConfig", "TrainResult", "EpochRecord", "EvalResult", "Predictions", "resolve_device",
            "train_epochs", "evaluate", "predict", "make_optimizer", "fit_target_scaling", "compute_loss"]
@@ -458,7 +458,7 @@ def predict(
     mc_samples > 0: the mean and std over that many forward passes with dropout on (MC
     dropout, seeded); 0: one deterministic pass. ``transformed``: X already holds input weights.
     """
-    from models.uncertainty import mc_dropout_outputs
+    from fedmol.models.uncertainty import mc_dropout_outputs
 
     dev = _model_device(model) if device is None else resolve_device(str(device))
     model.to(dev)

@@ -23,7 +23,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from models.data import iter_feature_batches
+from fedmol.models.data import iter_feature_batches
 
 __all__ = ["mc_dropout_outputs", "ConformalClassifier", "ConformalRegressor", "ConformalCalibration",
            "calibrate"]
@@ -178,7 +178,7 @@ def calibrate(model: torch.nn.Module, data: Any, *, fold: int | None = None, min
               batch_size: int = 1024) -> ConformalCalibration:
     """Fit conformal predictors for every task with labels in ``data`` (a `TaskData`, the
     validation fold). A classification task needs ``min_per_class`` labels of each class."""
-    from models.training import predict, single_threaded_blas
+    from fedmol.models.training import predict, single_threaded_blas
 
     preds = predict(model, data.X, batch_size=batch_size, transformed=True)
     with single_threaded_blas():

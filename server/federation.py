@@ -16,18 +16,18 @@ from flwr.serverapp import Grid
 from fedmol import wire
 from fedmol.config import FederationConfig
 from fedmol.records import to_array_record
-from server.checkpoint import Checkpoint, resolve_resume
-from server.rounds import HookedStrategy, RoundOutcome
-from server.strategies import make_strategy, restore_strategy_state
-from server.tracking import Checkpointer, MlflowTracker
+from fedmol.server.checkpoint import Checkpoint, resolve_resume
+from fedmol.server.rounds import HookedStrategy, RoundOutcome
+from fedmol.server.strategies import make_strategy, restore_strategy_state
+from fedmol.server.tracking import Checkpointer, MlflowTracker
 
 log = logging.getLogger("fedmol.server")
 
 
 def initial_shared_arrays(cfg: FederationConfig) -> tuple[dict[str, np.ndarray], Any]:
     """The shared part of a fresh model (trunk + consortium heads) and its spec, seeded."""
-    from models.network import MultiTaskNet
-    from models.spec import build_spec
+    from fedmol.models.network import MultiTaskNet
+    from fedmol.models.spec import build_spec
 
     spec = build_spec(cfg.n_bits, cfg.consortium_task_list, [], hidden=cfg.hidden_sizes,
                       dropout=cfg.dropout, input_transform=cfg.input_transform,  # type: ignore[arg-type]
@@ -82,7 +82,7 @@ def run_federation(grid: Grid, context: Context) -> dict[str, Any]:
         round_config = ConfigRecord({wire.CFG_FEDERATION_ID: federation_id})
         try:
             if cfg.secure_aggregation:  # Flower's SecAgg+ on its legacy path; the same hooks
-                from server.secagg import run_secure_rounds
+                from fedmol.server.secagg import run_secure_rounds
 
                 tracker.set_tag("fedmol.secure-aggregation", "SecAgg+: the server saw only the sum of the updates")
                 strategy = run_secure_rounds(grid, context, cfg, arrays, hooks, federation_id=federation_id,
@@ -109,7 +109,7 @@ def run_federation(grid: Grid, context: Context) -> dict[str, Any]:
         tracker.log_artifact(table_path, "tables")
         outputs["table"] = str(table_path)
     model_dir = out_dir / "model"
-    from server.registry import save_shared_model
+    from fedmol.server.registry import save_shared_model
 
     save_shared_model(model_dir, spec, {k: v.numpy() for k, v in result_arrays.items()},
                       meta={"federation_id": federation_id, "rounds": cfg.num_server_rounds,
@@ -119,7 +119,7 @@ def run_federation(grid: Grid, context: Context) -> dict[str, Any]:
                             "run_config": cfg.to_run_config()})
     outputs["model_dir"] = str(model_dir)
     if cfg.register_model:
-        from server.registry import register_model
+        from fedmol.server.registry import register_model
 
         outputs["model_uri"] = register_model(tracker, model_dir, cfg.model_name)
     tracker.finish()
@@ -132,7 +132,7 @@ def run_federation(grid: Grid, context: Context) -> dict[str, Any]:
 def write_federated_table(cfg: FederationConfig, rows: dict[str, dict[str, dict[str, float]]],
                           out_dir: Path) -> Path:
     """The final round's per-site, per-task test metrics, in the baselines' table format."""
-    from models.report import GainTable
+    from fedmol.models.report import GainTable
 
     table = GainTable.from_site_metrics(cfg.table_name, "federated", rows, metric="score")
     path = out_dir / "federated_table.json"

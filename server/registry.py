@@ -6,7 +6,7 @@ What a registered model contains (see README, "What a registered model contains"
   the server, so none is in the model);
 * ``meta.json``: rounds, federation id, the consortium's reference hash, and the sites'
   standardisation/featurisation settings (radius, bits, counts...), never the key;
-* the pyfunc wrapper `server.pyfunc.FedmolPyfunc`, which turns SMILES into predictions.
+* the pyfunc wrapper `fedmol.scoring.pyfunc.FedmolPyfunc`, which turns SMILES into predictions.
 
 The consortium key is **not** in the model: the features are in the key-permuted space, so the
 model scores molecules only for someone who holds the key (a consortium member), given at load
@@ -24,11 +24,25 @@ import numpy as np
 
 log = logging.getLogger("fedmol.server")
 
+# The registered model's code entry (MLflow "models from code"), named here and never imported: the
+# server does not depend on the scoring package; every registered model loads this module by name.
+PYFUNC_ENTRY = "fedmol.scoring.pyfunc_entry"
+
+
+def pyfunc_entry_file() -> Path:
+    """The file of `PYFUNC_ENTRY` in the installed fedmol (MLflow copies it into the model)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(PYFUNC_ENTRY)
+    if spec is None or spec.origin is None:
+        raise RuntimeError(f"{PYFUNC_ENTRY} is missing from the installed fedmol: reinstall fedmol")
+    return Path(spec.origin)
+
 
 def save_shared_model(model_dir: Path, spec: Any, arrays: dict[str, np.ndarray], *, meta: dict[str, Any]) -> Path:
     """Write the shared model (trunk + consortium heads) as spec + state_dict + meta."""
-    from models.io import save_model
-    from models.network import MultiTaskNet
+    from fedmol.models.io import save_model
+    from fedmol.models.network import MultiTaskNet
 
     model = MultiTaskNet(spec)
     model.load_shared_state_dict(arrays)
@@ -60,7 +74,7 @@ def register_model(tracker: Any, model_dir: Path, name: str) -> str:
     with mlflow.start_run(run_id=tracker.run_id):
         info = mlflow.pyfunc.log_model(
             name="shared_model",
-            python_model=str(Path(__file__).with_name("pyfunc_entry.py")),  # models from code: no pickle
+            python_model=str(pyfunc_entry_file()),  # models from code: no pickle
             artifacts={"model": str(model_dir)},
             pip_requirements=pip_requirements(),
             signature=signature,

@@ -132,7 +132,7 @@ def _as_float32(msg: Message) -> Message:
 
 class RoundBook:
     """What every round loop of the consortium keeps about its sites, shared by `HookedStrategy`
-    (Message API) and `server.secagg.SecureFedAvg` (Flower's legacy path, for SecAgg+): the sites'
+    (Message API) and `fedmol.server.secagg.SecureFedAvg` (Flower's legacy path, for SecAgg+): the sites'
     names, the reference hash and preparation settings they must share, and the hooks to call.
     The class using it sets ``hooks``, ``expected_fingerprint``, ``site_names``, ``prep_settings``
     and ``key_fingerprint``."""

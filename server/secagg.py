@@ -4,8 +4,8 @@ Run config ``secure-aggregation=true`` runs the rounds with Flower's SecAgg+ pro
 (`flwr.server.workflow.SecAggPlusWorkflow`): each site masks its update with pairwise and private
 masks agreed in a key exchange, and the masks cancel only in the sum. In Flower 1.41 SecAgg+
 exists only on the legacy path, so this module drives Flower's `DefaultWorkflow` with a legacy
-FedAvg (`SecureFedAvg`) instead of the Message-API strategies of `server.rounds`; the sites run
-Flower's `secaggplus_mod` (see `client.client_app`). Four message round trips per training round.
+FedAvg (`SecureFedAvg`) instead of the Message-API strategies of `fedmol.server.rounds`; the sites run
+Flower's `secaggplus_mod` (see `fedmol.client.client_app`). Four message round trips per training round.
 
 What changes for the consortium:
 
@@ -35,16 +35,16 @@ from flwr.server.strategy import FedAvg as LegacyFedAvg
 from fedmol import wire
 from fedmol.config import FederationConfig
 from fedmol.records import split_metrics, to_array_record
-from server.rounds import RoundBook, RoundOutcome, SiteReport
+from fedmol.server.rounds import RoundBook, RoundOutcome, SiteReport
 
 log = logging.getLogger("fedmol.server")
 
 class SecureFedAvg(RoundBook, LegacyFedAvg):
     """Flower's legacy FedAvg, fed by SecAgg+, with fedmol's round hooks.
 
-    It also offers what the hooks read from `server.rounds.HookedStrategy` (``last_arrays``,
+    It also offers what the hooks read from `fedmol.server.rounds.HookedStrategy` (``last_arrays``,
     ``site_names``, ``expected_fingerprint``, ...), so tracking and checkpoints are shared code, and
-    keeps its sites' names, reference hash and settings with the same `server.rounds.RoundBook`.
+    keeps its sites' names, reference hash and settings with the same `fedmol.server.rounds.RoundBook`.
     """
 
     evaluate_in_train = False

@@ -1,4 +1,4 @@
-"""The Flower ServerApp: read the run config and run the federation (`server.federation`)."""
+"""The Flower ServerApp: read the run config and run the federation (`fedmol.server.federation`)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    from server.federation import run_federation
-    from server.grid import FastPollGrid
+    from fedmol.server.federation import run_federation
+    from fedmol.server.grid import FastPollGrid
 
     logging.getLogger("fedmol").setLevel(logging.INFO)
     run_federation(FastPollGrid(grid), context)

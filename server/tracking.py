@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from fedmol.config import FederationConfig
-from server.checkpoint import Checkpoint
-from server.rounds import HookedStrategy, RoundOutcome
-from server.strategies import strategy_state
+from fedmol.server.checkpoint import Checkpoint
+from fedmol.server.rounds import HookedStrategy, RoundOutcome
+from fedmol.server.strategies import strategy_state
 
 log = logging.getLogger("fedmol.server")
 

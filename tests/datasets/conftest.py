@@ -38,10 +38,10 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def solubility_store(tmp_path_factory: pytest.TempPathFactory):
     """The embedded solubility set prepared without standardisation (fast), in memory."""
-    from datasets.embedded import solubility
-    from datasets.prepare import PrepareSettings, prepare_frame
-    from datasets.readers import TableSpec
-    from datasets.standardize import StandardizeSettings
+    from fedmol.datasets.embedded import solubility
+    from fedmol.datasets.prepare import PrepareSettings, prepare_frame
+    from fedmol.datasets.readers import TableSpec
+    from fedmol.datasets.standardize import StandardizeSettings
 
     df = solubility()
     df["soluble"] = (df["logS"] > -3).astype(float)

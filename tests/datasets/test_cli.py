@@ -120,7 +120,7 @@ def test_prepare_tox21_default_settings(tmp_path: Path, key_file: Path, data_dir
                                         capsys: pytest.CaptureFixture[str]) -> None:
     """MELLODDY-style defaults: the 8 unparsable rows, the oversized ones and the duplicate
     structures with conflicting labels are rejected, each with line and reason; folds balanced."""
-    from datasets.store import SiteStore
+    from fedmol.datasets.store import SiteStore
 
     source = data_dir / "tox21.csv.gz"
     code, out, err = _run(capsys, "prepare", str(source), "-k", str(key_file), "-o", str(tmp_path / "store"),

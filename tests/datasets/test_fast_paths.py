@@ -1,9 +1,9 @@
 """The two shortcuts on the scoring hot path give exactly what the plain RDKit calls give.
 
-* `datasets.standardize.parse_smiles` against ``Chem.MolFromSmiles``: same molecules accepted,
+* `fedmol.datasets.standardize.parse_smiles` against ``Chem.MolFromSmiles``: same molecules accepted,
   same canonical SMILES (with and without stereo), same Morgan fingerprints (with and without
   chirality), same CIP labels.
-* `datasets.featurize.Featurizer` decoding RDKit's binary fingerprints against its dict path.
+* `fedmol.datasets.featurize.Featurizer` decoding RDKit's binary fingerprints against its dict path.
 
 On real molecules from ../shared/data, including every one with stereo marks, explicit hydrogen
 atoms or charges in the sampled files.
@@ -19,8 +19,8 @@ import pytest
 from rdkit import Chem, RDLogger
 from rdkit.Chem import rdFingerprintGenerator
 
-from datasets.featurize import Featurizer, FeaturizeSettings, bit_permutation
-from datasets.standardize import MoleculeReject, parse_smiles
+from fedmol.datasets.featurize import Featurizer, FeaturizeSettings, bit_permutation
+from fedmol.datasets.standardize import MoleculeReject, parse_smiles
 
 
 def _sample(data_dir: Path) -> list[str]:

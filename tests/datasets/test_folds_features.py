@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 from rdkit import Chem
 
-from datasets.featurize import FeaturizeSettings, bit_permutation, featurize_smiles
-from datasets.folds import FoldAssigner, FoldSettings, assign_fold, scaffold_smiles
-from datasets.prepare import PrepareSettings, prepare_file
-from datasets.readers import TableSpec
-from datasets.reference import reference_hash
-from datasets.standardize import StandardizeSettings
+from fedmol.datasets.featurize import FeaturizeSettings, bit_permutation, featurize_smiles
+from fedmol.datasets.folds import FoldAssigner, FoldSettings, assign_fold, scaffold_smiles
+from fedmol.datasets.prepare import PrepareSettings, prepare_file
+from fedmol.datasets.readers import TableSpec
+from fedmol.datasets.reference import reference_hash
+from fedmol.datasets.standardize import StandardizeSettings
 
 # molecules sharing two-ring scaffolds, with different substituents
 SERIES = {
@@ -127,7 +127,7 @@ def test_reference_hash_changes_with_every_setting_and_the_key(key: bytes, other
 
 @pytest.mark.parametrize("smiles", ["[Na+].[O-]C(=O)c1ccccc1", "OC(=O)c1ccccc1.Cl"])
 def test_standardisation_takes_the_neutral_parent(smiles: str) -> None:
-    from datasets.standardize import standardize_smiles
+    from fedmol.datasets.standardize import standardize_smiles
 
     assert standardize_smiles(smiles) == "O=C(O)c1ccccc1"
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from datasets.keys import derive, generate_key_file, key_fingerprint, load_key
+from fedmol.datasets.keys import derive, generate_key_file, key_fingerprint, load_key
 from fedmol.errors import InputError
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from datasets.partition import by_label_skew, by_scaffold, by_task, scaffold_groups
+from fedmol.datasets.partition import by_label_skew, by_scaffold, by_task, scaffold_groups
 from fedmol.errors import ConfigError
 
 

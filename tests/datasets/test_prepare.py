@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import datasets.structures as structures
-from datasets.prepare import PrepareSettings, prepare_file, prepare_frame
-from datasets.readers import TableSpec
-from datasets.store import SiteStore
+import fedmol.datasets.structures as structures
+from fedmol.datasets.prepare import PrepareSettings, prepare_file, prepare_frame
+from fedmol.datasets.readers import TableSpec
+from fedmol.datasets.store import SiteStore
 
 
 def test_duplicates_merge_or_conflict(tmp_path: Path, key: bytes) -> None:
@@ -86,7 +86,7 @@ def test_threshold_turns_values_into_classes(key: bytes) -> None:
 
 
 def test_pool_and_in_process_give_the_same_store(key: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
-    from datasets.embedded import freesolv
+    from fedmol.datasets.embedded import freesolv
 
     df = freesolv().head(300)
     settings = PrepareSettings(table=TableSpec(id_col="iupac", task_cols=("expt",)))
@@ -115,7 +115,7 @@ def test_loading_and_subsetting_a_store_needs_no_rdkit(tmp_path: Path, key: byte
     prepare_frame(df, key, tmp_path / "s", PrepareSettings(), workers=1)
     code = (
         "import sys\n"
-        "from datasets.store import SiteStore\n"
+        "from fedmol.datasets.store import SiteStore\n"
         f"s = SiteStore.load({str(tmp_path / 's')!r}).subset([0, 2])\n"
         "assert s.n_compounds == 2 and s.X.shape[1] == 32768\n"
         "assert 'rdkit' not in sys.modules, 'rdkit imported'\n"

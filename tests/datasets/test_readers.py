@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from datasets.labels import parse_values
-from datasets.readers import TableSpec, read_table
+from fedmol.datasets.labels import parse_values
+from fedmol.datasets.readers import TableSpec, read_table
 from fedmol.errors import InputError
 
 

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from datasets.labels import apply_threshold
-from datasets.store import TaskInfo
-from datasets.tasks import QuorumSettings, build_catalogue
+from fedmol.datasets.labels import apply_threshold
+from fedmol.datasets.store import TaskInfo
+from fedmol.datasets.tasks import QuorumSettings, build_catalogue
 
 N_FOLDS = 5
 

@@ -16,10 +16,10 @@ import numpy as np
 import psutil
 import pytest
 
-from server.consortium import LocalConsortium
-from server.launcher import LaunchError, LocalSuperNode
-from server.pki import make_site_key
-from tests.federation.synthetic import write_sites
+from fedmol.deploy.consortium import LocalConsortium
+from fedmol.deploy.launcher import LaunchError, LocalSuperNode
+from fedmol.deploy.pki import make_site_key
+from tests.server.synthetic import write_sites
 
 pytestmark = pytest.mark.slow
 

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from fedmol.cli import app, main
-from models.io import load_calibration, load_model
-from models.training import predict
+from fedmol.models.io import load_calibration, load_model
+from fedmol.models.training import predict
 
 
 @pytest.fixture(autouse=True)

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 
 from fedmol.errors import InputError
-from models.io import load_calibration, load_model, save_model
-from models.network import MultiTaskNet
-from models.report import GainTable
-from models.spec import build_spec
-from models.training import predict
-from models.uncertainty import ConformalCalibration, ConformalRegressor
+from fedmol.models.io import load_calibration, load_model, save_model
+from fedmol.models.network import MultiTaskNet
+from fedmol.models.report import GainTable
+from fedmol.models.spec import build_spec
+from fedmol.models.training import predict
+from fedmol.models.uncertainty import ConformalCalibration, ConformalRegressor
 from tests.models.conftest import make_fingerprints
 
 

@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from models.losses import censored_mse, masked_bce
+from fedmol.models.losses import censored_mse, masked_bce
 
 
 def test_masked_bce_ignores_missing_labels():

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, brier_score_loss, r2_score, roc_auc_score
 
-from models.metrics import (
+from fedmol.models.metrics import (
     MetricThresholds,
     classification_metrics,
     expected_calibration_error,

@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from fedmol.errors import ConfigError
-from models.data import SparseBatch, transform_features
-from models.network import MultiTaskNet
-from models.spec import build_spec
+from fedmol.models.data import SparseBatch, transform_features
+from fedmol.models.network import MultiTaskNet
+from fedmol.models.spec import build_spec
 from tests.models.conftest import make_fingerprints
 
 

@@ -1,7 +1,7 @@
 import pytest
 
 from fedmol.errors import ConfigError
-from models.spec import HeadSpec, ModelSpec, build_spec
+from fedmol.models.spec import HeadSpec, ModelSpec, build_spec
 
 
 def test_build_spec_groups_tasks_into_named_heads():

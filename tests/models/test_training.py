@@ -3,10 +3,10 @@ import pytest
 import torch
 
 from fedmol.errors import ConfigError
-from models.data import TaskData, iter_batches
-from models.network import MultiTaskNet
-from models.spec import build_spec
-from models.training import TrainConfig, evaluate, fit_target_scaling, predict, resolve_device, train_epochs
+from fedmol.models.data import TaskData, iter_batches
+from fedmol.models.network import MultiTaskNet
+from fedmol.models.spec import build_spec
+from fedmol.models.training import TrainConfig, evaluate, fit_target_scaling, predict, resolve_device, train_epochs
 from tests.models.conftest import TASKS, make_fingerprints, make_labels
 
 

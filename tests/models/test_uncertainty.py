@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from models.uncertainty import ConformalCalibration, ConformalClassifier, ConformalRegressor
+from fedmol.models.uncertainty import ConformalCalibration, ConformalClassifier, ConformalRegressor
 
 
 def _calibrated(n, seed):

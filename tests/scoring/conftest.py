@@ -22,19 +22,19 @@ SMILES = ["CCO", "c1ccccc1O", "CC(=O)Oc1ccccc1C(=O)O", "CCN(CC)CC", "Clc1ccc(Cl)
 def site(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """{"model": shared model folder, "key": key file, "store": site store} (session-wide, read-only)."""
 
-    from client.site import SiteNode
-    from datasets.embedded import solubility
-    from datasets.featurize import FeaturizeSettings
-    from datasets.keys import generate_key_file, key_fingerprint, load_key
-    from datasets.prepare import PrepareSettings, prepare_frame
-    from datasets.readers import TableSpec
-    from datasets.standardize import StandardizeSettings
+    from fedmol.client.site import SiteNode
+    from fedmol.datasets.embedded import solubility
+    from fedmol.datasets.featurize import FeaturizeSettings
+    from fedmol.datasets.keys import generate_key_file, key_fingerprint, load_key
+    from fedmol.datasets.prepare import PrepareSettings, prepare_frame
+    from fedmol.datasets.readers import TableSpec
+    from fedmol.datasets.standardize import StandardizeSettings
     from fedmol.config import FederationConfig
-    from models.data import TaskData
-    from models.network import MultiTaskNet
-    from models.spec import build_spec
-    from models.training import TrainConfig, fit_target_scaling, train_epochs
-    from server.registry import save_shared_model
+    from fedmol.models.data import TaskData
+    from fedmol.models.network import MultiTaskNet
+    from fedmol.models.spec import build_spec
+    from fedmol.models.training import TrainConfig, fit_target_scaling, train_epochs
+    from fedmol.server.registry import save_shared_model
 
     root = tmp_path_factory.mktemp("scoring")
     key_path = generate_key_file(root / "consortium.key")

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from datasets.keys import load_key
+from fedmol.datasets.keys import load_key
 from fedmol.cli import main
-from server.scoring import NO_CALIBRATION_NOTE, Scorer
+from fedmol.scoring.scorer import NO_CALIBRATION_NOTE, Scorer
 from tests.scoring.conftest import FEDERATION_ID, SMILES
 
 
@@ -27,9 +27,9 @@ def test_shared_model_scores_consortium_tasks_without_calibration(site):
 def test_site_store_adds_private_heads_and_conformal_outputs(site):
     import torch
 
-    from client.site import SiteNode
+    from fedmol.client.site import SiteNode
     from fedmol.config import FederationConfig
-    from models.training import predict
+    from fedmol.models.training import predict
 
     scorer = Scorer(site["model"], load_key(site["key"]), mc_samples=0, site_store=site["store"], confidence=0.9)
     tasks = {t.name: t for t in scorer.tasks}
@@ -134,10 +134,10 @@ def test_mc_dropout_with_shared_masks_matches_full_passes(hidden):
     result does not depend on where it sits in the input."""
     import scipy.sparse as sp
 
-    from models.network import MultiTaskNet
-    from models.spec import build_spec
-    from models.training import predict
-    from server.scoring import predict_units
+    from fedmol.models.network import MultiTaskNet
+    from fedmol.models.spec import build_spec
+    from fedmol.models.training import predict
+    from fedmol.scoring.scorer import predict_units
 
     spec = build_spec(512, [("c", "classification")], [("r", "regression")], hidden=hidden, dropout=0.3)
     model = MultiTaskNet(spec, seed=1)

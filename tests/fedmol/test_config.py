@@ -43,7 +43,7 @@ def test_consortium_tasks_keep_their_order():
 
 
 def test_a_consortium_without_shared_tasks_shares_only_the_trunk():
-    from server.federation import initial_shared_arrays
+    from fedmol.server.federation import initial_shared_arrays
 
     arrays, spec = initial_shared_arrays(FederationConfig(n_bits=256, hidden="8,4", consortium_tasks=""))
     assert spec.heads == ()

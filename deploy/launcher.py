@@ -21,7 +21,9 @@ from typing import Any
 
 from fedmol.errors import FedmolError
 
-APP_DIR = Path(__file__).resolve().parents[1]  # the repository root is the Flower app
+# The Flower app that `flwr run` submits: its pyproject.toml only (identity and run config), shipped as
+# package data; the ServerApp and ClientApp come from the fedmol installed where they run.
+APP_DIR = Path(__file__).resolve().parent / "flower_app"
 CONNECTION = "fedmol-local"
 
 
@@ -66,7 +68,7 @@ class LocalSuperLink:
     def __init__(self, workdir: Path, *, simulation: bool = True, port: int | None = None,
                  extra_args: list[str] | None = None, startup_timeout: float = 60.0,
                  tls_dir: Path | None = None, supernode_auth: bool = False) -> None:
-        """tls_dir: a folder with ca.crt, server.pem, server.key (`server.pki`); None = insecure.
+        """tls_dir: a folder with ca.crt, server.pem, server.key (`fedmol.deploy.pki`); None = insecure.
         supernode_auth: only SuperNodes whose public key was registered (`admit`) may connect."""
         self.workdir = Path(workdir)
         self.simulation = simulation

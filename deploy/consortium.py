@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from fedmol.config import FederationConfig
-from server.launcher import LocalMlflowServer, LocalSuperLink, LocalSuperNode, flwr_run
-from server.pki import make_ca, make_server_cert, make_site_key
+from fedmol.deploy.launcher import LocalMlflowServer, LocalSuperLink, LocalSuperNode, flwr_run
+from fedmol.deploy.pki import make_ca, make_server_cert, make_site_key
 
 
 def ensure_pki(folder: Path, sites: list[str], hosts: list[str] | None = None) -> Path:

@@ -1,4 +1,4 @@
-"""Server-side commands: `fedmol demo`, `fedmol simulate`, `fedmol score` and `fedmol serve`."""
+"""Operator commands: `fedmol demo`, `fedmol simulate` and `fedmol consortium ...`."""
 
 from __future__ import annotations
 
@@ -9,16 +9,11 @@ import typer
 
 
 def register(app: typer.Typer) -> None:
+    from fedmol.deploy.consortium_cli import consortium_app
+
     app.command("demo")(demo)
     app.command("simulate")(simulate)
-    from server.consortium_cli import consortium_app
-    from server.score_cli import score
-
-    app.command("score")(score)
     app.add_typer(consortium_app, name="consortium")
-    from server.service import serve_command
-
-    app.command("serve")(serve_command)
 
 
 def demo(
@@ -39,7 +34,7 @@ def demo(
 
     Example: fedmol demo --rounds 10 --out /tmp/demo
     """
-    from server.demo import DemoOptions, run_demo
+    from fedmol.deploy.demo import DemoOptions, run_demo
 
     run_demo(DemoOptions(out=out, rounds=rounds, local_epochs=local_epochs, radius=radius, n_bits=n_bits,
                          hidden=hidden, seed=seed))
@@ -60,7 +55,7 @@ def simulate(
     """
     from fedmol.config import FederationConfig
     from fedmol.errors import InputError
-    from server.launcher import LocalSuperLink, flwr_run
+    from fedmol.deploy.launcher import LocalSuperLink, flwr_run
 
     sites = sorted(p for p in stores.glob("site-*") if p.is_dir())
     if not sites:

@@ -6,7 +6,7 @@
   reach). Consortium tasks are one column; private tasks stay separate per site (two sites'
   private "IC50" are different assays). Tested on each site's test fold.
 
-Results are `models.report.GainTable` values with metric ``score`` (ROC-AUC for classification,
+Results are `fedmol.models.report.GainTable` values with metric ``score`` (ROC-AUC for classification,
 R² for regression), the same table the federation writes.
 """
 
@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import scipy.sparse as sp
 
-from datasets.store import SiteStore, TaskInfo
+from fedmol.datasets.store import SiteStore, TaskInfo
 from fedmol.config import FederationConfig
-from models.report import GainTable
+from fedmol.models.report import GainTable
 
 if TYPE_CHECKING:
-    from models.training import TrainConfig
+    from fedmol.models.training import TrainConfig
 
 SEP = "::"  # pooled private task name: "<site>::<task>"
 
@@ -39,12 +39,12 @@ def federation_recipe(cfg: FederationConfig, epochs: int | None = None, patience
                       monitor: str = "loss") -> TrainConfig:
     """The centralised counterpart of the sites' training in a federation, for a baseline.
 
-    Same optimizer, lr, momentum, batch size and weight decay as `client.site.SiteNode.train_round`,
+    Same optimizer, lr, momentum, batch size and weight decay as `fedmol.client.site.SiteNode.train_round`,
     and the same schedule: lr x ``lr-decay`` every ``local-epochs`` epochs (one server round).
     ``epochs`` defaults to the federation's total, rounds x local epochs. Early stopping on the
     validation fold (``patience``, None: off) is an advantage the federation does not get.
     """
-    from models.training import TrainConfig
+    from fedmol.models.training import TrainConfig
 
     epochs = cfg.num_server_rounds * cfg.local_epochs if epochs is None else epochs
     return TrainConfig(epochs=epochs, batch_size=cfg.batch_size, lr=cfg.lr, optimizer=cfg.optimizer,  # type: ignore[arg-type]
@@ -59,10 +59,10 @@ def _train_and_test(store: SiteStore, consortium: list[tuple[str, str]], cfg: Fe
                     recipe: TrainConfig | None = None,
                     folds: tuple[str, ...] = ("test",)) -> dict[str, dict[str, dict]]:
     """Train one model on ``store``; fold ("test", "valid") -> site -> task -> metrics on each test store."""
-    from models.data import TaskData
-    from models.network import MultiTaskNet
-    from models.spec import build_spec
-    from models.training import TrainConfig, evaluate, fit_target_scaling, train_epochs
+    from fedmol.models.data import TaskData
+    from fedmol.models.network import MultiTaskNet
+    from fedmol.models.spec import build_spec
+    from fedmol.models.training import TrainConfig, evaluate, fit_target_scaling, train_epochs
 
     shared = {n for n, _ in consortium}
     private = [(t.name, t.kind) for t in store.trainable_tasks() if t.name not in shared]
@@ -95,7 +95,7 @@ def _back(task: str, site: str) -> str | None:
 
 
 def _aligned(store: SiteStore, spec, rename: Callable[[str], str | None], rows: np.ndarray):  # noqa: ANN001
-    from models.data import TaskData
+    from fedmol.models.data import TaskData
 
     names = [rename(t.name) or f"\0{t.name}" for t in store.tasks]
     return TaskData.from_arrays(spec, store.X, store.Y, store.censor, names, rows)

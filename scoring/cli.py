@@ -24,27 +24,12 @@ from fedmol.errors import InputError
 CHUNK_COLUMNS = ["line", "id", "smiles", "pre_reject"]
 
 
-def resolve_model_dir(model: str, tracking_uri: str | None) -> Path:
-    """A model folder (spec.json, weights.pt, meta.json) from a path or a ``models:/NAME/VERSION`` URI."""
-    if model.startswith(("models:/", "runs:/")):
-        import mlflow
+def register(app: typer.Typer) -> None:
+    """The chemist's commands: `fedmol score` (a file) and `fedmol serve` (HTTP API and web page)."""
+    from fedmol.scoring.service import serve_command
 
-        if tracking_uri:
-            mlflow.set_tracking_uri(tracking_uri)
-        try:
-            local = Path(mlflow.artifacts.download_artifacts(model))
-        except Exception as exc:  # MlflowException and friends: say which model and where
-            msg = str(exc).splitlines()[0][:200]
-            raise InputError(f"cannot load {model} from the registry ({msg}): check the name/version and "
-                             "--tracking-uri (or $MLFLOW_TRACKING_URI)") from None
-        found = [p.parent for p in local.rglob("spec.json")]
-        if not found:
-            raise InputError(f"{model} is not a fedmol model (no spec.json in its artifacts)")
-        return found[0]
-    path = Path(model)
-    if not (path / "spec.json").exists():
-        raise InputError(f"{path} is not a fedmol model folder (expected spec.json and weights.pt)")
-    return path
+    app.command("score")(score)
+    app.command("serve")(serve_command)
 
 
 def _open_text(path: Path) -> io.TextIOBase:
@@ -60,7 +45,7 @@ def read_chunks(path: Path, smiles_col: str, id_col: str | None, chunk_size: int
     .smi (SMILES [id] per line), SDF (``line`` is the 1-based record index, id the title line or
     the property ``id_col``); gzip allowed.
     """
-    from datasets.readers import sniff_format
+    from fedmol.datasets.readers import sniff_format
 
     if not path.exists():
         raise InputError(f"input file {path} not found")
@@ -97,7 +82,7 @@ def _read_smi(path: Path, chunk_size: int) -> Iterator[pd.DataFrame]:
 def _read_sdf(path: Path, id_col: str | None, chunk_size: int) -> Iterator[pd.DataFrame]:
     from rdkit import RDLogger
 
-    from datasets.readers import _sdf_record
+    from fedmol.datasets.readers import _sdf_record
 
     RDLogger.DisableLog("rdApp.*")
     rows: list[tuple[int, str, str, str]] = []
@@ -252,7 +237,7 @@ def score(
     from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from server.scoring import Scorer, resolve_key
+    from fedmol.scoring.scorer import Scorer, resolve_key, resolve_model_dir
 
     if out.suffix not in (".csv", ".parquet"):
         raise InputError(f"--out {out}: use a .csv or .parquet file name")

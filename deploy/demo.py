@@ -46,7 +46,7 @@ class DemoOptions:
 
 def site_frames(seed: int = 0) -> dict[str, pd.DataFrame]:
     """The four sites' raw tables (wide format: smiles + their own task columns)."""
-    from datasets.embedded import freesolv, solubility
+    from fedmol.datasets.embedded import freesolv, solubility
 
     sol = solubility()
     rng = np.random.default_rng(seed)
@@ -64,10 +64,10 @@ def site_frames(seed: int = 0) -> dict[str, pd.DataFrame]:
 
 def prepare_sites(opts: DemoOptions, key_path: Path, progress: Any = None) -> dict[str, Path]:
     """Each site prepares its own table with the consortium key into ``out/sites/site-<i>``."""
-    from datasets.featurize import FeaturizeSettings
-    from datasets.keys import load_key
-    from datasets.prepare import PrepareSettings, prepare_frame
-    from datasets.readers import TableSpec
+    from fedmol.datasets.featurize import FeaturizeSettings
+    from fedmol.datasets.keys import load_key
+    from fedmol.datasets.prepare import PrepareSettings, prepare_frame
+    from fedmol.datasets.readers import TableSpec
 
     key = load_key(key_path)
     stores: dict[str, Path] = {}
@@ -93,11 +93,11 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from datasets.keys import generate_key_file
+    from fedmol.datasets.keys import generate_key_file
     from fedmol.config import FederationConfig
-    from models.report import GainTable
-    from server.baselines import train_baselines
-    from server.launcher import LocalSuperLink, flwr_run
+    from fedmol.models.report import GainTable
+    from fedmol.models.baselines import train_baselines
+    from fedmol.deploy.launcher import LocalSuperLink, flwr_run
 
     console = Console()
     out = opts.out.resolve()

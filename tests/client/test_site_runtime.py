@@ -14,8 +14,8 @@ def test_site_runtime_refuses_a_run_of_another_app_and_says_why(monkeypatch):
     import flwr.supernode.runtime.run_clientapp as runtime
     from flwr.supercore.task_identity import TaskIdentity
 
-    import client.client_app
-    import client.worker as worker
+    import fedmol.client.client_app
+    import fedmol.client.worker as worker
 
     sent: dict = {}
     ran: list = []
@@ -33,7 +33,7 @@ def test_site_runtime_refuses_a_run_of_another_app_and_says_why(monkeypatch):
     monkeypatch.setattr(runtime, "push_message", lambda client, reply, ctx: sent.update(reply=reply))
     monkeypatch.setattr(runtime, "push_task_output",
                         lambda client, context, sub_status, details: sent.update(status=sub_status, details=details))
-    monkeypatch.setattr(client.client_app, "app", lambda **kw: ran.append(kw))
+    monkeypatch.setattr(fedmol.client.client_app, "app", lambda **kw: ran.append(kw))
 
     status = worker.run_task("127.0.0.1:9", "token")
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from fedmol.errors import ConfigError
-from server.checkpoint import Checkpoint, resolve_resume
+from fedmol.server.checkpoint import Checkpoint, resolve_resume
 
 
 def test_checkpoint_round_trip_and_latest(tmp_path):

@@ -5,9 +5,9 @@ import pytest
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedMedian
 
 from fedmol import wire
-from server.rounds import HookedStrategy, validate_update
-from server.strategies import restore_strategy_state, strategy_state
-from tests.federation.messages import reply
+from fedmol.server.rounds import HookedStrategy, validate_update
+from fedmol.server.strategies import restore_strategy_state, strategy_state
+from tests.server.messages import reply
 
 GLOBAL = {"trunk.w": np.zeros((3, 2), np.float32), "heads.consortium_classification.b": np.zeros(2, np.float32)}
 
@@ -97,7 +97,7 @@ def test_fedadam_state_survives_a_checkpoint():
 
 def test_central_dp_clips_each_update_and_keeps_the_optimiser_state_reachable():
     from fedmol.config import FederationConfig
-    from server.strategies import make_strategy
+    from fedmol.server.strategies import make_strategy
 
     cfg = FederationConfig(strategy="fedadam", dp="server-fixed", dp_clipping_norm=1.0, dp_noise_multiplier=0.0,
                            min_sites=2)

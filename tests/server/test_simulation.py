@@ -21,7 +21,7 @@ import psutil
 import pytest
 
 from fedmol.config import FederationConfig
-from server.launcher import LocalSuperLink, flwr_run
+from fedmol.deploy.launcher import LocalSuperLink, flwr_run
 
 pytestmark = pytest.mark.slow
 
@@ -58,10 +58,10 @@ def _cmdline(proc: psutil.Process) -> list[str]:
 
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory):
-    from datasets.featurize import FeaturizeSettings
-    from datasets.keys import generate_key_file, load_key
-    from datasets.prepare import PrepareSettings, prepare_frame
-    from datasets.readers import TableSpec
+    from fedmol.datasets.featurize import FeaturizeSettings
+    from fedmol.datasets.keys import generate_key_file, load_key
+    from fedmol.datasets.prepare import PrepareSettings, prepare_frame
+    from fedmol.datasets.readers import TableSpec
 
     root = tmp_path_factory.mktemp("fed")
     key_path = generate_key_file(root / "consortium.key")

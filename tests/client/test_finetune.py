@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from client.site import SiteNode
+from fedmol.client.site import SiteNode
 from fedmol import wire
 from fedmol.config import FederationConfig
-from server.federation import initial_shared_arrays
-from tests.federation.synthetic import write_sites
+from fedmol.server.federation import initial_shared_arrays
+from tests.server.synthetic import write_sites
 
 
 @pytest.fixture()

@@ -22,7 +22,7 @@ def _state(workdir: Path) -> dict:
 
 
 def _link(workdir: Path):  # noqa: ANN202
-    from server.launcher import LocalSuperLink
+    from fedmol.deploy.launcher import LocalSuperLink
 
     state = _state(workdir)
     return LocalSuperLink(workdir / "flower", simulation=False, port=int(state["superlink"].rsplit(":", 1)[1]),
@@ -38,7 +38,7 @@ def init(
 
     Example: fedmol consortium init ops/ --host 10.0.0.5 --host fedmol.example.org
     """
-    from server.pki import make_ca, make_server_cert
+    from fedmol.deploy.pki import make_ca, make_server_cert
 
     pki = workdir / "pki"
     make_ca(pki)
@@ -55,7 +55,7 @@ def add_site(
 
     Example: fedmol consortium add-site ops/ acme
     """
-    from server.pki import make_site_key
+    from fedmol.deploy.pki import make_site_key
 
     private, public = make_site_key(workdir / "pki", name)
     typer.echo(f"private key {private} (stays at the site), public key {public} (admit it)")
@@ -74,7 +74,7 @@ def up(
     """
     import time
 
-    from server.consortium import LocalConsortium
+    from fedmol.deploy.consortium import LocalConsortium
 
     sites = {p.name: p for p in sorted(stores.iterdir()) if (p / "tasks.json").exists()} if stores.is_dir() else {}
     if not sites:
@@ -121,7 +121,7 @@ def run(
     Example: fedmol consortium run ops/ --set num-server-rounds=10 --set consortium-tasks="logS:regression"
     """
     from fedmol.config import FederationConfig
-    from server.launcher import flwr_run
+    from fedmol.deploy.launcher import flwr_run
 
     state = _state(workdir)
     cfg = FederationConfig(output_dir=state["output_dir"], tracking_uri=state["mlflow"] or "",

@@ -3,11 +3,11 @@
 import pandas as pd
 import pytest
 
-from datasets.keys import generate_key_file, key_fingerprint, load_key
+from fedmol.datasets.keys import generate_key_file, key_fingerprint, load_key
 from fedmol.cli import main
-from models.io import save_model
-from models.network import MultiTaskNet
-from models.spec import build_spec
+from fedmol.models.io import save_model
+from fedmol.models.network import MultiTaskNet
+from fedmol.models.spec import build_spec
 
 
 @pytest.fixture()

@@ -5,7 +5,7 @@ Endpoints:
 * ``POST /v1/score``: a JSON list of SMILES (or ``{"smiles": [...], "ids": [...]}``), a CSV body
   (``Content-Type: text/csv``) or a CSV file upload (``multipart/form-data``, field ``file``) →
   one record per molecule: index, id, smiles, canonical_smiles, error, and per task the columns of
-  `server.scoring` (prediction, MC-dropout std, conformal p-values or interval when calibrated).
+  `fedmol.scoring.scorer` (prediction, MC-dropout std, conformal p-values or interval when calibrated).
   ``?depict=true`` adds each molecule's 2D depiction (RDKit SVG); ``?format=csv`` answers CSV.
 * ``GET /v1/model``: name, version, tasks, calibration, training summary. ``GET /healthz``.
 * ``GET /``: the web page (``server/web/``); ``/docs``: the OpenAPI docs.
@@ -186,7 +186,7 @@ def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def create_app(scorer: Any, settings: ServiceSettings) -> Any:
-    """The FastAPI app around a loaded `server.scoring.Scorer`."""
+    """The FastAPI app around a loaded `fedmol.scoring.scorer.Scorer`."""
     from fastapi import FastAPI
     from fastapi.staticfiles import StaticFiles
     from starlette.concurrency import run_in_threadpool
@@ -363,8 +363,7 @@ def serve_command(
     """
     import uvicorn
 
-    from server.score_cli import resolve_model_dir
-    from server.scoring import Scorer, resolve_key
+    from fedmol.scoring.scorer import Scorer, resolve_key, resolve_model_dir
 
     if standardize not in ("model", "off"):
         raise InputError(f"--standardize {standardize!r}: use 'model' or 'off'")

@@ -3,6 +3,6 @@ so nothing is pickled into the registered model."""
 
 import mlflow.models
 
-from server.pyfunc import FedmolPyfunc
+from fedmol.scoring.pyfunc import FedmolPyfunc
 
 mlflow.models.set_model(FedmolPyfunc())

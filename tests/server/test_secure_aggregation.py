@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from fedmol.config import FederationConfig
-from server.launcher import LocalSuperLink, flwr_run
+from fedmol.deploy.launcher import LocalSuperLink, flwr_run
 
 pytestmark = pytest.mark.slow
 
@@ -31,10 +31,10 @@ N_SITES, ROWS, N_BITS = 3, 200, 1024
 def runs(tmp_path_factory):
     from mlflow.tracking import MlflowClient
 
-    from datasets.featurize import FeaturizeSettings
-    from datasets.keys import generate_key_file, load_key
-    from datasets.prepare import PrepareSettings, prepare_frame
-    from datasets.readers import TableSpec
+    from fedmol.datasets.featurize import FeaturizeSettings
+    from fedmol.datasets.keys import generate_key_file, load_key
+    from fedmol.datasets.prepare import PrepareSettings, prepare_frame
+    from fedmol.datasets.readers import TableSpec
 
     root = tmp_path_factory.mktemp("secagg")
     key = load_key(generate_key_file(root / "consortium.key"))

@@ -19,7 +19,7 @@ import pandas as pd
 
 class FedmolPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
-        from server.scoring import Scorer, resolve_key
+        from fedmol.scoring.scorer import Scorer, resolve_key
 
         config = dict(getattr(context, "model_config", None) or {})
         key = resolve_key(config.get("key_file"))

@@ -51,7 +51,7 @@ NO_CALIBRATION_NOTE = (
 
 def resolve_key(key_file: str | os.PathLike[str] | None) -> bytes:
     """The consortium key from ``key_file`` or $FEDMOL_KEY_FILE; a clear error when absent."""
-    from datasets.keys import load_key
+    from fedmol.datasets.keys import load_key
 
     path = key_file or os.environ.get(KEY_ENV)
     if not path:
@@ -110,10 +110,10 @@ class Scorer:
     def __init__(self, model_dir: str | Path, key: bytes, *, mc_samples: int = DEFAULT_MC_SAMPLES,
                  site_store: str | Path | None = None, confidence: float = 0.8,
                  standardize: bool | None = None, seed: int = 0, canonical_smiles: bool = True) -> None:
-        from datasets.featurize import FeaturizeSettings, bit_permutation
-        from datasets.keys import key_fingerprint
-        from datasets.standardize import StandardizeSettings
-        from models.io import load_calibration, load_model
+        from fedmol.datasets.featurize import FeaturizeSettings, bit_permutation
+        from fedmol.datasets.keys import key_fingerprint
+        from fedmol.datasets.standardize import StandardizeSettings
+        from fedmol.models.io import load_calibration, load_model
 
         if not 0 < confidence < 1:
             raise InputError(f"confidence must be between 0 and 1, not {confidence}")
@@ -149,11 +149,11 @@ class Scorer:
         """Shared weights from the model folder + private heads from the store; calibrate on valid."""
         import torch
 
-        from client.site import SiteNode
+        from fedmol.client.site import SiteNode
         from fedmol.config import FederationConfig
-        from models.data import TaskData
-        from models.network import MultiTaskNet
-        from models.uncertainty import calibrate
+        from fedmol.models.data import TaskData
+        from fedmol.models.network import MultiTaskNet
+        from fedmol.models.uncertainty import calibrate
 
         run_config = self.meta.get("run_config")
         federation_id = self.meta.get("federation_id")
@@ -212,8 +212,8 @@ class Scorer:
         """Standardise and featurise; rejected molecules keep their reason in ``errors``."""
         from rdkit import Chem
 
-        from datasets.featurize import Featurizer
-        from datasets.standardize import MoleculeReject, Standardizer
+        from fedmol.datasets.featurize import Featurizer
+        from fedmol.datasets.standardize import MoleculeReject, Standardizer
 
         if self._standardizer is None:  # built once: RDKit's standardisation helpers are costly
             self._standardizer = Standardizer(self.standardize)
@@ -309,7 +309,7 @@ def predict_units(model: Any, X: sp.csr_matrix, mc_samples: int, *, seed: int = 
     """
     import torch
 
-    from models.data import iter_feature_batches, transform_features
+    from fedmol.models.data import iter_feature_batches, transform_features
 
     Xt = transform_features(X, model.spec.input_transform)
     heads = model.heads
@@ -380,3 +380,26 @@ def predict_units(model: Any, X: sp.csr_matrix, mc_samples: int, *, seed: int = 
 def model_summary(model_dir: str | Path) -> dict[str, Any]:
     meta_path = Path(model_dir) / "meta.json"
     return json.loads(meta_path.read_text()) if meta_path.exists() else {}
+
+
+def resolve_model_dir(model: str, tracking_uri: str | None) -> Path:
+    """A model folder (spec.json, weights.pt, meta.json) from a path or a ``models:/NAME/VERSION`` URI."""
+    if model.startswith(("models:/", "runs:/")):
+        import mlflow
+
+        if tracking_uri:
+            mlflow.set_tracking_uri(tracking_uri)
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(model))
+        except Exception as exc:  # MlflowException and friends: say which model and where
+            msg = str(exc).splitlines()[0][:200]
+            raise InputError(f"cannot load {model} from the registry ({msg}): check the name/version and "
+                             "--tracking-uri (or $MLFLOW_TRACKING_URI)") from None
+        found = [p.parent for p in local.rglob("spec.json")]
+        if not found:
+            raise InputError(f"{model} is not a fedmol model (no spec.json in its artifacts)")
+        return found[0]
+    path = Path(model)
+    if not (path / "spec.json").exists():
+        raise InputError(f"{path} is not a fedmol model folder (expected spec.json and weights.pt)")
+    return path
