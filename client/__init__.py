@@ -1,0 +1,11 @@
+"""The site's node: what runs at a company or institute and takes part in federations.
+
+Modules (import them directly; nothing is imported here):
+
+- `fedmol.client.site`: `SiteNode`, a site's side of a federation free of Flower (its store, the
+  private heads on disk, train/evaluate/fine-tune rounds, the outbox ledger)
+- `fedmol.client.client_app`: the Flower ClientApp (decode the message, let the site work, encode the reply)
+- `fedmol.client.worker`: the site runtime, ``fedmol site worker`` (runs the ClientApp warm for its SuperNode)
+- `fedmol.client.supernode`: ``fedmol-supernode``, Flower's SuperNode with a shorter idle wait
+- `fedmol.client.cli`: ``fedmol site ...`` (``ledger``, ``worker``)
+"""

@@ -1,10 +1,21 @@
 """The site data pipeline: input files → standardised, featurised, folded site stores.
 
-Modules: ``keys`` (consortium key), ``readers`` (CSV/TSV/SDF/.smi), ``labels`` (qualifiers,
-thresholds), ``standardize``, ``featurize``, ``folds``, ``tasks`` (catalogue and quorums),
-``structures`` (the per-molecule hot path over a process pool), ``prepare`` (one file → one
-store), ``reference`` (reference hash), ``store`` (the store format; loading needs no RDKit),
-``partition`` (simulated sites), ``embedded`` (demo data), ``cli``.
+Modules (import them directly as ``fedmol.datasets.NAME``; nothing is imported here):
 
-Nothing is imported here, so ``from fedmol.datasets.store import SiteStore`` stays free of RDKit.
+- `fedmol.datasets.keys`: the consortium key (generate, load, fingerprint)
+- `fedmol.datasets.readers`: CSV/TSV/SDF/.smi input
+- `fedmol.datasets.labels`: qualifiers and thresholds
+- `fedmol.datasets.standardize`: `Standardizer`, `parse_smiles`, `MoleculeReject`
+- `fedmol.datasets.featurize`: `Featurizer`, the key-derived bit permutation
+- `fedmol.datasets.folds`: scaffold folds
+- `fedmol.datasets.tasks`: the task catalogue and quorums
+- `fedmol.datasets.structures`: the per-molecule hot path over a process pool
+- `fedmol.datasets.prepare`: one file → one store (``fedmol prepare``)
+- `fedmol.datasets.reference`: the consortium's reference hash
+- `fedmol.datasets.store`: `SiteStore`, the store format (loading needs no RDKit)
+- `fedmol.datasets.partition`: simulated sites
+- `fedmol.datasets.embedded`: demo data that ships with the package
+- `fedmol.datasets.cli`: ``fedmol keygen``, ``fedmol prepare``
+
+So ``from fedmol.datasets.store import SiteStore`` stays free of RDKit.
 """

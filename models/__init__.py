@@ -1,5 +1,6 @@
 """fedmol models: the sparse-input multi-task network (shared trunk, consortium and private heads),
-its losses, metrics, uncertainty, training loop and checkpoint format.
+its losses, metrics, uncertainty, training loop and checkpoint format, and the local-only and pooled
+baselines a federation is compared with.
 
 Modules (import them directly; this package imports nothing heavy so ``fedmol --help`` stays fast):
 
@@ -12,5 +13,6 @@ Modules (import them directly; this package imports nothing heavy so ``fedmol --
 - `fedmol.models.uncertainty`: MC dropout and split-conformal calibration
 - `fedmol.models.io`: `save_model`/`load_model` (``spec.json`` + ``weights.pt`` + ``meta.json``)
 - `fedmol.models.report`: `GainTable`, the local / pooled / federated comparison
+- `fedmol.models.baselines`: local-only and pooled baselines on the same sites, folds and model shape
 - `fedmol.models.cli`: ``fedmol train``
 """

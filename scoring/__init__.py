@@ -1,0 +1,13 @@
+"""Scoring for chemists: a registered (or a site's full) model applied to candidate molecules.
+
+Modules (import them directly; nothing is imported here, so ``fedmol --help`` stays fast):
+
+- `fedmol.scoring.scorer`: `Scorer` (standardise and featurise as the sites did, predict with
+  MC-dropout std and, with a site store, conformal p-values/intervals), `predict_units`
+- `fedmol.scoring.cli`: ``fedmol score`` (a file in, predictions out, streamed in chunks over
+  worker processes) and the registration of ``fedmol serve``
+- `fedmol.scoring.service`: ``fedmol serve``, the HTTP API (FastAPI under uvicorn): token auth,
+  body parsing and limits as parts of their own, and the web page in ``web/``
+- `fedmol.scoring.pyfunc`: the MLflow pyfunc of a shared model
+- `fedmol.scoring.pyfunc_entry`: the "models from code" file registered models load (its path is fixed)
+"""

@@ -8,7 +8,7 @@ Endpoints:
   `fedmol.scoring.scorer` (prediction, MC-dropout std, conformal p-values or interval when calibrated).
   ``?depict=true`` adds each molecule's 2D depiction (RDKit SVG); ``?format=csv`` answers CSV.
 * ``GET /v1/model``: name, version, tasks, calibration, training summary. ``GET /healthz``.
-* ``GET /``: the web page (``server/web/``); ``/docs``: the OpenAPI docs.
+* ``GET /``: the web page (``scoring/web/``); ``/docs``: the OpenAPI docs.
 
 Access: scoring and the model description need a bearer token (``Authorization: Bearer T``);
 tokens come from a file (one per line, ``#`` comments) or an environment variable (comma-separated).
@@ -33,7 +33,7 @@ from typing import Annotated, Any
 import numpy as np
 import pandas as pd
 import typer
-from fastapi import HTTPException, Request
+from fastapi import Depends, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from fedmol.errors import InputError
@@ -185,6 +185,173 @@ def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     return out
 
 
+# -- access: bearer tokens and the rate limit ---------------------------------------------------
+
+class TokenAuth:
+    """FastAPI dependency: the request's bearer token, checked in constant time against every
+    known token (401 otherwise); returns the token, which keys the rate limit."""
+
+    def __init__(self, tokens: frozenset[str] | set[str] | list[str]) -> None:
+        self._tokens = [t.encode() for t in tokens]
+
+    def __call__(self, request: Request) -> str:
+        return self.check(request.headers.get("authorization", ""))
+
+    def check(self, header: str) -> str:
+        """The token of an ``Authorization`` header value; HTTPException(401) when missing or unknown."""
+        scheme, _, token = header.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise HTTPException(401, "missing access token: send 'Authorization: Bearer TOKEN'",
+                                headers={"WWW-Authenticate": "Bearer"})
+        given = token.encode()
+        # Compare against every token (no early exit), so timing tells nothing about which is close.
+        if not any([hmac.compare_digest(given, t) for t in self._tokens]):
+            raise HTTPException(401, "invalid access token",
+                                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        return token
+
+
+def charge_quota(limiter: RateLimiter, token: str, n: int) -> None:
+    """Take n molecules from the token's bucket; HTTPException(429) with Retry-After when it is empty."""
+    wait = limiter.take(token, n)
+    if wait > 0:
+        retry = math.ceil(wait)
+        raise HTTPException(429, f"rate limit: at most {limiter.capacity:,} molecules per {limiter.window:g} s "
+                                 f"per token; try again in {retry} s", headers={"Retry-After": str(retry)})
+
+
+# -- request bodies: JSON, CSV, multipart upload ---------------------------------------------------
+
+@dataclass(frozen=True)
+class Molecules:
+    """The molecules of one request: SMILES and, when the caller gave them, ids (same length)."""
+
+    smiles: list[str]
+    ids: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.smiles)
+
+
+def parse_json_molecules(body: bytes) -> Molecules:
+    """A JSON list of SMILES or ``{"smiles": [...], "ids": [...]}``; HTTPException(422) otherwise."""
+    try:
+        payload = json.loads(body or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise HTTPException(422, f"body is not valid JSON ({exc.__class__.__name__}): send a JSON list "
+                                 "of SMILES, {\"smiles\": [...]}, or a CSV file") from None
+    ids = None
+    if isinstance(payload, dict):
+        ids = payload.get("ids")
+        payload = payload.get("smiles")
+    if not isinstance(payload, list) or not all(isinstance(s, str) for s in payload):
+        raise HTTPException(422, "expected a JSON list of SMILES strings, or {\"smiles\": [...], \"ids\": [...]}")
+    if ids is not None and (not isinstance(ids, list) or len(ids) != len(payload)):
+        raise HTTPException(422, "'ids' must be a list as long as 'smiles'")
+    return Molecules(payload, [str(i) for i in ids] if ids is not None else None)
+
+
+def parse_csv_molecules(data: bytes) -> Molecules:
+    """A CSV with a header line: the ``smiles`` column (or the only column), ids from ``id``."""
+    try:
+        frame = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise HTTPException(422, f"cannot read the CSV ({str(exc).splitlines()[0][:100]}): expected a "
+                                 "header line with a 'smiles' column") from None
+    cols = {c.lower(): c for c in frame.columns}
+    if "smiles" not in cols:
+        if len(frame.columns) != 1:
+            raise HTTPException(422, f"the CSV has no 'smiles' column; its columns are {list(frame.columns)}")
+        cols["smiles"] = frame.columns[0]
+    ids = frame[cols["id"]].tolist() if "id" in cols else None
+    return Molecules(frame[cols["smiles"]].tolist(), ids)
+
+
+CSV_TYPES = ("text/csv", "text/plain", "application/csv")
+
+
+class MoleculeReader:
+    """FastAPI dependency: the molecules of a scoring request (a JSON body, a CSV body, or a CSV
+    upload in the multipart field ``file``), at most ``max_molecules`` (413 beyond). The body's
+    size in bytes is bounded before this by `BodyLimitMiddleware`."""
+
+    def __init__(self, max_molecules: int) -> None:
+        self.max_molecules = max_molecules
+
+    async def __call__(self, request: Request) -> Molecules:
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype == "multipart/form-data":
+            form = await request.form()
+            upload = form.get("file")
+            if upload is None or isinstance(upload, str):
+                raise HTTPException(422, "multipart upload needs a CSV file in the field 'file'")
+            molecules = parse_csv_molecules(await upload.read())
+        elif ctype in CSV_TYPES:
+            molecules = parse_csv_molecules(await request.body())
+        else:
+            molecules = parse_json_molecules(await request.body())
+        self.check_count(len(molecules))
+        return molecules
+
+    def check_count(self, n: int) -> None:
+        if n > self.max_molecules:
+            raise HTTPException(413, f"too many molecules: {n:,} in this request, the limit is "
+                                     f"{self.max_molecules:,} per request; split them over several requests")
+
+
+def bearer_token(request: Request) -> str:
+    """Dependency: the request's checked token, by the app's `TokenAuth` (``app.state.auth``)."""
+    return request.app.state.auth(request)
+
+
+async def request_molecules(request: Request) -> Molecules:
+    """Dependency: the request's molecules, by the app's `MoleculeReader` (``app.state.read_molecules``)."""
+    return await request.app.state.read_molecules(request)
+
+
+BearerToken = Annotated[str, Depends(bearer_token)]
+RequestMolecules = Annotated[Molecules, Depends(request_molecules)]
+
+
+# -- scoring -------------------------------------------------------------------------------------
+
+def score_frame(scorer: Any, molecules: Molecules, depict: bool) -> pd.DataFrame:
+    """index, id, then the scorer's columns (and ``svg`` with ``depict``), one row per molecule."""
+    smiles = molecules.smiles
+    frame = scorer.score(smiles)
+    frame.insert(0, "id", molecules.ids if molecules.ids is not None else [str(i) for i in range(len(smiles))])
+    frame.insert(0, "index", np.arange(len(smiles)))
+    if depict:
+        frame["svg"] = [depict_svg(s) if i < MAX_DEPICTIONS else "" for i, s in enumerate(frame["canonical_smiles"])]
+    return frame
+
+
+def score_response(frame: pd.DataFrame, fmt: str, scorer: Any, settings: ServiceSettings) -> Response:
+    """The answer to a scoring request: CSV (``fmt="csv"``, no depictions) or JSON with the counts."""
+    if fmt == "csv":
+        return Response(frame.drop(columns=["svg"], errors="ignore").to_csv(index=False), media_type="text/csv")
+    n_rejected = int((frame["error"] != "").sum())
+    return JSONResponse({
+        "model": {"name": settings.model_name, "version": settings.model_version},
+        "n_read": len(frame), "n_scored": len(frame) - n_rejected, "n_rejected": n_rejected,
+        "tasks": [t.__dict__ for t in scorer.tasks], "columns": scorer.columns,
+        "calibration": scorer.calibration_note,
+        "results": _records(frame),
+    })
+
+
+SCORE_BODY = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": {"oneOf": [
+        {"type": "array", "items": {"type": "string"}, "example": ["CCO", "c1ccccc1O"]},
+        {"type": "object", "properties": {"smiles": {"type": "array", "items": {"type": "string"}},
+                                          "ids": {"type": "array", "items": {"type": "string"}}},
+         "required": ["smiles"]}]}},
+    "text/csv": {"schema": {"type": "string"}, "example": "id,smiles\nm1,CCO\n"},
+    "multipart/form-data": {"schema": {"type": "object", "properties": {
+        "file": {"type": "string", "format": "binary"}}}}}}}
+
+
 def create_app(scorer: Any, settings: ServiceSettings) -> Any:
     """The FastAPI app around a loaded `fedmol.scoring.scorer.Scorer`."""
     from fastapi import FastAPI
@@ -200,118 +367,33 @@ def create_app(scorer: Any, settings: ServiceSettings) -> Any:
     )
     limiter = RateLimiter(settings.rate_molecules, settings.rate_window)
     lock = threading.Lock()  # MC dropout switches the model's mode: one scoring call at a time
-    tokens = [t.encode() for t in settings.tokens]
-
-    def authorise(request: Request) -> str:
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise HTTPException(401, "missing access token: send 'Authorization: Bearer TOKEN'",
-                                headers={"WWW-Authenticate": "Bearer"})
-        given = token.strip().encode()
-        if not any(hmac.compare_digest(given, t) for t in tokens):
-            raise HTTPException(401, "invalid access token",
-                                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
-        return token.strip()
-
-    async def read_molecules(request: Request) -> tuple[list[str], list[str] | None]:
-        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if ctype == "multipart/form-data":
-            form = await request.form()
-            upload = form.get("file")
-            if upload is None or isinstance(upload, str):
-                raise HTTPException(422, "multipart upload needs a CSV file in the field 'file'")
-            return _parse_csv(await upload.read())
-        body = await request.body()
-        if ctype in ("text/csv", "text/plain", "application/csv"):
-            return _parse_csv(body)
-        try:
-            payload = json.loads(body or b"null")
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise HTTPException(422, f"body is not valid JSON ({exc.__class__.__name__}): send a JSON list "
-                                     "of SMILES, {\"smiles\": [...]}, or a CSV file") from None
-        ids = None
-        if isinstance(payload, dict):
-            ids = payload.get("ids")
-            payload = payload.get("smiles")
-        if not isinstance(payload, list) or not all(isinstance(s, str) for s in payload):
-            raise HTTPException(422, "expected a JSON list of SMILES strings, or {\"smiles\": [...], \"ids\": [...]}")
-        if ids is not None and (not isinstance(ids, list) or len(ids) != len(payload)):
-            raise HTTPException(422, "'ids' must be a list as long as 'smiles'")
-        return payload, [str(i) for i in ids] if ids is not None else None
-
-    def _parse_csv(data: bytes) -> tuple[list[str], list[str] | None]:
-        try:
-            frame = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
-        except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-            raise HTTPException(422, f"cannot read the CSV ({str(exc).splitlines()[0][:100]}): expected a "
-                                     "header line with a 'smiles' column") from None
-        cols = {c.lower(): c for c in frame.columns}
-        if "smiles" not in cols:
-            if len(frame.columns) != 1:
-                raise HTTPException(422, f"the CSV has no 'smiles' column; its columns are {list(frame.columns)}")
-            cols["smiles"] = frame.columns[0]
-        ids = frame[cols["id"]].tolist() if "id" in cols else None
-        return frame[cols["smiles"]].tolist(), ids
+    app.state.auth = TokenAuth(settings.tokens)
+    app.state.read_molecules = MoleculeReader(settings.max_molecules)
 
     @app.get("/healthz", tags=["service"], summary="Liveness: the model is loaded")
     async def healthz() -> dict[str, Any]:
         return {"status": "ok", "tasks": len(scorer.tasks)}
 
     @app.get("/v1/model", tags=["scoring"], summary="The model: name, version, tasks, training summary")
-    async def model_info(request: Request) -> dict[str, Any]:
-        authorise(request)
+    async def model_info(token: BearerToken) -> dict[str, Any]:
         return {"name": settings.model_name, "version": settings.model_version, **scorer.describe(),
                 "limits": {"max_molecules": settings.max_molecules, "max_request_bytes": settings.max_request_bytes,
                            "rate_molecules": settings.rate_molecules, "rate_window_s": settings.rate_window}}
 
-    score_body = {"requestBody": {"required": True, "content": {
-        "application/json": {"schema": {"oneOf": [
-            {"type": "array", "items": {"type": "string"}, "example": ["CCO", "c1ccccc1O"]},
-            {"type": "object", "properties": {"smiles": {"type": "array", "items": {"type": "string"}},
-                                              "ids": {"type": "array", "items": {"type": "string"}}},
-             "required": ["smiles"]}]}},
-        "text/csv": {"schema": {"type": "string"}, "example": "id,smiles\nm1,CCO\n"},
-        "multipart/form-data": {"schema": {"type": "object", "properties": {
-            "file": {"type": "string", "format": "binary"}}}}}}}
-
-    @app.post("/v1/score", tags=["scoring"], openapi_extra=score_body, response_model=None,
+    @app.post("/v1/score", tags=["scoring"], openapi_extra=SCORE_BODY, response_model=None,
               summary="Score molecules: predictions, uncertainty, conformal p-values/intervals")
-    async def score(request: Request, depict: bool = False, format: str = "json") -> Response:  # noqa: A002
-        token = authorise(request)
+    async def score(token: BearerToken, molecules: RequestMolecules, depict: bool = False,
+                    format: str = "json") -> Response:  # noqa: A002
         if format not in ("json", "csv"):
             raise HTTPException(422, "format must be json or csv")
-        smiles, ids = await read_molecules(request)
-        if len(smiles) > settings.max_molecules:
-            raise HTTPException(413, f"too many molecules: {len(smiles):,} in this request, the limit is "
-                                     f"{settings.max_molecules:,} per request; split them over several requests")
-        wait = limiter.take(token, len(smiles))
-        if wait > 0:
-            raise HTTPException(429, f"rate limit: at most {settings.rate_molecules:,} molecules per "
-                                     f"{settings.rate_window:g} s per token; try again in {math.ceil(wait)} s",
-                                headers={"Retry-After": str(math.ceil(wait))})
+        charge_quota(limiter, token, len(molecules))
 
         def run() -> pd.DataFrame:
             with lock:
-                frame = scorer.score(smiles)
-            frame.insert(0, "id", ids if ids is not None else [str(i) for i in range(len(smiles))])
-            frame.insert(0, "index", np.arange(len(smiles)))
-            if depict:
-                frame["svg"] = [depict_svg(s) if i < MAX_DEPICTIONS else ""
-                                for i, s in enumerate(frame["canonical_smiles"])]
-            return frame
+                return score_frame(scorer, molecules, depict)
 
         frame = await run_in_threadpool(run)
-        n_rejected = int((frame["error"] != "").sum())
-        if format == "csv":
-            return Response(frame.drop(columns=["svg"], errors="ignore").to_csv(index=False), media_type="text/csv")
-        return JSONResponse({
-            "model": {"name": settings.model_name, "version": settings.model_version},
-            "n_read": len(frame), "n_scored": len(frame) - n_rejected, "n_rejected": n_rejected,
-            "tasks": [t.__dict__ for t in scorer.tasks], "columns": scorer.columns,
-            "calibration": scorer.calibration_note,
-            "results": _records(frame),
-        })
+        return score_response(frame, format, scorer, settings)
 
     @app.get("/", include_in_schema=False, response_model=None)
     async def index() -> FileResponse:

@@ -1,0 +1,206 @@
+"""The scoring service's parts on their own: token auth, the rate-limit charge, body parsing, and the
+app around a stand-in scorer (FastAPI's TestClient, no model and no uvicorn: fast)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pandas as pd
+import pytest
+from fastapi import HTTPException
+from starlette.requests import Request
+
+from fedmol.scoring.service import (
+    MoleculeReader,
+    Molecules,
+    RateLimiter,
+    ServiceSettings,
+    TokenAuth,
+    charge_quota,
+    create_app,
+    parse_csv_molecules,
+    parse_json_molecules,
+    score_frame,
+)
+
+TOKEN = "unit-token-0123456789abcdef"
+
+
+def _request(body: bytes, content_type: str = "application/json", headers: dict[str, str] | None = None) -> Request:
+    sent = False
+
+    async def receive() -> dict:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    raw = [(b"content-type", content_type.encode())] + [(k.lower().encode(), v.encode())
+                                                         for k, v in (headers or {}).items()]
+    scope = {"type": "http", "method": "POST", "path": "/v1/score", "headers": raw, "query_string": b"",
+             "client": ("127.0.0.1", 5000)}
+    return Request(scope, receive)
+
+
+def _status(exc_info: pytest.ExceptionInfo[HTTPException]) -> tuple[int, str]:
+    return exc_info.value.status_code, str(exc_info.value.detail)
+
+
+# -- auth ------------------------------------------------------------------------------------------
+
+def test_token_auth_accepts_a_known_token_only():
+    auth = TokenAuth({TOKEN, "second-token-0123456789abcdef"})
+    assert auth.check(f"Bearer {TOKEN}") == TOKEN
+    assert auth.check(f"bearer   {TOKEN}  ") == TOKEN  # scheme is case-insensitive, spaces stripped
+    assert auth(_request(b"", headers={"Authorization": f"Bearer {TOKEN}"})) == TOKEN
+    for header, detail in [("", "missing access token"), (f"Basic {TOKEN}", "missing access token"),
+                           ("Bearer ", "missing access token"), (f"Bearer {TOKEN}x", "invalid access token"),
+                           (f"Bearer {TOKEN[:-1]}", "invalid access token")]:
+        with pytest.raises(HTTPException) as exc:
+            auth.check(header)
+        assert _status(exc)[0] == 401 and detail in _status(exc)[1], header
+        assert exc.value.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_charge_quota_answers_429_with_retry_after():
+    limiter = RateLimiter(capacity=10, window=100.0)
+    charge_quota(limiter, TOKEN, 10)
+    with pytest.raises(HTTPException) as exc:
+        charge_quota(limiter, TOKEN, 1)
+    assert exc.value.status_code == 429 and "at most 10 molecules per 100 s" in exc.value.detail
+    assert int(exc.value.headers["Retry-After"]) >= 10
+    charge_quota(limiter, "another-token-0123456789", 10)  # every token has its own bucket
+
+
+# -- bodies ----------------------------------------------------------------------------------------
+
+def test_parse_json_list_and_object():
+    assert parse_json_molecules(b'["CCO", "c1ccccc1O"]') == Molecules(["CCO", "c1ccccc1O"], None)
+    assert parse_json_molecules(b'{"smiles": ["CCO"], "ids": [7]}') == Molecules(["CCO"], ["7"])
+    assert parse_json_molecules(b"[]") == Molecules([], None)
+
+
+@pytest.mark.parametrize("body, detail", [
+    (b"{not json", "not valid JSON"),
+    (b"", "list of SMILES"),
+    (b"[1, 2]", "list of SMILES"),
+    (b'{"ids": ["a"]}', "list of SMILES"),
+    (b'{"smiles": ["CCO"], "ids": ["a", "b"]}', "'ids' must be a list as long as 'smiles'"),
+    (b"\xff\xfe\xfa", "not valid JSON"),
+])
+def test_parse_json_rejects_bad_bodies_with_422(body, detail):
+    with pytest.raises(HTTPException) as exc:
+        parse_json_molecules(body)
+    assert exc.value.status_code == 422 and detail in exc.value.detail
+
+
+def test_parse_csv_columns():
+    assert parse_csv_molecules(b"id,smiles\nm1,CCO\nm2,c1ccccc1O\n") == Molecules(["CCO", "c1ccccc1O"], ["m1", "m2"])
+    assert parse_csv_molecules(b"SMILES,value\nCCO,1\n") == Molecules(["CCO"], None)  # case-insensitive
+    assert parse_csv_molecules(b"structure\nCCO\nCCN\n") == Molecules(["CCO", "CCN"], None)  # the only column
+    with pytest.raises(HTTPException) as exc:
+        parse_csv_molecules(b"name,value\nx,1\n")
+    assert exc.value.status_code == 422 and "no 'smiles' column" in exc.value.detail
+    with pytest.raises(HTTPException) as exc:
+        parse_csv_molecules(b"")
+    assert exc.value.status_code == 422 and "header line" in exc.value.detail
+
+
+def test_molecule_reader_dispatches_on_content_type_and_limits_the_count():
+    reader = MoleculeReader(max_molecules=2)
+    run = asyncio.run
+    assert run(reader(_request(b'["CCO"]'))) == Molecules(["CCO"], None)
+    assert run(reader(_request(b"smiles\nCCO\n", "text/csv; charset=utf-8"))) == Molecules(["CCO"], None)
+    assert run(reader(_request(b"smiles\nCCO\n", "text/plain"))) == Molecules(["CCO"], None)
+    boundary = "XyZ"
+    multipart = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.csv\"\r\n"
+                 f"Content-Type: text/csv\r\n\r\nid,smiles\r\nm1,CCO\r\n\r\n--{boundary}--\r\n").encode()
+    assert run(reader(_request(multipart, f"multipart/form-data; boundary={boundary}"))) == Molecules(["CCO"], ["m1"])
+    no_file = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"other\"\r\n\r\nx\r\n"
+               f"--{boundary}--\r\n").encode()
+    with pytest.raises(HTTPException) as exc:
+        run(reader(_request(no_file, f"multipart/form-data; boundary={boundary}")))
+    assert exc.value.status_code == 422 and "field 'file'" in exc.value.detail
+    with pytest.raises(HTTPException) as exc:
+        run(reader(_request(json.dumps(["C"] * 3).encode())))
+    assert exc.value.status_code == 413 and "3 in this request, the limit is 2" in exc.value.detail
+
+
+# -- scoring and the app, around a stand-in scorer --------------------------------------------------
+
+class FakeScorer:
+    """Scores every SMILES as its length; '' and anything with '(' are rejected."""
+
+    tasks: list = []
+    columns = ["length"]
+    calibration_note = "none"
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    def score(self, smiles: list[str]) -> pd.DataFrame:
+        self.calls.append(list(smiles))
+        errors = ["empty SMILES" if not s else "unparsable SMILES" if "(" in s else "" for s in smiles]
+        ok = [not e for e in errors]
+        return pd.DataFrame({"smiles": smiles,
+                             "canonical_smiles": [s if k else "" for s, k in zip(smiles, ok, strict=True)],
+                             "error": errors,
+                             "length": [float(len(s)) if k else float("nan") for s, k in zip(smiles, ok, strict=True)]})
+
+    def describe(self) -> dict:
+        return {"tasks": []}
+
+
+def test_score_frame_adds_index_ids_and_depictions():
+    frame = score_frame(FakeScorer(), Molecules(["CCO", "x("], ["a", "b"]), depict=True)
+    assert list(frame.columns[:3]) == ["index", "id", "smiles"] and list(frame["id"]) == ["a", "b"]
+    assert frame["svg"][0].startswith("<svg") and frame["svg"][1] == ""
+    frame = score_frame(FakeScorer(), Molecules(["CCO", "CC"]), depict=False)
+    assert list(frame["id"]) == ["0", "1"] and "svg" not in frame.columns
+
+
+@pytest.fixture()
+def client():
+    from fastapi.testclient import TestClient
+
+    scorer = FakeScorer()
+    settings = ServiceSettings(tokens=frozenset({TOKEN}), max_molecules=5, max_request_bytes=2000,
+                               rate_molecules=8, rate_window=3600.0)
+    with TestClient(create_app(scorer, settings)) as c:
+        c.scorer = scorer
+        yield c
+
+
+def _auth() -> dict[str, str]:
+    return {"Authorization": f"Bearer {TOKEN}"}
+
+
+def test_app_scores_json_and_csv(client):
+    r = client.post("/v1/score", json={"smiles": ["CCO", "x(", ""], "ids": ["a", "b", "c"]}, headers=_auth())
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["n_read"], body["n_scored"], body["n_rejected"]) == (3, 1, 2)
+    assert [x["length"] for x in body["results"]] == [3.0, None, None]
+    csv_headers = {**_auth(), "Content-Type": "text/csv"}
+    r = client.post("/v1/score?format=csv", content="id,smiles\nm1,CCO\n", headers=csv_headers)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
+    assert r.text.splitlines()[0].startswith("index,id,smiles,canonical_smiles,error,length")
+
+
+def test_app_checks_token_format_and_limits(client):
+    assert client.post("/v1/score", json=["CCO"]).status_code == 401
+    assert client.get("/v1/model").status_code == 401
+    assert client.get("/v1/model", headers=_auth()).json()["limits"]["max_molecules"] == 5
+    assert client.get("/healthz").json()["status"] == "ok"
+    r = client.post("/v1/score?format=xml", json=["CCO"], headers=_auth())
+    assert r.status_code == 422 and "json or csv" in r.json()["detail"]
+    r = client.post("/v1/score", json=["C"] * 6, headers=_auth())
+    assert r.status_code == 413 and "limit is 5 per request" in r.json()["detail"]
+    r = client.post("/v1/score", json=["C" * 500] * 5, headers=_auth())
+    assert r.status_code == 413 and "request body too large" in r.json()["detail"]
+    assert client.scorer.calls == []  # nothing above reached the scorer
+    assert client.post("/v1/score", json=["C"] * 5, headers=_auth()).status_code == 200
+    r = client.post("/v1/score", json=["C"] * 5, headers=_auth())
+    assert r.status_code == 429 and int(r.headers["retry-after"]) > 0
