@@ -19,6 +19,7 @@ reconstruction queries, so unlimited querying could leak what it was trained on.
 
 from __future__ import annotations
 
+import csv
 import hmac
 import io
 import json
@@ -225,10 +226,12 @@ def charge_quota(limiter: RateLimiter, token: str, n: int) -> None:
 
 @dataclass(frozen=True)
 class Molecules:
-    """The molecules of one request: SMILES and, when the caller gave them, ids (same length)."""
+    """The molecules of one request: SMILES and, when the caller gave them, ids; ``errors`` holds a
+    reason per row already rejected while reading ("" for the others), or None when there is none."""
 
     smiles: list[str]
     ids: list[str] | None = None
+    errors: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.smiles)
@@ -253,19 +256,56 @@ def parse_json_molecules(body: bytes) -> Molecules:
 
 
 def parse_csv_molecules(data: bytes) -> Molecules:
-    """A CSV with a header line: the ``smiles`` column (or the only column), ids from ``id``."""
+    """A CSV with a header line: the ``smiles`` column (or the only column), ids from ``id``.
+
+    Strict: a row whose field count differs from the header's, or with bytes that are not UTF-8,
+    is rejected with its physical line (its SMILES and id left empty); blank lines are skipped.
+    """
+    text = data.decode("utf-8-sig", errors="surrogateescape")  # a bad byte spoils its row only
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header: list[str] | None = None
+    rows: list[tuple[int, list[str]]] = []  # (first physical line, fields)
+    line = 1
     try:
-        frame = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise HTTPException(422, f"cannot read the CSV ({str(exc).splitlines()[0][:100]}): expected a "
-                                 "header line with a 'smiles' column") from None
-    cols = {c.lower(): c for c in frame.columns}
+        for fields in reader:
+            if any(f.strip() for f in fields):
+                if header is None:
+                    header = [f.strip() for f in fields]
+                else:
+                    rows.append((line, fields))
+            line = reader.line_num + 1
+    except csv.Error as exc:
+        raise HTTPException(422, f"cannot read the CSV at line {line}: {exc}") from None
+    if header is None:
+        raise HTTPException(422, "cannot read the CSV (no header line): expected a header line with a 'smiles' column")
+    cols: dict[str, int] = {}
+    for i, name in enumerate(header):
+        cols.setdefault(name.lower(), i)
     if "smiles" not in cols:
-        if len(frame.columns) != 1:
-            raise HTTPException(422, f"the CSV has no 'smiles' column; its columns are {list(frame.columns)}")
-        cols["smiles"] = frame.columns[0]
-    ids = frame[cols["id"]].tolist() if "id" in cols else None
-    return Molecules(frame[cols["smiles"]].tolist(), ids)
+        if len(header) != 1:
+            raise HTTPException(422, f"the CSV has no 'smiles' column; its columns are {header}")
+        cols["smiles"] = 0
+    smiles_at, id_at = cols["smiles"], cols.get("id")
+    smiles, ids, errors = [], [], []
+    for line, fields in rows:
+        error = ""
+        if len(fields) != len(header):
+            n = len(fields)
+            error = f"line {line}: {n} field{'s' if n != 1 else ''}, the header has {len(header)}"
+        elif not _is_utf8(fields):
+            error = f"line {line}: not valid UTF-8"
+        smiles.append("" if error else fields[smiles_at])
+        ids.append("" if error or id_at is None else fields[id_at])
+        errors.append(error)
+    return Molecules(smiles, ids if id_at is not None else None, errors if any(errors) else None)
+
+
+def _is_utf8(fields: list[str]) -> bool:
+    try:
+        "".join(fields).encode("utf-8")
+    except UnicodeEncodeError:  # surrogates: bytes that were not UTF-8 (surrogateescape)
+        return False
+    return True
 
 
 CSV_TYPES = ("text/csv", "text/plain", "application/csv")
@@ -320,6 +360,8 @@ def score_frame(scorer: Any, molecules: Molecules, depict: bool) -> pd.DataFrame
     """index, id, then the scorer's columns (and ``svg`` with ``depict``), one row per molecule."""
     smiles = molecules.smiles
     frame = scorer.score(smiles)
+    if molecules.errors is not None:  # rows rejected while reading: their reason, not "empty SMILES"
+        frame["error"] = [e or f for e, f in zip(molecules.errors, frame["error"], strict=True)]
     frame.insert(0, "id", molecules.ids if molecules.ids is not None else [str(i) for i in range(len(smiles))])
     frame.insert(0, "index", np.arange(len(smiles)))
     if depict:

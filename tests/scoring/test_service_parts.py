@@ -204,3 +204,31 @@ def test_app_checks_token_format_and_limits(client):
     assert client.post("/v1/score", json=["C"] * 5, headers=_auth()).status_code == 200
     r = client.post("/v1/score", json=["C"] * 5, headers=_auth())
     assert r.status_code == 429 and int(r.headers["retry-after"]) > 0
+
+
+# -- 13.2: a CSV row with the wrong field count ---------------------------------------------------
+
+def test_csv_row_with_the_wrong_field_count_is_rejected_with_its_line():
+    # pandas took the extra field of the first data row as the index and shifted every column.
+    m = parse_csv_molecules(b"id,smiles\nm1,CCO,extra\nm2,c1ccccc1O\n\nm4\n\"m5\nx\",CCN\n")
+    assert m.smiles == ["", "c1ccccc1O", "", "CCN"]
+    assert m.ids == ["", "m2", "", "m5\nx"]
+    assert m.errors == ["line 2: 3 fields, the header has 2", "", "line 5: 1 field, the header has 2", ""]
+    m = parse_csv_molecules(b"smiles\r\nCCO\r\nCCN\r\n")
+    assert m == Molecules(["CCO", "CCN"])  # no reject, no error list
+
+
+def test_csv_bad_bytes_reject_their_row_only():
+    m = parse_csv_molecules("id,smiles\nm1,CCO\nm2,C\xffC\n".encode("latin-1"))
+    assert m.smiles == ["CCO", ""] and m.errors == ["", "line 3: not valid UTF-8"]
+
+
+def test_app_keeps_columns_when_a_row_has_an_extra_field(client):
+    r = client.post("/v1/score", content="id,smiles\nm1,CCO,extra\nm2,CCCC\n",
+                    headers={**_auth(), "Content-Type": "text/csv"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["n_read"], body["n_scored"], body["n_rejected"]) == (2, 1, 1)
+    first, second = body["results"]
+    assert first["error"] == "line 2: 3 fields, the header has 2" and first["length"] is None
+    assert (second["id"], second["smiles"], second["length"]) == ("m2", "CCCC", 4.0)
