@@ -3,8 +3,8 @@
 Modules (import them directly; nothing is imported here):
 
 - `fedmol.deploy.pki`: the consortium's credentials (CA, the SuperLink's TLS certificate, site key pairs)
-- `fedmol.deploy.launcher`: Flower processes on loopback (SuperLink, SuperNodes), runs of the
-  packaged code-free app (``flower_app/pyproject.toml``), and their shutdown
+- `fedmol.deploy.launcher`: Flower processes on loopback (SuperLink, SuperNodes), the code-free
+  Flower app that runs submit (`write_flower_app`: one pyproject.toml, no code), and their shutdown
 - `fedmol.deploy.consortium`: a whole consortium on one machine as separate processes (TLS,
   SuperNode authentication, an ``mlflow server``, one SuperNode and site runtime per store)
 - `fedmol.deploy.consortium_cli`: ``fedmol consortium init | add-site | up | admit | sites | run | status``
