@@ -21,9 +21,8 @@ from typing import Any
 
 from fedmol.errors import FedmolError
 
-# The Flower app that `flwr run` submits: its pyproject.toml only (identity and run config), shipped as
-# package data; the ServerApp and ClientApp come from the fedmol installed where they run.
-APP_DIR = Path(__file__).resolve().parent / "flower_app"
+# The components of the Flower app: imported from the fedmol installed where they run, never from the FAB.
+COMPONENTS = {"serverapp": "fedmol.server.server_app:app", "clientapp": "fedmol.client.client_app:app"}
 CONNECTION = "fedmol-local"
 
 
@@ -191,12 +190,42 @@ def stop_process_group(proc: subprocess.Popen[Any], timeout: float = 15.0) -> No
         proc.wait(timeout=5)
 
 
-def flwr_run(link: LocalSuperLink, run_config: dict[str, Any], *, federation_config: dict[str, Any] | None = None,
-             app_dir: Path = APP_DIR, on_line: Callable[[str], None] | None = None,
-             timeout: float = 3600.0) -> int:
-    """Submit the app to ``link`` and stream its log until the run ends; return flwr's exit code."""
+def write_flower_app(folder: Path) -> Path:
+    """Write the code-free Flower app that `flwr run` submits: one pyproject.toml, and nothing else.
+
+    The FAB carries the app's identity (name, version, publisher, components) and its run config with
+    every key's default (`FederationConfig`), no code: the ServerApp and ClientApp are imported from
+    the fedmol installed where they run, so a site runs the code it installed and reviewed. It is
+    written from the installed package rather than copied from the repository, whose pyproject.toml
+    (the same app, for `flwr run .`) is not installed; tests/deploy/test_flower_app.py checks both agree.
+    """
     import tomli_w
 
+    from fedmol import __version__
+    from fedmol.config import FederationConfig
+
+    app = {
+        "project": {"name": "fedmol", "version": __version__, "description": "fedmol federation (code-free app)",
+                    "license": "Apache-2.0"},
+        "tool": {"flwr": {"app": {"publisher": "fedmol", "fab-include": ["pyproject.toml"],
+                                  "components": dict(COMPONENTS),
+                                  "config": FederationConfig().to_run_config()}}},
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "pyproject.toml").write_text(tomli_w.dumps(app))
+    return folder
+
+
+def flwr_run(link: LocalSuperLink, run_config: dict[str, Any], *, federation_config: dict[str, Any] | None = None,
+             app_dir: Path | None = None, on_line: Callable[[str], None] | None = None,
+             timeout: float = 3600.0) -> int:
+    """Submit the app to ``link`` and stream its log until the run ends; return flwr's exit code.
+
+    ``app_dir``: a Flower app folder; by default the code-free app of `write_flower_app`."""
+    import tomli_w
+
+    if app_dir is None:
+        app_dir = write_flower_app(link.workdir / "app")
     cfg_path = link.workdir / "run-config.toml"
     cfg_path.write_text(tomli_w.dumps(run_config))
     cmd = [_bin("flwr"), "run", str(app_dir), CONNECTION, "--run-config", str(cfg_path), "--stream"]
