@@ -1,19 +1,21 @@
-"""Shared pieces of the federation benchmarks (`federation_gain.py`, `scale.py`).
+"""Shared pieces of the benchmarks: paths, logging, and running a simulated federation.
 
-* `DATA_DIR`: the public data sets, ``<repo>/../shared/data`` (relative to this checkout).
-* `prepared_store`: prepare a CSV once with the fixed public benchmark key and cache the store
-  under ``--work`` (preparation is the slow part: ~1 min for Tox21, ~5 min for chembl_5thresh).
-* `save_sites`: write site stores ``site-0 .. site-N-1`` as the simulation expects them.
+* `ROOT`, `RESULTS`, `DATA_DIR`: the repository, ``benchmarks/results`` and the public data sets,
+  ``<repo>/../shared/data`` (beside this checkout; ``$FEDMOL_BENCH_DATA`` overrides it).
+* `log`, `quiet_warnings`, `json_default` (numpy values as numbers and lists).
 * `run_flower`: one federation in Flower's simulation engine (LocalSuperLink + flwr_run), with
   progress lines, per-round wall-clock times and (optionally) the RSS of the SuperLink's process
-  tree sampled with psutil. Everything it starts is stopped when it returns.
+  tree sampled with psutil. Everything it starts is stopped when it returns. `flower_leftovers`
+  lists processes still running under a work folder.
+
+The data sets, their preparation and site splits are in `benchmarks.sets`. Run every benchmark as
+a module from the repository root: ``.venv/bin/python -m benchmarks.NAME [--quick] [--out DIR]``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import sys
+import os
 import threading
 import time
 import warnings
@@ -23,11 +25,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(ROOT))
-
-DATA_DIR = ROOT.parent / "shared" / "data"
+DATA_DIR = Path(os.environ.get("FEDMOL_BENCH_DATA") or ROOT.parent / "shared" / "data")
 RESULTS = ROOT / "benchmarks" / "results"
+
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
@@ -39,47 +39,11 @@ def quiet_warnings() -> None:
     warnings.filterwarnings("ignore", category=pd.errors.PerformanceWarning)
 
 
-def prepared_store(data: Path, work: Path, *, radius: int = 2, n_bits: int = 2048, nrows: int | None = None,
-                   id_col: str | None = None, workers: int = 2) -> Any:
-    """The whole file as one SiteStore (scaffold folds, permuted bits), cached in ``work``."""
-    quiet_warnings()
-    import pandas as pd
-
-    from benchmarks.baselines import DEMO_KEY_TEXT, demo_key
-    from fedmol.datasets.featurize import FeaturizeSettings
-    from fedmol.datasets.prepare import PrepareSettings, prepare_frame
-    from fedmol.datasets.readers import TableSpec
-    from fedmol.datasets.store import SiteStore
-
-    settings = PrepareSettings(table=TableSpec(smiles_col="smiles", id_col=id_col),
-                               featurize=FeaturizeSettings(radius=radius, n_bits=n_bits))
-    tag = hashlib.sha256(json.dumps([str(data.name), data.stat().st_size, nrows, settings.to_dict(),
-                                     DEMO_KEY_TEXT.decode()], sort_keys=True, default=str).encode()).hexdigest()[:12]
-    path = work / "prepared" / f"{data.name.split('.')[0]}-{tag}"
-    if (path / "settings.json").exists():
-        log(f"prepared store of {data.name} from cache {path}")
-        return SiteStore.load(path)
-    t0 = time.perf_counter()
-    log(f"preparing {data.name}{f' (first {nrows} rows)' if nrows else ''} ...")
-    frame = pd.read_csv(data, nrows=nrows)
-    res = prepare_frame(frame, demo_key(), None, settings, workers=workers, progress=False, source=str(data))
-    res.store.save(path)
-    log(f"prepared {res.store.n_compounds} compounds in {time.perf_counter() - t0:.0f} s -> {path}")
-    return res.store
-
-
-def save_sites(parts: list[Any], out: Path) -> dict[str, Path]:
-    """Save site stores as ``out/site-<i>`` (the simulation's partition-id naming)."""
-    import shutil
-
-    if out.exists():
-        shutil.rmtree(out)
-    paths: dict[str, Path] = {}
-    for i, store in enumerate(parts):
-        name = f"site-{i}"
-        store.settings["site_name"] = name
-        paths[name] = store.save(out / name)
-    return paths
+def json_default(o: Any) -> Any:
+    """For ``json.dumps(default=...)``: numpy scalars and arrays as numbers and lists, anything else as text."""
+    if hasattr(o, "tolist"):  # numpy scalar or array
+        return o.tolist()
+    return str(o)
 
 
 @dataclass

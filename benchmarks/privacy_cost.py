@@ -1,10 +1,11 @@
 """What privacy and transport options cost on Tox21: time per round and the federated ROC-AUC.
 
-    .venv/bin/python benchmarks/privacy_cost.py            # 4 federations of ~4-6 min each
-    .venv/bin/python benchmarks/privacy_cost.py --quick    # small subset, 3 rounds: smoke test
+    .venv/bin/python -m benchmarks.privacy_cost            # 4 federations of ~4-6 min each
+    .venv/bin/python -m benchmarks.privacy_cost --quick    # small subset, 3 rounds: smoke test
 
 The Tox21 federation of `benchmarks/federation_gain.py` (4 scaffold sites, its model and
-federation settings, simulation engine, 1 CPU per virtual client), run once per variant:
+federation settings from `benchmarks.sets`, simulation engine, 1 CPU per virtual client), run
+once per variant:
 
 * ``float32``: the default;
 * ``float16``: ``transport-dtype=float16`` (sites upload half the bytes; the server aggregates
@@ -30,17 +31,12 @@ import argparse
 import json
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks.common import DATA_DIR, RESULTS, log, prepared_store, quiet_warnings, run_flower, save_sites  # noqa: E402
-from benchmarks.federation_gain import MODEL, SETS, federation_config, split_sites  # noqa: E402
+from benchmarks.common import DATA_DIR, RESULTS, log, quiet_warnings, run_flower
+from benchmarks.sets import MODEL, SETS, federation_config, prepared_store, save_sites, split_sites
 
 VARIANTS = {
     "float32": {},

@@ -1,8 +1,8 @@
 """How the simulated federation scales with the number of sites: time per round and memory.
 
-    .venv/bin/python benchmarks/scale.py            # 10, 30 and 100 sites, 3 rounds each (~10 min)
-    .venv/bin/python benchmarks/scale.py --quick    # 4 and 10 sites, 2 rounds (~2 min)
-    .venv/bin/python benchmarks/scale.py --sites 10,30,100,200 --rounds 2
+    .venv/bin/python -m benchmarks.scale            # 10, 30 and 100 sites, 3 rounds each (~10 min)
+    .venv/bin/python -m benchmarks.scale --quick    # 4 and 10 sites, 2 rounds (~2 min)
+    .venv/bin/python -m benchmarks.scale --sites 10,30,100,200 --rounds 2
 
 Setup: Tox21 prepared once (ECFP4, 2,048 bits, the fixed public benchmark key; cached like
 `federation_gain.py`), split into N sites by scaffold cluster (fedmol.datasets.partition.by_scaffold),
@@ -38,21 +38,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks.common import (  # noqa: E402
-    DATA_DIR,
-    RESULTS,
-    flower_leftovers,
-    log,
-    prepared_store,
-    quiet_warnings,
-    run_flower,
-    save_sites,
-)
-from benchmarks.federation_gain import TOX21_TASKS  # noqa: E402
+from benchmarks.common import DATA_DIR, RESULTS, flower_leftovers, log, quiet_warnings, run_flower
+from benchmarks.sets import TOX21_TASKS, prepared_store, save_sites
 
 GiB = 1024**3
 
@@ -71,9 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run_n(store: Any, n: int, args: argparse.Namespace, rounds: int) -> dict[str, Any]:
+    from fedmol.config import FederationConfig
     from fedmol.datasets.partition import by_scaffold
     from fedmol.datasets.tasks import QuorumSettings
-    from fedmol.config import FederationConfig
 
     quorum = QuorumSettings(min_actives=3, min_inactives=3, min_fold_actives=0, min_fold_inactives=0)
     work = args.work / "scale" / f"n{n}"
@@ -112,7 +99,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     quiet_warnings()
     sites = [int(s) for s in (args.sites or ("4,10" if args.quick else "10,30,100")).split(",")]
     rounds = args.rounds or (2 if args.quick else 3)
-    command = ".venv/bin/python benchmarks/scale.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = ".venv/bin/python -m benchmarks.scale " + " ".join(sys.argv[1:] if argv is None else argv)
     t0 = time.perf_counter()
     args.work.mkdir(parents=True, exist_ok=True)
     store = prepared_store(DATA_DIR / "tox21.csv.gz", args.work, radius=2, n_bits=2048,
