@@ -252,7 +252,10 @@ def parse_json_molecules(body: bytes) -> Molecules:
         raise HTTPException(422, "expected a JSON list of SMILES strings, or {\"smiles\": [...], \"ids\": [...]}")
     if ids is not None and (not isinstance(ids, list) or len(ids) != len(payload)):
         raise HTTPException(422, "'ids' must be a list as long as 'smiles'")
-    return Molecules(payload, [str(i) for i in ids] if ids is not None else None)
+    # A JSON string may hold a lone surrogate ("\\ud800"), which no SMILES has and UTF-8 cannot carry.
+    errors = ["" if _encodable(s) is s else "not valid Unicode: a lone surrogate (\\ud800-\\udfff)" for s in payload]
+    return Molecules(payload, [_encodable(str(i)) for i in ids] if ids is not None else None,
+                     errors if any(errors) else None)
 
 
 def parse_csv_molecules(data: bytes) -> Molecules:
@@ -358,10 +361,13 @@ RequestMolecules = Annotated[Molecules, Depends(request_molecules)]
 
 def score_frame(scorer: Any, molecules: Molecules, depict: bool) -> pd.DataFrame:
     """index, id, then the scorer's columns (and ``svg`` with ``depict``), one row per molecule."""
-    smiles = molecules.smiles
-    frame = scorer.score(smiles)
-    if molecules.errors is not None:  # rows rejected while reading: their reason, not "empty SMILES"
-        frame["error"] = [e or f for e, f in zip(molecules.errors, frame["error"], strict=True)]
+    smiles, errors = molecules.smiles, molecules.errors
+    if errors is None:
+        frame = scorer.score(smiles)
+    else:  # rows rejected while reading are not scored, and keep their reason and their text
+        frame = scorer.score([s if not e else "" for s, e in zip(smiles, errors, strict=True)])
+        frame["error"] = [e or f for e, f in zip(errors, frame["error"], strict=True)]
+        frame["smiles"] = [_encodable(s) for s in smiles]
     frame.insert(0, "id", molecules.ids if molecules.ids is not None else [str(i) for i in range(len(smiles))])
     frame.insert(0, "index", np.arange(len(smiles)))
     if depict:
@@ -381,6 +387,15 @@ def score_response(frame: pd.DataFrame, fmt: str, scorer: Any, settings: Service
         "calibration": scorer.calibration_note,
         "results": _records(frame),
     })
+
+
+def _encodable(text: str) -> str:
+    """``text``, with lone surrogates (valid in a JSON string, not in UTF-8) written as ``\\udXXX``."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 SCORE_BODY = {"requestBody": {"required": True, "content": {

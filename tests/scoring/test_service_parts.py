@@ -232,3 +232,42 @@ def test_app_keeps_columns_when_a_row_has_an_extra_field(client):
     first, second = body["results"]
     assert first["error"] == "line 2: 3 fields, the header has 2" and first["length"] is None
     assert (second["id"], second["smiles"], second["length"]) == ("m2", "CCCC", 4.0)
+
+
+# -- 13.3: a per-row failure is that row's reject, and leaves no state behind -----------------------
+
+@pytest.fixture(scope="module")
+def real_client(site):
+    from fastapi.testclient import TestClient
+
+    from fedmol.datasets.keys import load_key
+    from fedmol.scoring.scorer import Scorer
+
+    scorer = Scorer(site["model"], load_key(site["key"]), mc_samples=0)
+    settings = ServiceSettings(tokens=frozenset({TOKEN}))
+    with TestClient(create_app(scorer, settings)) as c:
+        c.scorer = scorer
+        yield c
+
+
+def test_a_lone_surrogate_is_a_reject_and_the_next_request_is_unharmed(real_client):
+    # json.dumps escapes the surrogate as \ud800, which json.loads turns back into a lone surrogate.
+    body = json.dumps({"smiles": ["CCO", "C\ud800C", "c1ccccc1O"], "ids": ["a", "b\udfff", "c"]})
+    r = real_client.post("/v1/score", content=body, headers={**_auth(), "Content-Type": "application/json"})
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [x["error"] == "" for x in results] == [True, False, True]
+    assert results[1]["error"].startswith("not valid Unicode") and results[1]["logS"] is None
+    assert results[1]["smiles"] == "C\\ud800C" and results[1]["id"] == "b\\udfff"  # shown escaped
+    r = real_client.post("/v1/score", json=["CCN"], headers=_auth())  # failed with 500 "shape mismatch"
+    assert r.status_code == 200 and r.json()["n_scored"] == 1
+    r = real_client.post("/v1/score?format=csv", content=body, headers={**_auth(), "Content-Type": "application/json"})
+    assert r.status_code == 200 and "C\\ud800C" in r.text
+
+
+def test_the_scorer_rejects_any_failing_row_and_keeps_no_rows_of_a_call(real_client):
+    scorer = real_client.scorer
+    block = scorer.prepare(["CCO", "C\ud800C", "CCN"])  # RDKit raised UnicodeEncodeError, not MoleculeReject
+    assert block.errors[1].startswith("unparsable SMILES") and list(block.ok) == [0, 2] and block.X.shape[0] == 2
+    assert scorer.prepare(["CC"]).X.shape[0] == 1
+
