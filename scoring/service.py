@@ -96,6 +96,13 @@ class RateLimiter:
     _buckets: dict[str, tuple[float, float]] = field(default_factory=dict)  # token -> (level, time)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
+    def refund(self, token: str, n: int) -> None:
+        """Give back n molecules taken for a request that did not score them (never above capacity)."""
+        with self._lock:
+            if token in self._buckets and n > 0:
+                level, then = self._buckets[token]
+                self._buckets[token] = (min(float(self.capacity), level + n), then)
+
     def take(self, token: str, n: int, now: float | None = None) -> float:
         """Take n molecules; returns 0 when allowed, else the seconds to wait before asking again."""
         now = time.monotonic() if now is None else now
@@ -241,9 +248,13 @@ def parse_json_molecules(body: bytes) -> Molecules:
     """A JSON list of SMILES or ``{"smiles": [...], "ids": [...]}``; HTTPException(422) otherwise."""
     try:
         payload = json.loads(body or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise HTTPException(422, f"body is not valid JSON ({exc.__class__.__name__}): send a JSON list "
-                                 "of SMILES, {\"smiles\": [...]}, or a CSV file") from None
+    except RecursionError:
+        raise HTTPException(422, "body is not valid JSON here: nested too deeply; send a JSON list of SMILES, "
+                                 "{\"smiles\": [...]}, or a CSV file") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer of more than 4,300 digits
+        reason = str(exc).splitlines()[0][:80] if not isinstance(exc, UnicodeDecodeError) else "not UTF-8"
+        raise HTTPException(422, f"body is not valid JSON ({exc.__class__.__name__}: {reason}): send a JSON "
+                                 "list of SMILES, {\"smiles\": [...]}, or a CSV file") from None
     ids = None
     if isinstance(payload, dict):
         ids = payload.get("ids")
@@ -252,6 +263,8 @@ def parse_json_molecules(body: bytes) -> Molecules:
         raise HTTPException(422, "expected a JSON list of SMILES strings, or {\"smiles\": [...], \"ids\": [...]}")
     if ids is not None and (not isinstance(ids, list) or len(ids) != len(payload)):
         raise HTTPException(422, "'ids' must be a list as long as 'smiles'")
+    if ids is not None and not all(isinstance(i, str | int | float) for i in ids):
+        raise HTTPException(422, "'ids' must be strings or numbers")
     # A JSON string may hold a lone surrogate ("\\ud800"), which no SMILES has and UTF-8 cannot carry.
     errors = ["" if _encodable(s) is s else "not valid Unicode: a lone surrogate (\\ud800-\\udfff)" for s in payload]
     return Molecules(payload, [_encodable(str(i)) for i in ids] if ids is not None else None,
@@ -422,7 +435,7 @@ def create_app(scorer: Any, settings: ServiceSettings) -> Any:
                      "standard deviation and, when calibrated, conformal p-values or intervals. "
                      "Send `Authorization: Bearer TOKEN`."),
     )
-    limiter = RateLimiter(settings.rate_molecules, settings.rate_window)
+    limiter = app.state.limiter = RateLimiter(settings.rate_molecules, settings.rate_window)
     lock = threading.Lock()  # MC dropout switches the model's mode: one scoring call at a time
     app.state.auth = TokenAuth(settings.tokens)
     app.state.read_molecules = MoleculeReader(settings.max_molecules)
@@ -443,13 +456,20 @@ def create_app(scorer: Any, settings: ServiceSettings) -> Any:
                     format: str = "json") -> Response:  # noqa: A002
         if format not in ("json", "csv"):
             raise HTTPException(422, "format must be json or csv")
+        # The whole request is taken from the token's bucket before scoring (so concurrent requests cannot
+        # overdraw it), and what was not scored (rejects, or all of a request that failed) is given back.
         charge_quota(limiter, token, len(molecules))
+        scored = 0
 
         def run() -> pd.DataFrame:
             with lock:
                 return score_frame(scorer, molecules, depict)
 
-        frame = await run_in_threadpool(run)
+        try:
+            frame = await run_in_threadpool(run)
+            scored = int((frame["error"] == "").sum())
+        finally:
+            limiter.refund(token, len(molecules) - scored)
         return score_response(frame, format, scorer, settings)
 
     @app.get("/", include_in_schema=False, response_model=None)

@@ -64,6 +64,15 @@ def test_token_auth_accepts_a_known_token_only():
         assert exc.value.headers["WWW-Authenticate"].startswith("Bearer")
 
 
+def test_rate_limiter_refund_never_exceeds_capacity():
+    limiter = RateLimiter(capacity=10, window=100.0)
+    assert limiter.take(TOKEN, 10, now=0.0) == 0
+    limiter.refund(TOKEN, 4)
+    assert limiter.take(TOKEN, 4, now=0.0) == 0 and limiter.take(TOKEN, 1, now=0.0) > 0
+    limiter.refund(TOKEN, 50)
+    assert limiter.take(TOKEN, 10, now=0.0) == 0 and limiter.take(TOKEN, 1, now=0.0) > 0
+
+
 def test_charge_quota_answers_429_with_retry_after():
     limiter = RateLimiter(capacity=10, window=100.0)
     charge_quota(limiter, TOKEN, 10)
@@ -271,3 +280,44 @@ def test_the_scorer_rejects_any_failing_row_and_keeps_no_rows_of_a_call(real_cli
     assert block.errors[1].startswith("unparsable SMILES") and list(block.ok) == [0, 2] and block.X.shape[0] == 2
     assert scorer.prepare(["CC"]).X.shape[0] == 1
 
+
+# -- 13.4: JSON that breaks the parser is a 422; the quota is charged for molecules scored -----------
+
+@pytest.mark.parametrize("body, detail", [
+    (b"[" + b"1" * 5000 + b"]", "integer"),  # ValueError: more than 4,300 digits
+    (b"[" * 100_000 + b"]" * 100_000, "nested"),  # RecursionError
+    (b'{"smiles": ["CCO"], "ids": [' + b"[" * 900 + b"]" * 900 + b"]}", "'ids'"),  # str() of it may recurse
+])
+def test_json_that_breaks_the_parser_is_422(body, detail):
+    with pytest.raises(HTTPException) as exc:
+        parse_json_molecules(body)
+    assert exc.value.status_code == 422 and detail in exc.value.detail
+
+
+def test_app_answers_422_to_hostile_json():
+    from fastapi.testclient import TestClient
+
+    settings = ServiceSettings(tokens=frozenset({TOKEN}), max_request_bytes=1_000_000)
+    with TestClient(create_app(FakeScorer(), settings), raise_server_exceptions=False) as c:
+        for body in (b"[" + b"1" * 5000 + b"]", b"[" * 100_000 + b"]" * 100_000):
+            r = c.post("/v1/score", content=body, headers={**_auth(), "Content-Type": "application/json"})
+            assert r.status_code == 422, r.text[:200]
+
+
+def test_quota_is_charged_for_molecules_scored(client):
+    # rate 8 per window: 4 of these 5 are rejected, so 1 is charged and 7 remain
+    assert client.post("/v1/score", json=["CC", "x(", "", "y(", "z("], headers=_auth()).status_code == 200
+    assert client.post("/v1/score", json=["C"] * 5, headers=_auth()).status_code == 200  # 2 remain
+    r = client.post("/v1/score", json=["C"] * 3, headers=_auth())
+    assert r.status_code == 429 and int(r.headers["retry-after"]) > 0
+
+
+def test_a_request_that_fails_in_scoring_costs_no_quota(client):
+    from fastapi.testclient import TestClient
+
+    broken = FakeScorer()
+    broken.score = lambda smiles: (_ for _ in ()).throw(RuntimeError("model broke"))
+    settings = ServiceSettings(tokens=frozenset({TOKEN}), max_molecules=5, rate_molecules=5)
+    with TestClient(create_app(broken, settings), raise_server_exceptions=False) as c:
+        assert c.post("/v1/score", json=["C"] * 5, headers=_auth()).status_code == 500
+        assert c.app.state.limiter.take(TOKEN, 5) == 0  # the whole bucket is still there
