@@ -1,6 +1,7 @@
 """Scoring speed: raw RDKit against `fedmol score` end to end and `fedmol serve`, in one run.
 
-Usage: .venv/bin/python benchmarks/score.py [--data ../shared/data/muv.csv.gz] [--quick]
+    .venv/bin/python -m benchmarks.score [--data ../shared/data/muv.csv.gz]
+    .venv/bin/python -m benchmarks.score --quick    # a smoke run: 500 molecules, 2 score rows, 1 request
 
 Model: the consortium defaults (ECFP6 = Morgan r3, 32,768 bits, trunk 400, dropout 0.2), one
 classification head per task column of the data (17 for MUV), random weights (speed does not
@@ -27,11 +28,12 @@ Rows (molecules per second):
                  ratio per core = per-CPU-second rate / paired raw per-CPU-second rate: CPU time,
                  unlike wall time, does not depend on how many other jobs share the cores. Peak RSS of the main
                  process and of the largest worker; 10k vs all rows shows memory stays flat.
-  serve          `fedmol serve` on 127.0.0.1, sequential POST /v1/score requests of 1,000 SMILES
-                 (server CPU time from psutil; JSON parsing and answers included).
+  serve          `fedmol serve` on 127.0.0.1 (fedmol.scoring.local_service), sequential POST
+                 /v1/score requests of 1,000 SMILES (server CPU time from psutil; JSON parsing and
+                 answers included).
 Also: how many molecules standardisation changes (canonical SMILES with vs without), which is
 what skipping it would get wrong for a model trained with it.
-Results: benchmarks/results/score.json (score_quick.json with --quick).
+Results: ``score.json`` in ``--out`` (default benchmarks/results; ``score_quick.json`` with --quick).
 """
 
 from __future__ import annotations
@@ -51,9 +53,7 @@ from pathlib import Path
 
 import pandas as pd
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "muv.csv.gz"
+from benchmarks.common import DATA_DIR, RESULTS, ROOT
 
 
 def build_model(root: Path, tasks: list[str]) -> tuple[Path, Path]:
@@ -94,7 +94,7 @@ def run_child(args: list[str]) -> dict[str, float]:
             "s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)\n"
             "print(json.dumps({'rc': rc, 'wall_s': wall, 'cpu_s': s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime,"
             " 'rss_main_mib': s.ru_maxrss / 1024, 'rss_worker_mib': c.ru_maxrss / 1024}))\n")
-    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=REPO,
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT,
                           timeout=7200)
     if proc.returncode != 0 or not proc.stdout.strip():
         raise RuntimeError(f"fedmol score failed: {proc.stderr[-2000:]}")
@@ -138,23 +138,19 @@ def bench_service(model: Path, key: Path, smiles: list[str], n_requests: int, st
     import httpx
     import psutil
 
-    sys.path.insert(0, str(REPO))
-    from tests.scoring.live import TOKEN, running_service
+    from fedmol.scoring.local_service import local_service
 
     rows = []
-    with running_service(model, key, "--standardize", standardize, "--max-molecules", "1000",
-                         "--rate-limit", "10000000", "--mc-samples", "20") as url:
-        port = url.rsplit(":", 1)[1]
-        server = next(p for p in psutil.process_iter(["cmdline"])
-                      if p.info["cmdline"] and "serve" in p.info["cmdline"] and port in p.info["cmdline"])
-        headers = {"Authorization": f"Bearer {TOKEN}"}
+    with local_service(model, key, "--standardize", standardize, "--max-molecules", "1000",
+                       "--rate-limit", "10000000", "--mc-samples", "20") as svc:
+        server = psutil.Process(svc.pid)
         with httpx.Client(timeout=600) as client:
-            client.post(f"{url}/v1/score", json=smiles[:50], headers=headers)  # warm-up
+            client.post(f"{svc.url}/v1/score", json=smiles[:50], headers=svc.headers)  # warm-up
             cpu0 = sum(server.cpu_times()[:2])
             t0 = time.perf_counter()
             for i in range(n_requests):
                 batch = smiles[i * 1000:(i + 1) * 1000]
-                r = client.post(f"{url}/v1/score", json=batch, headers=headers)
+                r = client.post(f"{svc.url}/v1/score", json=batch, headers=svc.headers)
                 r.raise_for_status()
                 rows.append(r.json()["n_read"])
             wall = time.perf_counter() - t0
@@ -165,27 +161,34 @@ def bench_service(model: Path, key: Path, smiles: list[str], n_requests: int, st
             "per_cpu_s": round(sum(rows) / cpu, 1), "rss_server_mib": round(rss, 1)}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--quick", action="store_true", help="a smoke test: 2,000 molecules, short runs")
+    parser.add_argument("--data", type=Path, default=DATA_DIR / "muv.csv.gz")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run: 500 molecules; of the score rows only the defaults on one worker and "
+                             "standardize=off on every core; one request to the service (standardize=off)")
     parser.add_argument("--std-limit", type=int, default=3000, help="molecules for the standardize=model rows")
     parser.add_argument("--pair", type=int, default=10_000, help="molecules of each paired raw measurement")
     parser.add_argument("--requests", type=int, default=20, help="1,000-molecule requests to the service")
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the result file")
+    args = parser.parse_args(argv)
     if args.quick:
-        args.std_limit, args.pair, args.requests = 200, 2000, 2
-    out_path = args.out or HERE / "results" / ("score_quick.json" if args.quick else "score.json")
+        args.std_limit, args.pair, args.requests = 50, 500, 1
+    out_path = args.out / ("score_quick.json" if args.quick else "score.json")
 
     from rdkit import RDLogger
 
     RDLogger.DisableLog("rdApp.*")
-    tmp = Path(tempfile.mkdtemp(prefix="fedmol-bench-score-"))
+    with tempfile.TemporaryDirectory(prefix="fedmol-bench-score-") as scratch:
+        measure(args, Path(scratch), out_path)
+
+
+def measure(args: argparse.Namespace, tmp: Path, out_path: Path) -> None:
+    """Every row of the benchmark, with its model and data files in the scratch folder ``tmp``."""
     header = pd.read_csv(args.data, nrows=1)
     tasks = [c for c in header.columns if c != "smiles"]
     model, key = build_model(tmp, tasks)
-    n_all = 2000 if args.quick else None
+    n_all = 500 if args.quick else None
     data = write_subset(args.data, n_all, tmp / "quick.csv.gz") if n_all else args.data
     smiles = pd.read_csv(data, usecols=["smiles"])["smiles"].astype(str).tolist()
     n = len(smiles)
@@ -215,6 +218,8 @@ def main() -> None:
         ("standardize=off, mc=20, the file 3 times", triple, "off", 20, 1),
         ("standardize=off, mc=20, the file 3 times", triple, "off", 20, cores),
     ]
+    if args.quick:  # the two ways a file is scored: standardised on one worker, unstandardised on a pool
+        runs = [runs[0], runs[3]]
     for label, path, std, mc, workers in runs:
         before = raw_rate(sample)
         load = os.getloadavg()[0]
@@ -243,7 +248,8 @@ def main() -> None:
               f"{cpu_rate:>7,.0f}/CPU s  raw {paired:,.0f}/CPU s  ratio/core {row['ratio_per_core']:.2f}  "
               f"RSS {row['rss_main_mib']:.0f}/{row['rss_worker_mib']:.0f} MiB  (load {load:.1f})", flush=True)
 
-    for std, n_req in (("off", args.requests), ("model", max(1, min(3, args.requests)))):
+    services = (("off", args.requests), ("model", max(1, min(3, args.requests))))
+    for std, n_req in services[:1] if args.quick else services:
         paired_wall, paired = raw_rate(sample)
         svc = bench_service(model, key, smiles, n_req, std)
         svc.update({"name": f"serve 1,000-molecule requests, standardize={std}, mc=20",
