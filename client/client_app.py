@@ -11,10 +11,13 @@ the same work, and its report travels in the legacy metrics as ``report.*`` stri
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+
+if TYPE_CHECKING:
+    from flwr.clientapp.typing import ClientAppCallable
 
 from fedmol import wire
 from fedmol.config import FederationConfig
@@ -24,7 +27,7 @@ LEGACY_FIT = "fitins.parameters"  # Flower's legacy record names (flwr.compat re
 LEGACY_EVALUATE = "evaluateins.parameters"
 
 
-def _secure_aggregation(msg: Message, context: Context, call_next):  # noqa: ANN001, ANN202
+def _secure_aggregation(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Flower's SecAgg+ mod, for the messages of a secure-aggregation run only."""
     from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 

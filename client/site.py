@@ -11,6 +11,7 @@ outbox ledger ``<store>/outbox.jsonl`` records every array and metric name that 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -22,10 +23,26 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from fedmol import wire
 from fedmol.config import FederationConfig
-from fedmol.errors import ConfigError, StoreError
+from fedmol.datasets.store import SiteStore
+from fedmol.errors import ConfigError
+from fedmol.models.data import TaskData
+from fedmol.models.metrics import MetricThresholds
+from fedmol.models.network import MultiTaskNet
+from fedmol.models.site_model import (
+    PRIVATE_HEADS,
+    federation_dir,
+    save_private_heads,
+    site_model,
+    site_name,
+    site_spec,
+    split_rows,
+)
+from fedmol.models.spec import ModelSpec
+from fedmol.models.training import TrainConfig, evaluate, fit_target_scaling, train_epochs
 
 log = logging.getLogger("fedmol.client")
 
@@ -53,65 +70,35 @@ class SiteNode:
 
     # -- data ------------------------------------------------------------------------------
     @cached_property
-    def store(self):  # noqa: ANN201 - fedmol.datasets.store.SiteStore
-        from fedmol.datasets.store import SiteStore
-
+    def store(self) -> SiteStore:
         return SiteStore.load(self.store_path)
 
     @property
     def name(self) -> str:
-        return self._name or str(self.store.settings.get("site_name") or self.store_path.name)
+        return self._name or site_name(self.store, self.store_path)
 
     def rows(self, cfg: FederationConfig, split: str) -> np.ndarray:
-        folds = self.store.folds
-        if split == "test":
-            return np.flatnonzero(folds == cfg.test_fold)
-        if split == "valid":
-            return np.flatnonzero(folds == cfg.valid_fold)
-        return np.flatnonzero((folds != cfg.test_fold) & (folds != cfg.valid_fold))
+        return split_rows(self.store, cfg, split)
 
     # -- model -----------------------------------------------------------------------------
-    def spec(self, cfg: FederationConfig):  # noqa: ANN201 - fedmol.models.spec.ModelSpec
-        from fedmol.models.spec import build_spec
-
-        if self.store.n_features != cfg.n_bits:
-            raise StoreError(
-                f"site {self.name}: the store has {self.store.n_features}-bit features but the "
-                f"consortium uses n-bits={cfg.n_bits}: prepare the data with the consortium's settings"
-            )
-        consortium = cfg.consortium_task_list
-        shared_names = {n for n, _ in consortium}
-        private = [(t.name, t.kind) for t in self.store.trainable_tasks() if t.name not in shared_names]
-        return build_spec(cfg.n_bits, consortium, private, hidden=cfg.hidden_sizes, dropout=cfg.dropout,
-                          input_transform=cfg.input_transform)
+    def spec(self, cfg: FederationConfig) -> ModelSpec:
+        return site_spec(self.store, cfg, self.name)
 
     def private_dir(self, federation_id: str) -> Path:
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in federation_id)
-        return self.store_path / "federations" / safe
+        return federation_dir(self.store_path, federation_id)
 
-    def build_model(self, cfg: FederationConfig, shared: dict[str, np.ndarray], federation_id: str):  # noqa: ANN201
-        """The site's model: the received shared parameters plus its own private heads."""
-        import torch
+    def build_model(self, cfg: FederationConfig, shared: dict[str, np.ndarray],
+                    federation_id: str) -> tuple[MultiTaskNet, bool]:
+        """The site's model: the received shared parameters plus its own private heads (`site_model`)."""
+        return site_model(self.store, self.store_path, cfg, shared, federation_id, site=self.name)
 
-        from fedmol.models.network import MultiTaskNet
-
-        model = MultiTaskNet(self.spec(cfg), seed=cfg.seed)
-        model.load_shared_state_dict(shared)
-        path = self.private_dir(federation_id) / "private_heads.pt"
-        fresh = not path.exists()
-        if not fresh:
-            model.load_private_state_dict(torch.load(path, weights_only=True))
-        return model, fresh
-
-    def refit_private_heads(self, model, cfg: FederationConfig, server_round: int, epochs: int) -> None:  # noqa: ANN001
+    def refit_private_heads(self, model: MultiTaskNet, cfg: FederationConfig, server_round: int,
+                            epochs: int) -> None:
         """Train only the private heads on top of the received (frozen) trunk.
 
         The heads were last trained with this site's own trunk; after aggregation the trunk has
         moved, so the heads are fitted to the shared trunk before they are evaluated.
         """
-        from fedmol.models.data import TaskData
-        from fedmol.models.training import TrainConfig, train_epochs
-
         private = {f"heads.{n}." for n in model.private_head_names()}
         frozen = [p for name, p in model.named_parameters() if not any(name.startswith(x) for x in private)]
         for p in frozen:
@@ -126,7 +113,7 @@ class SiteNode:
             for p in frozen:
                 p.requires_grad_(True)
 
-    def finetune(self, model, cfg: FederationConfig, server_round: int) -> dict[str, Any]:  # noqa: ANN001
+    def finetune(self, model: MultiTaskNet, cfg: FederationConfig, server_round: int) -> dict[str, Any]:
         """Personalise ``model`` (trunk and every head) on this site's training folds, in place.
 
         The sites' own optimiser (``optimizer``, ``momentum``, ``weight-decay``: local training
@@ -135,23 +122,19 @@ class SiteNode:
         restored; when no epoch beats the received model on validation, the received model is
         kept. The same advantages the local-only baseline gets. Nothing here leaves the site.
         """
-        import copy
-
-        from fedmol.models.data import TaskData
-        from fedmol.models.training import TrainConfig, evaluate, train_epochs
-
         t0 = time.perf_counter()
+        thresholds = MetricThresholds.at_least(cfg.eval_min_labels)
         train = TaskData.from_store(self.store, model.spec, self.rows(cfg, "train"))
         valid = TaskData.from_store(self.store, model.spec, self.rows(cfg, "valid"))
-        start_loss = evaluate(model, valid, device=cfg.device, thresholds=cfg.eval_thresholds).loss
+        start_loss = evaluate(model, valid, device=cfg.device, thresholds=thresholds).loss
         start = copy.deepcopy(model.state_dict())
         tc = TrainConfig(epochs=cfg.finetune_epochs, batch_size=cfg.batch_size, lr=cfg.finetune_lr,
-                         optimizer=cfg.optimizer,  # type: ignore[arg-type]
+                         optimizer=cfg.optimizer,
                          momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                          lr_step_epoch=10**6, lr_gamma=1.0, patience=cfg.finetune_patience, monitor="loss",
                          restore_best=True, device=cfg.device, seed=cfg.seed * 100_003 + server_round + 11,
                          num_threads=cfg.num_threads or None)
-        result = train_epochs(model, train, tc, valid=valid, thresholds=cfg.eval_thresholds)
+        result = train_epochs(model, train, tc, valid=valid, thresholds=thresholds)
         losses = [r.valid_loss for r in result.history if r.valid_loss is not None]
         best = min(losses) if losses else math.inf
         kept = not best < start_loss
@@ -163,10 +146,8 @@ class SiteNode:
                 "finetune_valid_loss_after": float(min(best, start_loss)),
                 "finetune_seconds": time.perf_counter() - t0}
 
-    def save_personalised(self, model, federation_id: str) -> Path:  # noqa: ANN001
+    def save_personalised(self, model: MultiTaskNet, federation_id: str) -> Path:
         """The site's personalised model (trunk and heads after fine-tuning): kept at the site only."""
-        import torch
-
         folder = self.private_dir(federation_id)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / "personalised.pt"
@@ -175,17 +156,11 @@ class SiteNode:
         tmp.replace(path)
         return path
 
-    def save_private(self, model, federation_id: str, server_round: int, *, note: bool = True) -> Path:  # noqa: ANN001
+    def save_private(self, model: MultiTaskNet, federation_id: str, server_round: int, *, note: bool = True) -> Path:
         """Keep the private heads on disk; note their hash per training round in a site-local history."""
-        import torch
-
+        state = save_private_heads(model, self.store_path, federation_id)
         folder = self.private_dir(federation_id)
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / "private_heads.pt"
-        tmp = path.with_suffix(".tmp")
-        state = {k: v.detach().cpu() for k, v in model.private_state_dict().items()}
-        torch.save(state, tmp)
-        tmp.replace(path)
+        path = folder / PRIVATE_HEADS
         if not note:
             return path
         digest = hashlib.sha256()
@@ -201,11 +176,6 @@ class SiteNode:
     def train_round(self, cfg: FederationConfig, shared: dict[str, np.ndarray], *, server_round: int,
                     federation_id: str, proximal_mu: float = 0.0) -> RoundReply:
         """Train the received model on the site's training folds; keep private heads on disk."""
-        import torch
-
-        from fedmol.models.data import TaskData
-        from fedmol.models.training import TrainConfig, fit_target_scaling, train_epochs
-
         t0 = time.perf_counter()
         model, fresh = self.build_model(cfg, shared, federation_id)
         spec = model.spec
@@ -213,7 +183,7 @@ class SiteNode:
         if fresh:
             fit_target_scaling(model, train)  # private regression heads only
         tc = TrainConfig(
-            epochs=cfg.local_epochs, batch_size=cfg.batch_size, optimizer=cfg.optimizer,  # type: ignore[arg-type]
+            epochs=cfg.local_epochs, batch_size=cfg.batch_size, optimizer=cfg.optimizer,
             lr=cfg.lr * cfg.lr_decay ** max(server_round - 1, 0),
             momentum=cfg.momentum, weight_decay=cfg.weight_decay, lr_step_epoch=10**6, lr_gamma=1.0,
             device=cfg.device, seed=cfg.seed * 100_003 + server_round, proximal_mu=proximal_mu,
@@ -249,12 +219,8 @@ class SiteNode:
         as ``valid-federated``/``test-federated`` (summary ``*_federated_*``). The fine-tuned
         model stays at the site (``<federation dir>/personalised.pt``); nothing new is sent.
         """
-        import torch
-
-        from fedmol.models.data import TaskData
-        from fedmol.models.training import evaluate
-
         t0 = time.perf_counter()
+        thresholds = MetricThresholds.at_least(cfg.eval_min_labels)
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         model, fresh = self.build_model(cfg, shared, federation_id)
@@ -265,14 +231,14 @@ class SiteNode:
             final = server_round >= cfg.num_server_rounds
         data = {split: TaskData.from_store(self.store, model.spec, self.rows(cfg, split), trainable_only=False)
                 for split in ("valid", "test")}
-        results = {split: evaluate(model, d, device=cfg.device, thresholds=cfg.eval_thresholds)
+        results = {split: evaluate(model, d, device=cfg.device, thresholds=thresholds)
                    for split, d in data.items()}
         summary: dict[str, Any] = {}
         if final and cfg.finetune_epochs > 0:
             plain = results
             ft = self.finetune(model, cfg, server_round)
             self.save_personalised(model, federation_id)
-            results = {split: evaluate(model, d, device=cfg.device, thresholds=cfg.eval_thresholds)
+            results = {split: evaluate(model, d, device=cfg.device, thresholds=thresholds)
                        for split, d in data.items()}
             results.update({f"{split}-federated": r for split, r in plain.items()})
             summary.update(ft)
@@ -305,7 +271,7 @@ class SiteNode:
             return {k: v * factor if np.issubdtype(v.dtype, np.floating) else v for k, v in arrays.items()}
         raise ConfigError(f"unknown fault drill {self.fault!r}: use 'nan' or 'scale:K'")
 
-    def _task_labels(self, spec) -> dict[str, str]:  # noqa: ANN001
+    def _task_labels(self, spec: ModelSpec) -> dict[str, str]:
         """Private task names stay at the site unless it chose to report them."""
         if self.report_task_names:
             return {}

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from typing import Any
 
 FLOWER_IDLE_S = 3
 DEFAULT_IDLE_S = 0.25
@@ -30,7 +31,7 @@ class _ShortIdleClock:
     def sleep(self, seconds: float) -> None:
         time.sleep(self.idle if seconds == FLOWER_IDLE_S else seconds)
 
-    def __getattr__(self, name: str):  # noqa: ANN204 - everything else is the real `time`
+    def __getattr__(self, name: str) -> Any:  # everything else is the real `time`
         return getattr(time, name)
 
 

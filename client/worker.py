@@ -32,6 +32,14 @@ import threading
 import time
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # flwr is imported where it is used: `fedmol site worker --help` stays fast
+    from flwr.app import Context, Message
+    from flwr.proto.task_pb2 import Task
+    from flwr.supercore.fab import Fab
+    from flwr.supercore.run import Run
+    from flwr.supercore.runtime import RuntimeHttpClient
 
 log = logging.getLogger("fedmol.client")
 
@@ -45,7 +53,7 @@ def installed_version() -> str:
     return metadata.version("fedmol")
 
 
-def _client(address: str, interceptors: list, *, root_certificates: bytes | None):
+def _client(address: str, interceptors: list, *, root_certificates: bytes | None) -> RuntimeHttpClient:
     from flwr.supercore.retry import make_simple_http_retry_invoker
     from flwr.supercore.runtime import RuntimeHttpClient
 
@@ -54,7 +62,7 @@ def _client(address: str, interceptors: list, *, root_certificates: bytes | None
         interceptors=interceptors, retry_invoker=make_simple_http_retry_invoker())
 
 
-def pull_task_input(client):  # noqa: ANN001, ANN201
+def pull_task_input(client: RuntimeHttpClient) -> tuple[Message, Context, Run, Fab, tuple[int, int, int]]:
     """Flower's `run_clientapp.pull_task_input`, polling for the message's objects every few ms.
 
     The SuperNode hands out a task before it has downloaded the message's arrays from the
@@ -140,7 +148,7 @@ def run_task(address: str, token: str, *, root_certificates: bytes | None = None
     return status
 
 
-def _run_logged(address: str, token: str, task, certs: bytes | None) -> None:  # noqa: ANN001
+def _run_logged(address: str, token: str, task: Task, certs: bytes | None) -> None:
     started = time.perf_counter()
     status = run_task(address, token, root_certificates=certs)
     log.info("task %s of run %s: %s in %.2f s", task.task_id, task.run_id, status, time.perf_counter() - started)

@@ -37,9 +37,9 @@ from fedmol.datasets.keys import key_fingerprint
 from fedmol.datasets.labels import apply_threshold, parse_values
 from fedmol.datasets.readers import RawTable, TableSpec, frame_to_table, read_table
 from fedmol.datasets.standardize import StandardizeSettings
-from fedmol.datasets.store import SiteStore, TaskInfo
+from fedmol.datasets.store import SiteStore
 from fedmol.datasets.structures import BASIS_CODES, StructureSettings, process_structures
-from fedmol.datasets.tasks import QuorumSettings, build_catalogue
+from fedmol.datasets.tasks import QuorumSettings, TaskInfo, build_catalogue
 from fedmol.errors import InputError
 
 __all__ = ["PrepareResult", "PrepareSettings", "prepare_file", "prepare_frame", "prepare_table"]

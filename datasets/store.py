@@ -7,7 +7,7 @@ Layout of a store folder::
                      -1 for '<' (true value below), 0 exact, +1 for '>' (true value above)
     folds.npy        (n,) int16 scaffold fold of each compound, 0..k-1
     compounds.csv    compound id, input line number, canonical SMILES (site-private: never sent)
-    tasks.json       the task catalogue: one TaskInfo per column of the label matrix
+    tasks.json       the task catalogue: one `fedmol.datasets.tasks.TaskInfo` per column of the label matrix
     settings.json    every preparation setting, the key fingerprint and the reference hash
     summary.json     counts: read, kept, rejected by reason, tasks kept/excluded
     rejects.csv      line, id, smiles, reason of every input row that did not make it
@@ -21,39 +21,20 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from fedmol.datasets.tasks import QuorumSettings, TaskInfo, build_catalogue
 from fedmol.errors import StoreError
 from fedmol.jsonio import json_default
 
+__all__ = ["STORE_FORMAT", "SiteStore"]
+
 STORE_FORMAT = 1
-TaskKind = Literal["classification", "regression"]
 _FILES = ("features.npz", "labels.npz", "folds.npy", "tasks.json", "settings.json")
-
-
-@dataclass(frozen=True)
-class TaskInfo:
-    """One column of the label matrix and whether it meets the quorums."""
-
-    name: str
-    kind: TaskKind
-    source: str = ""  # the input column (or long-format task) it came from
-    threshold: float | None = None  # classification made from a value: 1 if value >= threshold
-    n_labels: int = 0
-    n_pos: int = 0  # classification only
-    n_neg: int = 0
-    n_censored: int = 0  # regression only
-    trainable: bool = True
-    evaluable: bool = True
-    reason: str = ""  # why not trainable / not evaluable; empty when both hold
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TaskInfo:
-        return cls(**d)
 
 
 @dataclass
@@ -101,14 +82,12 @@ class SiteStore:
         return [t for t in self.tasks if t.trainable]
 
     def subset(self, rows: np.ndarray | None = None, task_names: list[str] | None = None,
-               quorum: Any = None) -> SiteStore:
+               quorum: QuorumSettings | None = None) -> SiteStore:
         """A new store with the given rows and tasks; the catalogue's quorums are recomputed.
 
         Used by the simulation partitioners: preparing once and subsetting gives the same
         features and folds as preparing each site's file, because both are per-molecule.
         """
-        from fedmol.datasets.tasks import build_catalogue
-
         rows = np.arange(self.n_compounds) if rows is None else np.asarray(rows)
         cols = list(range(len(self.tasks)))
         if task_names is not None:

@@ -14,9 +14,30 @@ from typing import Any
 
 import numpy as np
 
-from fedmol.datasets.store import TaskInfo
+from fedmol.config import TaskKind
 
-__all__ = ["QuorumSettings", "build_catalogue"]
+__all__ = ["TaskInfo", "QuorumSettings", "build_catalogue"]
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """One column of the label matrix and whether it meets the quorums."""
+
+    name: str
+    kind: TaskKind
+    source: str = ""  # the input column (or long-format task) it came from
+    threshold: float | None = None  # classification made from a value: 1 if value >= threshold
+    n_labels: int = 0
+    n_pos: int = 0  # classification only
+    n_neg: int = 0
+    n_censored: int = 0  # regression only
+    trainable: bool = True
+    evaluable: bool = True
+    reason: str = ""  # why not trainable / not evaluable; empty when both hold
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TaskInfo:
+        return cls(**d)
 
 
 @dataclass(frozen=True)

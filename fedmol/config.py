@@ -9,14 +9,27 @@ so a typo cannot silently fall back to a default.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, fields
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeGuard, get_args, get_origin, get_type_hints
 
 from fedmol.errors import ConfigError
 
-STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedmedian", "trimmed-mean")
-TASK_KINDS = ("classification", "regression")
+# The closed choices of the run config. The types are what mypy checks; the run-time validation
+# (`FederationConfig.validate`) and the CLI's choices are derived from them, so they cannot drift.
+Strategy = Literal["fedavg", "fedprox", "fedadam", "fedyogi", "fedmedian", "trimmed-mean"]
+DPMode = Literal["off", "server-fixed", "server-adaptive"]
+Optimizer = Literal["sgd", "adam"]
+TransportDtype = Literal["float32", "float16"]  # float16 halves the bytes a site uploads per round
+InputTransform = Literal["binary", "log1p", "none"]  # stored feature values -> input weights
+TaskKind = Literal["classification", "regression"]
+
+STRATEGIES: tuple[Strategy, ...] = get_args(Strategy)
+TASK_KINDS: tuple[TaskKind, ...] = get_args(TaskKind)
+# Not a closed set (cuda:N names a GPU), so a pattern rather than a Literal.
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
 @dataclass(frozen=True)
@@ -24,7 +37,7 @@ class FederationConfig:
     """Every setting of a federation. Field names are the run-config keys with ``_`` for ``-``."""
 
     num_server_rounds: int = 3
-    strategy: str = "fedavg"
+    strategy: Strategy = "fedavg"
     min_sites: int = 2  # a round needs at least this many sites to answer
     fraction_train: float = 1.0
     round_timeout: float = 3600.0  # seconds to wait for the sites' replies in one round
@@ -35,7 +48,7 @@ class FederationConfig:
     # Server-side optimiser (FedAdam/FedYogi) and robust aggregation.
     server_lr: float = 0.01
     trimmed_beta: float = 0.2
-    transport_dtype: str = "float32"  # "float16" halves the bytes a site uploads per round
+    transport_dtype: TransportDtype = "float32"
     # Secure aggregation (Flower's SecAgg+, fedmol.server.secagg): the server sees only the sum of the
     # updates. FedAvg only; shares and threshold as fractions of the sampled sites; parameters are
     # clipped to +-secagg-clipping-range; a site's weight (training labels) must be <= max-weight,
@@ -46,12 +59,12 @@ class FederationConfig:
     secagg_clipping_range: float = 8.0
     secagg_max_weight: float = 100000.0
     # Central differential privacy (Flower's server-side DP wrappers).
-    dp: str = "off"  # "off" | "server-fixed" | "server-adaptive"
+    dp: DPMode = "off"
     dp_noise_multiplier: float = 0.1
     dp_clipping_norm: float = 10.0
     # Local training on the sites.
     local_epochs: int = 1
-    optimizer: str = "sgd"
+    optimizer: Optimizer = "sgd"
     lr: float = 0.05
     lr_decay: float = 1.0  # local lr in server round r (1-based) is lr * lr_decay ** (r - 1)
     momentum: float = 0.9
@@ -66,14 +79,14 @@ class FederationConfig:
     finetune_epochs: int = 0
     finetune_lr: float = 0.001
     finetune_patience: int = 3
-    device: str = "auto"
+    device: str = "auto"  # auto (CUDA when present), cpu, cuda or cuda:N
     num_threads: int = 0  # torch CPU threads per site process (0: torch's default)
     seed: int = 0
     # Model.
     n_bits: int = 32768
     hidden: str = "400"  # comma-separated layer sizes
     dropout: float = 0.2
-    input_transform: str = "binary"
+    input_transform: InputTransform = "binary"
     consortium_tasks: str = ""  # "task:classification,task2:regression"; the shared heads
     # Data on the sites.
     test_fold: int = 0
@@ -128,18 +141,16 @@ class FederationConfig:
         return dataclasses.replace(self, **changes)
 
     def validate(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise ConfigError(f"strategy {self.strategy!r} is not one of {STRATEGIES}")
+        for name, choices in _choices().items():
+            value = getattr(self, name)
+            if value not in choices:
+                raise ConfigError(f"{name.replace('_', '-')} {value!r} is not one of {choices}")
+        if not DEVICE_PATTERN.fullmatch(self.device):
+            raise ConfigError(f"device {self.device!r} is not one of auto, cpu, cuda or cuda:N")
         if self.num_server_rounds < 1:
             raise ConfigError("num-server-rounds must be at least 1")
         if self.min_sites < 1:
             raise ConfigError("min-sites must be at least 1")
-        if self.transport_dtype not in ("float32", "float16"):
-            raise ConfigError(f"transport-dtype {self.transport_dtype!r} is not one of ('float32', 'float16')")
-        if self.dp not in ("off", "server-fixed", "server-adaptive"):
-            raise ConfigError(f"dp {self.dp!r} is not one of ('off', 'server-fixed', 'server-adaptive')")
-        if self.optimizer not in ("sgd", "adam"):
-            raise ConfigError(f"optimizer {self.optimizer!r} is not one of ('sgd', 'adam')")
         if not 0 < self.lr_decay <= 1:
             raise ConfigError("lr-decay must be in (0, 1]")
         if self.finetune_epochs < 0 or self.finetune_lr <= 0 or self.finetune_patience < 1:
@@ -167,15 +178,15 @@ class FederationConfig:
         return sizes
 
     @property
-    def consortium_task_list(self) -> list[tuple[str, str]]:
+    def consortium_task_list(self) -> list[tuple[str, TaskKind]]:
         """The consortium's shared tasks as (name, kind), in the order every site uses."""
-        out: list[tuple[str, str]] = []
+        out: list[tuple[str, TaskKind]] = []
         for item in str(self.consortium_tasks).split(","):
             item = item.strip()
             if not item:
                 continue
             name, sep, kind = item.rpartition(":")
-            if not sep or kind not in TASK_KINDS or not name:
+            if not sep or not name or not _is_task_kind(kind):
                 raise ConfigError(
                     f"consortium-tasks entry {item!r}: expected NAME:classification or NAME:regression"
                 )
@@ -186,14 +197,6 @@ class FederationConfig:
         return out
 
     @property
-    def eval_thresholds(self):  # noqa: ANN201 - fedmol.models.metrics.MetricThresholds
-        """The metric thresholds of ``eval-min-labels`` (same for every site and every baseline)."""
-        from fedmol.models.metrics import MetricThresholds
-
-        n = self.eval_min_labels
-        return MetricThresholds(min_pos=n, min_neg=n, min_points=n)
-
-    @property
     def output_path(self) -> Path:
         return Path(self.output_dir).expanduser().resolve()
 
@@ -202,6 +205,17 @@ class FederationConfig:
         if self.tracking_uri:
             return self.tracking_uri
         return f"sqlite:///{self.output_path / 'mlflow.db'}"
+
+
+@cache
+def _choices() -> dict[str, tuple[str, ...]]:
+    """Field name -> allowed values, for every field typed with a Literal."""
+    hints = get_type_hints(FederationConfig)
+    return {f.name: get_args(hints[f.name]) for f in fields(FederationConfig) if get_origin(hints[f.name]) is Literal}
+
+
+def _is_task_kind(kind: str) -> TypeGuard[TaskKind]:
+    return kind in TASK_KINDS
 
 
 def _coerce(key: str, value: Any, type_name: Any) -> Any:

@@ -14,17 +14,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
 
-from fedmol.datasets.store import SiteStore, TaskInfo
 from fedmol.config import FederationConfig
+from fedmol.datasets.store import SiteStore
+from fedmol.datasets.tasks import TaskInfo
+from fedmol.models.data import TaskData
+from fedmol.models.metrics import MetricThresholds
+from fedmol.models.network import MultiTaskNet
 from fedmol.models.report import GainTable
-
-if TYPE_CHECKING:
-    from fedmol.models.training import TrainConfig
+from fedmol.models.spec import ModelSpec, build_spec
+from fedmol.models.training import Monitor, TrainConfig, evaluate, fit_target_scaling, train_epochs
 
 SEP = "::"  # pooled private task name: "<site>::<task>"
 
@@ -36,7 +38,7 @@ def _splits(store: SiteStore, cfg: FederationConfig) -> dict[str, np.ndarray]:
 
 
 def federation_recipe(cfg: FederationConfig, epochs: int | None = None, patience: int | None = 5,
-                      monitor: str = "loss") -> TrainConfig:
+                      monitor: Monitor = "loss") -> TrainConfig:
     """The centralised counterpart of the sites' training in a federation, for a baseline.
 
     Same optimizer, lr, momentum, batch size and weight decay as `fedmol.client.site.SiteNode.train_round`,
@@ -44,13 +46,11 @@ def federation_recipe(cfg: FederationConfig, epochs: int | None = None, patience
     ``epochs`` defaults to the federation's total, rounds x local epochs. Early stopping on the
     validation fold (``patience``, None: off) is an advantage the federation does not get.
     """
-    from fedmol.models.training import TrainConfig
-
     epochs = cfg.num_server_rounds * cfg.local_epochs if epochs is None else epochs
-    return TrainConfig(epochs=epochs, batch_size=cfg.batch_size, lr=cfg.lr, optimizer=cfg.optimizer,  # type: ignore[arg-type]
+    return TrainConfig(epochs=epochs, batch_size=cfg.batch_size, lr=cfg.lr, optimizer=cfg.optimizer,
                        momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                        lr_step_epoch=max(cfg.local_epochs, 1), lr_gamma=cfg.lr_decay,
-                       patience=patience, monitor=monitor, seed=cfg.seed, device=cfg.device,  # type: ignore[arg-type]
+                       patience=patience, monitor=monitor, seed=cfg.seed, device=cfg.device,
                        num_threads=cfg.num_threads or None)
 
 
@@ -59,15 +59,10 @@ def _train_and_test(store: SiteStore, consortium: list[tuple[str, str]], cfg: Fe
                     recipe: TrainConfig | None = None,
                     folds: tuple[str, ...] = ("test",)) -> dict[str, dict[str, dict]]:
     """Train one model on ``store``; fold ("test", "valid") -> site -> task -> metrics on each test store."""
-    from fedmol.models.data import TaskData
-    from fedmol.models.network import MultiTaskNet
-    from fedmol.models.spec import build_spec
-    from fedmol.models.training import TrainConfig, evaluate, fit_target_scaling, train_epochs
-
     shared = {n for n, _ in consortium}
     private = [(t.name, t.kind) for t in store.trainable_tasks() if t.name not in shared]
     spec = build_spec(cfg.n_bits, consortium, private, hidden=cfg.hidden_sizes, dropout=cfg.dropout,
-                      input_transform=cfg.input_transform)  # type: ignore[arg-type]
+                      input_transform=cfg.input_transform)
     model = MultiTaskNet(spec, seed=cfg.seed)
     split = _splits(store, cfg)
     train = TaskData.from_store(store, spec, split["train"])
@@ -77,11 +72,12 @@ def _train_and_test(store: SiteStore, consortium: list[tuple[str, str]], cfg: Fe
                                device=cfg.device, num_threads=cfg.num_threads or None,
                                lr_step_epoch=max(epochs // 2, 1))
     train_epochs(model, train, tc, valid=valid)
+    thresholds = MetricThresholds.at_least(cfg.eval_min_labels)
     out: dict[str, dict[str, dict]] = {fold: {} for fold in folds}
     for site, (test_store, rename) in test_sets.items():
         for fold in folds:
             test = _aligned(test_store, spec, rename, _splits(test_store, cfg)[fold])
-            per_task = evaluate(model, test, device=cfg.device, thresholds=cfg.eval_thresholds).per_task
+            per_task = evaluate(model, test, device=cfg.device, thresholds=thresholds).per_task
             out[fold][site] = {name: m for t, m in per_task.items() if (name := _back(t, site)) is not None}
     return out
 
@@ -94,9 +90,7 @@ def _back(task: str, site: str) -> str | None:
     return task
 
 
-def _aligned(store: SiteStore, spec, rename: Callable[[str], str | None], rows: np.ndarray):  # noqa: ANN001
-    from fedmol.models.data import TaskData
-
+def _aligned(store: SiteStore, spec: ModelSpec, rename: Callable[[str], str | None], rows: np.ndarray) -> TaskData:
     names = [rename(t.name) or f"\0{t.name}" for t in store.tasks]
     return TaskData.from_arrays(spec, store.X, store.Y, store.censor, names, rows)
 
@@ -135,7 +129,7 @@ def train_baselines(store_paths: Mapping[str, Path], cfg: FederationConfig, *, e
 
     Default recipe: Adam lr 1e-3, <= ``epochs`` epochs, lr x0.3 at half-way, early stopping on the
     validation loss (patience 5). ``recipe`` replaces it (e.g. `federation_recipe`); ``epochs`` is
-    then ignored. Tasks are scored with ``cfg.eval_thresholds`` (run-config ``eval-min-labels``).
+    then ignored. Tasks are scored with `MetricThresholds.at_least` of run-config ``eval-min-labels``.
     ``validation``, when given, receives the same models' scores on each site's validation fold
     (to choose between recipes without looking at the test fold).
     """
@@ -143,13 +137,13 @@ def train_baselines(store_paths: Mapping[str, Path], cfg: FederationConfig, *, e
     consortium = cfg.consortium_task_list
     shared = {n for n, _ in consortium}
     table = GainTable(dataset or cfg.table_name, "score")
-    folds = ("test", "valid") if validation is not None else ("test",)
-    targets = {"test": table, "valid": validation}
+    targets = {"test": table} if validation is None else {"test": table, "valid": validation}
+    folds = tuple(targets)
 
     def add(approach: str, res: dict[str, dict[str, dict]]) -> None:
         for fold in folds:
             for site, per_task in res[fold].items():
-                targets[fold].add(approach, site, {t: _score(m) for t, m in per_task.items()})  # type: ignore[union-attr]
+                targets[fold].add(approach, site, {t: _score(m) for t, m in per_task.items()})
 
     for site, store in stores.items():
         add("local", _train_and_test(store, consortium, cfg, epochs, {site: (store, lambda n: n)}, recipe, folds))

@@ -15,8 +15,9 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor
 
+from fedmol.config import InputTransform
 from fedmol.errors import InputError
-from fedmol.models.spec import InputTransform, ModelSpec
+from fedmol.models.spec import ModelSpec
 
 __all__ = ["SparseBatch", "LabelBatch", "HeadLabels", "TaskData", "transform_features", "iter_batches",
            "iter_feature_batches"]

@@ -39,6 +39,12 @@ class MetricThresholds:
     min_points: int = 25  # uncensored regression points
     ece_bins: int = 10
 
+    @classmethod
+    def at_least(cls, n: int) -> MetricThresholds:
+        """At least ``n`` positives, negatives and uncensored points: a federation's thresholds,
+        from run-config ``eval-min-labels`` (the same for every site and every baseline)."""
+        return cls(min_pos=n, min_neg=n, min_points=n)
+
 
 DEFAULT_THRESHOLDS = MetricThresholds()
 

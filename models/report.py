@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+from rich.table import Table
+
 from fedmol.errors import InputError
 
 __all__ = ["GainTable"]
@@ -162,11 +165,8 @@ class GainTable:
             lines.append("| **mean (common tasks)** | " + " | ".join(f"**{c}**" for c in cells) + " |")
         return "\n".join(lines) + "\n"
 
-    def print(self, console: Any = None) -> None:
+    def print(self, console: Console | None = None) -> None:
         """The per-site means as a rich table (approaches side by side)."""
-        from rich.console import Console
-        from rich.table import Table
-
         console = console or Console()
         summary = self.summary()
         table = Table(title=f"{self.metric} on {self.dataset} (mean over common tasks)")

@@ -10,17 +10,14 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, get_args
 
+from fedmol.config import TASK_KINDS, InputTransform, TaskKind
 from fedmol.errors import ConfigError
 
-TaskKind = Literal["classification", "regression"]
-InputTransform = Literal["binary", "log1p", "none"]
-
 SPEC_FORMAT = 1
-TASK_KINDS: tuple[str, ...] = ("classification", "regression")
-INPUT_TRANSFORMS: tuple[str, ...] = ("binary", "log1p", "none")
-HEAD_NAMES: dict[tuple[bool, str], str] = {
+INPUT_TRANSFORMS: tuple[InputTransform, ...] = get_args(InputTransform)
+HEAD_NAMES: dict[tuple[bool, TaskKind], str] = {
     (True, "classification"): "consortium_classification",
     (True, "regression"): "consortium_regression",
     (False, "classification"): "private_classification",
@@ -157,8 +154,8 @@ class ModelSpec:
 
 def build_spec(
     n_features: int,
-    consortium_tasks: Sequence[tuple[str, str]],
-    private_tasks: Sequence[tuple[str, str]],
+    consortium_tasks: Sequence[tuple[str, TaskKind]],
+    private_tasks: Sequence[tuple[str, TaskKind]],
     hidden: Iterable[int] = (400,),
     dropout: float = 0.2,
     input_transform: InputTransform = "binary",

@@ -14,13 +14,15 @@ import copy
 import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import scipy.sparse as sp
 import torch
+from threadpoolctl import threadpool_limits
 from torch import Tensor
 
+from fedmol.config import Optimizer
 from fedmol.errors import ConfigError, TrainingDiverged
 from fedmol.models.data import TaskData, iter_batches, iter_feature_batches, transform_features
 from fedmol.models.losses import LossSum, censored_mse, masked_bce
@@ -34,7 +36,11 @@ from fedmol.models.metrics import (
 from fedmol.models.network import MultiTaskNet
 
 __all__ = ["TrainConfig", "TrainResult", "EpochRecord", "EvalResult", "Predictions", "resolve_device",
-           "train_epochs", "evaluate", "predict", "make_optimizer", "fit_target_scaling", "compute_loss"]
+           "train_epochs", "evaluate", "predict", "mc_dropout_outputs", "make_optimizer", "fit_target_scaling",
+           "compute_loss", "single_threaded_blas"]
+
+Monitor = Literal["loss", "score"]
+Amp = Literal["auto", "on", "off"]
 
 
 @dataclass(frozen=True)
@@ -52,32 +58,32 @@ class TrainConfig:
     epochs: int = 20
     batch_size: int = 256
     lr: float = 1e-3
-    optimizer: Literal["adam", "sgd"] = "adam"
+    optimizer: Optimizer = "adam"
     momentum: float = 0.9
     weight_decay: float = 0.0
     lr_step_epoch: int = 10
     lr_gamma: float = 0.3
     patience: int | None = None
-    monitor: Literal["loss", "score"] = "loss"
+    monitor: Monitor = "loss"
     restore_best: bool = True
     device: str = "auto"
-    amp: Literal["auto", "on", "off"] = "auto"
+    amp: Amp = "auto"
     seed: int = 0
     proximal_mu: float = 0.0
     num_threads: int | None = None
     grad_clip: float | None = None
 
     def __post_init__(self) -> None:
-        if self.optimizer not in ("adam", "sgd"):
-            raise ConfigError(f"optimizer {self.optimizer!r}: use adam or sgd")
+        if self.optimizer not in get_args(Optimizer):
+            raise ConfigError(f"optimizer {self.optimizer!r}: use {' or '.join(get_args(Optimizer))}")
         if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
             raise ConfigError("epochs must be >= 0, batch_size >= 1 and lr > 0")
         if self.lr_step_epoch < 1:
             raise ConfigError("lr_step_epoch must be >= 1")
-        if self.monitor not in ("loss", "score"):
-            raise ConfigError(f"monitor {self.monitor!r}: use loss or score")
-        if self.amp not in ("auto", "on", "off"):
-            raise ConfigError(f"amp {self.amp!r}: use auto, on or off")
+        if self.monitor not in get_args(Monitor):
+            raise ConfigError(f"monitor {self.monitor!r}: use {' or '.join(get_args(Monitor))}")
+        if self.amp not in get_args(Amp):
+            raise ConfigError(f"amp {self.amp!r}: use {', '.join(get_args(Amp))}")
 
     def lr_at(self, epoch: int) -> float:
         """Learning rate of (0-based, global) ``epoch``: lr x gamma^(epoch // lr_step_epoch)."""
@@ -190,8 +196,6 @@ def single_threaded_blas() -> contextlib.AbstractContextManager[Any]:
     """Keep numpy/scipy BLAS on one thread. After a multi-threaded BLAS call, OpenBLAS worker
     threads busy-wait and take the cores torch needs: measured 5x slower training epochs on
     2 cores after a scikit-learn metrics pass."""
-    from threadpoolctl import threadpool_limits
-
     return threadpool_limits(limits=1, user_api="blas")
 
 
@@ -424,6 +428,47 @@ def _model_device(model: torch.nn.Module) -> torch.device:
 
 
 # -- prediction ----------------------------------------------------------------------------------
+@torch.no_grad()
+def mc_dropout_outputs(
+    model: torch.nn.Module,
+    X: sp.csr_matrix,
+    n_samples: int,
+    *,
+    seed: int = 0,
+    batch_size: int = 1024,
+    device: torch.device | None = None,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Mean and std over ``n_samples`` dropout-on passes, per head, in task units (n, t).
+
+    X: transformed CSR features. The global torch RNG is forked, so the caller's state is kept.
+    """
+    device = device or next(model.parameters()).device
+    sums: dict[str, np.ndarray] = {}
+    sq: dict[str, np.ndarray] = {}
+    was_training = model.training
+    model.train()
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for _ in range(n_samples):
+            parts: dict[str, list[np.ndarray]] = {name: [] for name in model.heads}
+            for batch in iter_feature_batches(X, batch_size, device):
+                for name, out in model(batch).items():
+                    parts[name].append(model.heads[name].to_units(out.float()).cpu().numpy())
+            for name, chunks in parts.items():
+                width = model.heads[name].linear.out_features
+                arr = np.concatenate(chunks) if chunks else np.zeros((0, width))
+                arr = arr.astype(np.float64)
+                sums[name] = sums.get(name, 0.0) + arr
+                sq[name] = sq.get(name, 0.0) + arr * arr
+    model.train(was_training)
+    mean = {k: (v / n_samples).astype(np.float32) for k, v in sums.items()}
+    std = {k: np.sqrt(np.maximum(sq[k] / n_samples - (sums[k] / n_samples) ** 2, 0.0)).astype(np.float32)
+           for k in sums}
+    return mean, std
+
+
+
 @dataclass
 class Predictions:
     """Per-task predictions in task units (P(active) or de-standardised values), (n,) each.
@@ -458,8 +503,6 @@ def predict(
     mc_samples > 0: the mean and std over that many forward passes with dropout on (MC
     dropout, seeded); 0: one deterministic pass. ``transformed``: X already holds input weights.
     """
-    from fedmol.models.uncertainty import mc_dropout_outputs
-
     dev = _model_device(model) if device is None else resolve_device(str(device))
     model.to(dev)
     if X.shape[1] != model.spec.n_features:

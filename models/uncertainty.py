@@ -1,4 +1,5 @@
-"""Per-prediction uncertainty: MC dropout, and split-conformal calibration on a validation fold.
+"""Per-prediction uncertainty: split-conformal calibration on a validation fold (MC dropout, the
+other half, is `fedmol.models.training.predict` with ``mc_samples``).
 
 Conformal objects keep the calibration set's nonconformity scores (sorted), so they answer at
 any confidence later and serialise to plain JSON.
@@ -17,58 +18,19 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import scipy.sparse as sp
-import torch
 
-from fedmol.models.data import iter_feature_batches
+from fedmol.models.data import TaskData
+from fedmol.models.network import MultiTaskNet
 
-__all__ = ["mc_dropout_outputs", "ConformalClassifier", "ConformalRegressor", "ConformalCalibration",
-           "calibrate"]
+if TYPE_CHECKING:
+    from fedmol.models.training import Predictions
+
+__all__ = ["ConformalClassifier", "ConformalRegressor", "ConformalCalibration", "calibrate"]
 
 _DECIMALS = 6  # scores are stored rounded: JSON stays small and exact enough for p-values
-
-
-@torch.no_grad()
-def mc_dropout_outputs(
-    model: torch.nn.Module,
-    X: sp.csr_matrix,
-    n_samples: int,
-    *,
-    seed: int = 0,
-    batch_size: int = 1024,
-    device: torch.device | None = None,
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Mean and std over ``n_samples`` dropout-on passes, per head, in task units (n, t).
-
-    X: transformed CSR features. The global torch RNG is forked, so the caller's state is kept.
-    """
-    device = device or next(model.parameters()).device
-    sums: dict[str, np.ndarray] = {}
-    sq: dict[str, np.ndarray] = {}
-    was_training = model.training
-    model.train()
-    devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        for _ in range(n_samples):
-            parts: dict[str, list[np.ndarray]] = {name: [] for name in model.heads}
-            for batch in iter_feature_batches(X, batch_size, device):
-                for name, out in model(batch).items():
-                    parts[name].append(model.heads[name].to_units(out.float()).cpu().numpy())
-            for name, chunks in parts.items():
-                width = model.heads[name].linear.out_features
-                arr = np.concatenate(chunks) if chunks else np.zeros((0, width))
-                arr = arr.astype(np.float64)
-                sums[name] = sums.get(name, 0.0) + arr
-                sq[name] = sq.get(name, 0.0) + arr * arr
-    model.train(was_training)
-    mean = {k: (v / n_samples).astype(np.float32) for k, v in sums.items()}
-    std = {k: np.sqrt(np.maximum(sq[k] / n_samples - (sums[k] / n_samples) ** 2, 0.0)).astype(np.float32)
-           for k in sums}
-    return mean, std
 
 
 @dataclass
@@ -174,10 +136,12 @@ class ConformalCalibration:
         )
 
 
-def calibrate(model: torch.nn.Module, data: Any, *, fold: int | None = None, min_per_class: int = 1,
+def calibrate(model: MultiTaskNet, data: TaskData, *, fold: int | None = None, min_per_class: int = 1,
               batch_size: int = 1024) -> ConformalCalibration:
     """Fit conformal predictors for every task with labels in ``data`` (a `TaskData`, the
     validation fold). A classification task needs ``min_per_class`` labels of each class."""
+    # Imported here, not at the top: training brings scikit-learn (its metrics), and loading a model
+    # to score (fedmol.models.io reads ConformalCalibration) should not pay for it.
     from fedmol.models.training import predict, single_threaded_blas
 
     preds = predict(model, data.X, batch_size=batch_size, transformed=True)
@@ -185,7 +149,7 @@ def calibrate(model: torch.nn.Module, data: Any, *, fold: int | None = None, min
         return _fit_calibration(model, data, preds, fold, min_per_class)
 
 
-def _fit_calibration(model: torch.nn.Module, data: Any, preds: Any, fold: int | None,
+def _fit_calibration(model: MultiTaskNet, data: TaskData, preds: Predictions, fold: int | None,
                      min_per_class: int) -> ConformalCalibration:
     cal = ConformalCalibration(fold=fold)
     for head in model.spec.heads:

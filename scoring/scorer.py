@@ -35,8 +35,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+import torch
+from rdkit import Chem
 
+from fedmol.config import FederationConfig
+from fedmol.datasets.featurize import Featurizer, FeaturizeSettings, bit_permutation
+from fedmol.datasets.keys import key_fingerprint, load_key
+from fedmol.datasets.standardize import MoleculeReject, Standardizer, StandardizeSettings
+from fedmol.datasets.store import SiteStore
 from fedmol.errors import ConfigError, InputError
+from fedmol.models.data import TaskData, iter_feature_batches, transform_features
+from fedmol.models.io import load_calibration, load_model
+from fedmol.models.network import MultiTaskNet
+from fedmol.models.site_model import PRIVATE_HEADS, federation_dir, site_model, site_name, split_rows
+from fedmol.models.uncertainty import calibrate
 
 __all__ = ["KEY_ENV", "NO_CALIBRATION_NOTE", "PreparedBlock", "Scorer", "TaskInfo", "model_summary",
            "resolve_key"]
@@ -51,8 +63,6 @@ NO_CALIBRATION_NOTE = (
 
 def resolve_key(key_file: str | os.PathLike[str] | None) -> bytes:
     """The consortium key from ``key_file`` or $FEDMOL_KEY_FILE; a clear error when absent."""
-    from fedmol.datasets.keys import load_key
-
     path = key_file or os.environ.get(KEY_ENV)
     if not path:
         raise InputError(
@@ -110,11 +120,6 @@ class Scorer:
     def __init__(self, model_dir: str | Path, key: bytes, *, mc_samples: int = DEFAULT_MC_SAMPLES,
                  site_store: str | Path | None = None, confidence: float = 0.8,
                  standardize: bool | None = None, seed: int = 0, canonical_smiles: bool = True) -> None:
-        from fedmol.datasets.featurize import FeaturizeSettings, bit_permutation
-        from fedmol.datasets.keys import key_fingerprint
-        from fedmol.datasets.standardize import StandardizeSettings
-        from fedmol.models.io import load_calibration, load_model
-
         if not 0 < confidence < 1:
             raise InputError(f"confidence must be between 0 and 1, not {confidence}")
         self.model_dir = Path(model_dir)
@@ -141,44 +146,34 @@ class Scorer:
         self.calibration = load_calibration(self.model_dir)
         if site_store is not None:
             self._load_site(Path(site_store), key_fingerprint(key))
-        self._standardizer: Any = None
-        self._featurizer: Any = None
+        self._standardizer: Standardizer | None = None
+        self._featurizer: Featurizer | None = None
 
     # -- the site's full model ----------------------------------------------------------------
     def _load_site(self, store_path: Path, key_fp: str) -> None:
         """Shared weights from the model folder + private heads from the store; calibrate on valid."""
-        import torch
-
-        from fedmol.client.site import SiteNode
-        from fedmol.config import FederationConfig
-        from fedmol.models.data import TaskData
-        from fedmol.models.network import MultiTaskNet
-        from fedmol.models.uncertainty import calibrate
-
         run_config = self.meta.get("run_config")
         federation_id = self.meta.get("federation_id")
         if not run_config or not federation_id:
             raise InputError(f"{self.model_dir} has no run_config/federation_id in meta.json: --site-store "
                              "needs a model written by a federation (server/federations/<id>/model)")
         cfg = FederationConfig.from_run_config(run_config)
-        node = SiteNode(store_path)
-        store_fp = node.store.settings.get("key_fingerprint")
+        store = SiteStore.load(store_path)
+        store_fp = store.settings.get("key_fingerprint")
         if store_fp and store_fp != key_fp:
             raise InputError(f"the site store {store_path} was prepared with another key "
                              f"(fingerprint {store_fp} != {key_fp})")
-        heads_path = node.private_dir(str(federation_id)) / "private_heads.pt"
-        spec = node.spec(cfg)
-        model = MultiTaskNet(spec)
-        model.load_shared_state_dict(self.model.shared_state_dict())
-        if model.private_head_names():
-            if not heads_path.exists():
-                raise InputError(f"no private heads for federation {federation_id} in {store_path} "
-                                 f"(expected {heads_path}): did this site take part in that federation?")
-            model.load_private_state_dict(torch.load(heads_path, weights_only=True))
+        site = site_name(store, store_path)
+        model, fresh = site_model(store, store_path, cfg, self.model.shared_state_dict(), str(federation_id),
+                                  site=site)
+        if fresh and model.private_head_names():
+            heads_path = federation_dir(store_path, str(federation_id)) / PRIVATE_HEADS
+            raise InputError(f"no private heads for federation {federation_id} in {store_path} "
+                             f"(expected {heads_path}): did this site take part in that federation?")
         model.eval()
         self.model = model
-        self.site = node.name
-        valid = TaskData.from_store(node.store, spec, node.rows(cfg, "valid"), trainable_only=False)
+        self.site = site
+        valid = TaskData.from_store(store, model.spec, split_rows(store, cfg, "valid"), trainable_only=False)
         self.calibration = calibrate(model, valid, fold=cfg.valid_fold) if valid.n else None
 
     # -- views --------------------------------------------------------------------------------
@@ -210,11 +205,6 @@ class Scorer:
     # -- scoring ------------------------------------------------------------------------------
     def prepare(self, smiles: list[str]) -> PreparedBlock:
         """Standardise and featurise; rejected molecules keep their reason in ``errors``."""
-        from rdkit import Chem
-
-        from fedmol.datasets.featurize import Featurizer
-        from fedmol.datasets.standardize import MoleculeReject, Standardizer
-
         if self._standardizer is None:  # built once: RDKit's helpers are costly (and keep no per-call state)
             self._standardizer = Standardizer(self.standardize)
         # A featuriser per call (~0.6 ms): it collects rows until finish(), so a shared one would carry
@@ -299,7 +289,7 @@ class Scorer:
         return state
 
 
-def predict_units(model: Any, X: sp.csr_matrix, mc_samples: int, *, seed: int = 0,
+def predict_units(model: MultiTaskNet, X: sp.csr_matrix, mc_samples: int, *, seed: int = 0,
                   batch_size: int = 2048) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
     """Per task (n,) predictions in task units and, with mc_samples > 0, their MC-dropout std.
 
@@ -311,10 +301,6 @@ def predict_units(model: Any, X: sp.csr_matrix, mc_samples: int, *, seed: int = 
     once, and the last dropout folds into the heads' weights, (S, tasks, hidden), so S samples cost
     one (B, hidden) x (hidden, S * tasks) product instead of S forward passes.
     """
-    import torch
-
-    from fedmol.models.data import iter_feature_batches, transform_features
-
     Xt = transform_features(X, model.spec.input_transform)
     heads = model.heads
     mean_parts: dict[str, list[np.ndarray]] = {name: [] for name in heads}
@@ -389,7 +375,7 @@ def model_summary(model_dir: str | Path) -> dict[str, Any]:
 def resolve_model_dir(model: str, tracking_uri: str | None) -> Path:
     """A model folder (spec.json, weights.pt, meta.json) from a path or a ``models:/NAME/VERSION`` URI."""
     if model.startswith(("models:/", "runs:/")):
-        import mlflow
+        import mlflow  # only for registry URIs: mlflow takes seconds to import, a model folder needs none of it
 
         if tracking_uri:
             mlflow.set_tracking_uri(tracking_uri)

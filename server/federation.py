@@ -15,22 +15,24 @@ from flwr.serverapp import Grid
 
 from fedmol import wire
 from fedmol.config import FederationConfig
+from fedmol.models.network import MultiTaskNet
+from fedmol.models.report import GainTable
+from fedmol.models.spec import ModelSpec, build_spec
 from fedmol.records import to_array_record
 from fedmol.server.checkpoint import Checkpoint, resolve_resume
+from fedmol.server.registry import register_model, save_shared_model
 from fedmol.server.rounds import HookedStrategy, RoundOutcome
+from fedmol.server.secagg import run_secure_rounds
 from fedmol.server.strategies import make_strategy, restore_strategy_state
 from fedmol.server.tracking import Checkpointer, MlflowTracker
 
 log = logging.getLogger("fedmol.server")
 
 
-def initial_shared_arrays(cfg: FederationConfig) -> tuple[dict[str, np.ndarray], Any]:
+def initial_shared_arrays(cfg: FederationConfig) -> tuple[dict[str, np.ndarray], ModelSpec]:
     """The shared part of a fresh model (trunk + consortium heads) and its spec, seeded."""
-    from fedmol.models.network import MultiTaskNet
-    from fedmol.models.spec import build_spec
-
     spec = build_spec(cfg.n_bits, cfg.consortium_task_list, [], hidden=cfg.hidden_sizes,
-                      dropout=cfg.dropout, input_transform=cfg.input_transform,  # type: ignore[arg-type]
+                      dropout=cfg.dropout, input_transform=cfg.input_transform,
                       allow_no_heads=True)  # only the trunk is shared when every task is private
     model = MultiTaskNet(spec, seed=cfg.seed)
     return {k: v.detach().cpu().numpy() for k, v in model.shared_state_dict().items()}, spec
@@ -82,8 +84,6 @@ def run_federation(grid: Grid, context: Context) -> dict[str, Any]:
         round_config = ConfigRecord({wire.CFG_FEDERATION_ID: federation_id})
         try:
             if cfg.secure_aggregation:  # Flower's SecAgg+ on its legacy path; the same hooks
-                from fedmol.server.secagg import run_secure_rounds
-
                 tracker.set_tag("fedmol.secure-aggregation", "SecAgg+: the server saw only the sum of the updates")
                 strategy = run_secure_rounds(grid, context, cfg, arrays, hooks, federation_id=federation_id,
                                              round_offset=start_round, expected_fingerprint=reference)
@@ -109,8 +109,6 @@ def run_federation(grid: Grid, context: Context) -> dict[str, Any]:
         tracker.log_artifact(table_path, "tables")
         outputs["table"] = str(table_path)
     model_dir = out_dir / "model"
-    from fedmol.server.registry import save_shared_model
-
     save_shared_model(model_dir, spec, {k: v.numpy() for k, v in result_arrays.items()},
                       meta={"federation_id": federation_id, "rounds": cfg.num_server_rounds,
                             "reference_hash": strategy.expected_fingerprint,
@@ -119,8 +117,6 @@ def run_federation(grid: Grid, context: Context) -> dict[str, Any]:
                             "run_config": cfg.to_run_config()})
     outputs["model_dir"] = str(model_dir)
     if cfg.register_model:
-        from fedmol.server.registry import register_model
-
         outputs["model_uri"] = register_model(tracker, model_dir, cfg.model_name)
     tracker.finish()
     (out_dir / "outputs.json").write_text(json.dumps(outputs, indent=2))
@@ -132,8 +128,6 @@ def run_federation(grid: Grid, context: Context) -> dict[str, Any]:
 def write_federated_table(cfg: FederationConfig, rows: dict[str, dict[str, dict[str, float]]],
                           out_dir: Path) -> Path:
     """The final round's per-site, per-task test metrics, in the baselines' table format."""
-    from fedmol.models.report import GainTable
-
     table = GainTable.from_site_metrics(cfg.table_name, "federated", rows, metric="score")
     path = out_dir / "federated_table.json"
     table.to_json(path)

@@ -12,9 +12,14 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-from flwr.app import Message
+from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
+
+if TYPE_CHECKING:
+    from flwr.proto.node_pb2 import NodeInfo
+    from flwr.supercore.run import Run
 
 
 def _fast_object_pulls(backoff: float, cap: float) -> None:
@@ -35,20 +40,21 @@ class FastPollGrid(Grid):
         _fast_object_pulls(pull_backoff, cap=0.5)
 
     # -- delegation ---------------------------------------------------------------------------
-    def set_run(self, run) -> None:  # noqa: ANN001
+    def set_run(self, run: Run) -> None:
         self.inner.set_run(run)
 
     @property
-    def run(self):  # noqa: ANN201
+    def run(self) -> Run:
         return self.inner.run
 
-    def create_message(self, *args, **kwargs) -> Message:  # type: ignore[no-untyped-def]
-        return self.inner.create_message(*args, **kwargs)
+    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
+                       ttl: float | None = None) -> Message:
+        return self.inner.create_message(content, message_type, dst_node_id, group_id, ttl)
 
     def get_node_ids(self) -> Iterable[int]:
         return self.inner.get_node_ids()
 
-    def get_nodes(self):  # noqa: ANN201
+    def get_nodes(self) -> Iterable[NodeInfo]:
         return self.inner.get_nodes()
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:

@@ -15,12 +15,22 @@ time as ``model_config={"key_file": ...}`` or the ``FEDMOL_KEY_FILE`` environmen
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import numpy as np
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, Schema
+
+from fedmol.models.io import save_model
+from fedmol.models.network import MultiTaskNet
+from fedmol.models.spec import ModelSpec
+from fedmol.server.tracking import MlflowTracker
 
 log = logging.getLogger("fedmol.server")
 
@@ -31,19 +41,15 @@ PYFUNC_ENTRY = "fedmol.scoring.pyfunc_entry"
 
 def pyfunc_entry_file() -> Path:
     """The file of `PYFUNC_ENTRY` in the installed fedmol (MLflow copies it into the model)."""
-    import importlib.util
-
     spec = importlib.util.find_spec(PYFUNC_ENTRY)
     if spec is None or spec.origin is None:
         raise RuntimeError(f"{PYFUNC_ENTRY} is missing from the installed fedmol: reinstall fedmol")
     return Path(spec.origin)
 
 
-def save_shared_model(model_dir: Path, spec: Any, arrays: dict[str, np.ndarray], *, meta: dict[str, Any]) -> Path:
+def save_shared_model(model_dir: Path, spec: ModelSpec, arrays: dict[str, np.ndarray], *,
+                      meta: dict[str, Any]) -> Path:
     """Write the shared model (trunk + consortium heads) as spec + state_dict + meta."""
-    from fedmol.models.io import save_model
-    from fedmol.models.network import MultiTaskNet
-
     model = MultiTaskNet(spec)
     model.load_shared_state_dict(arrays)
     save_model(model_dir, model, meta=meta)
@@ -52,8 +58,6 @@ def save_shared_model(model_dir: Path, spec: Any, arrays: dict[str, np.ndarray],
 
 def pip_requirements() -> list[str]:
     """Pinned requirements of the scoring environment, taken from this one."""
-    from importlib.metadata import PackageNotFoundError, version
-
     reqs = []
     for dist in ("torch", "rdkit", "numpy", "scipy", "pandas", "scikit-learn", "mlflow"):
         try:
@@ -63,12 +67,8 @@ def pip_requirements() -> list[str]:
     return reqs
 
 
-def register_model(tracker: Any, model_dir: Path, name: str) -> str:
+def register_model(tracker: MlflowTracker, model_dir: Path, name: str) -> str:
     """Log ``model_dir`` as a pyfunc in the tracker's run and register it; return models:/NAME/VERSION."""
-    import mlflow
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema
-
     mlflow.set_tracking_uri(tracker.uri)
     signature = ModelSignature(inputs=Schema([ColSpec("string", "smiles")]))
     with mlflow.start_run(run_id=tracker.run_id):

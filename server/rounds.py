@@ -30,6 +30,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedmol import wire
+from fedmol.records import from_array_record, to_array_record
 
 log = logging.getLogger("fedmol.server")
 
@@ -122,8 +123,6 @@ def _as_float32(msg: Message) -> Message:
     """Upcast a reduced-precision update (transport-dtype=float16) before aggregation."""
     for key, record in list(msg.content.array_records.items()):
         if any(a.dtype == "float16" for a in record.values()):
-            from fedmol.records import from_array_record, to_array_record
-
             arrays = from_array_record(record)
             msg.content[key] = to_array_record({k: v.astype(np.float32) if v.dtype == np.float16 else v
                                                 for k, v in arrays.items()})

@@ -30,7 +30,10 @@ from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.server import LegacyContext, ServerConfig
 from flwr.server.strategy import FedAvg as LegacyFedAvg
+from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
 from fedmol import wire
 from fedmol.config import FederationConfig
@@ -51,8 +54,6 @@ class SecureFedAvg(RoundBook, LegacyFedAvg):
 
     def __init__(self, cfg: FederationConfig, arrays: dict[str, np.ndarray], hooks: list[Any], *,
                  federation_id: str, round_offset: int = 0, expected_fingerprint: str = "") -> None:
-        from flwr.common import ndarrays_to_parameters
-
         self.names = sorted(arrays)
         super().__init__(
             fraction_fit=cfg.fraction_train, fraction_evaluate=1.0, min_fit_clients=cfg.min_sites,
@@ -105,8 +106,6 @@ class SecureFedAvg(RoundBook, LegacyFedAvg):
                              for k in sorted(keys)})
 
     def aggregate_fit(self, server_round: int, results: list, failures: list) -> tuple[Any, dict]:
-        from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
-
         rnd = server_round + self.round_offset
         reports = self._reports(results)
         rejected: list[tuple[str, str]] = []
@@ -149,9 +148,6 @@ def run_secure_rounds(grid: Any, context: Any, cfg: FederationConfig, arrays: di
                       hooks: list[Any], *, federation_id: str, round_offset: int,
                       expected_fingerprint: str) -> SecureFedAvg:
     """Run the remaining rounds with SecAgg+; returns the strategy (its ``last_arrays`` is the model)."""
-    from flwr.server import LegacyContext, ServerConfig
-    from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
-
     strategy = SecureFedAvg(cfg, arrays, hooks, federation_id=federation_id, round_offset=round_offset,
                             expected_fingerprint=expected_fingerprint)
     legacy = LegacyContext(context=context, strategy=strategy,

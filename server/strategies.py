@@ -9,7 +9,17 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from flwr.serverapp.strategy import FedAdam, FedAvg, FedMedian, FedProx, FedTrimmedAvg, FedYogi, Strategy
+from flwr.serverapp.strategy import (
+    DifferentialPrivacyServerSideAdaptiveClipping,
+    DifferentialPrivacyServerSideFixedClipping,
+    FedAdam,
+    FedAvg,
+    FedMedian,
+    FedProx,
+    FedTrimmedAvg,
+    FedYogi,
+    Strategy,
+)
 
 from fedmol import wire
 from fedmol.config import FederationConfig
@@ -22,11 +32,6 @@ def make_strategy(cfg: FederationConfig) -> Strategy:
     base = _base_strategy(cfg)
     if cfg.dp == "off":
         return base
-    from flwr.serverapp.strategy import (
-        DifferentialPrivacyServerSideAdaptiveClipping,
-        DifferentialPrivacyServerSideFixedClipping,
-    )
-
     if cfg.dp == "server-fixed":
         return DifferentialPrivacyServerSideFixedClipping(
             base, noise_multiplier=cfg.dp_noise_multiplier, clipping_norm=cfg.dp_clipping_norm,
@@ -96,6 +101,6 @@ def restore_strategy_state(strategy: Strategy, arrays: dict[str, np.ndarray]) ->
 
 def _unwrap(strategy: Strategy) -> Strategy:
     """The optimising strategy inside Flower's DP wrappers (they keep it as ``.strategy``)."""
-    while isinstance(getattr(strategy, "strategy", None), Strategy):
-        strategy = strategy.strategy  # type: ignore[attr-defined]
+    while isinstance(inner := getattr(strategy, "strategy", None), Strategy):
+        strategy = inner
     return strategy

@@ -13,6 +13,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import mlflow
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+
 from fedmol.config import FederationConfig
 from fedmol.server.checkpoint import Checkpoint
 from fedmol.server.rounds import HookedStrategy, RoundOutcome
@@ -32,9 +36,6 @@ class MlflowTracker:
     """Logs a federation into one MLflow run (created, or reopened when resuming)."""
 
     def __init__(self, cfg: FederationConfig, *, run_id: str = "", run_name: str = "") -> None:
-        import mlflow
-        from mlflow.tracking import MlflowClient
-
         self.cfg = cfg
         self._last_aggregation = time.monotonic()
         self.uri = cfg.resolved_tracking_uri
@@ -64,15 +65,11 @@ class MlflowTracker:
 
     # -- generic logging -------------------------------------------------------------------
     def log_params(self, params: dict[str, Any]) -> None:
-        from mlflow.entities import Param
-
         items = [Param(k, str(v)) for k, v in params.items()]
         for i in range(0, len(items), 100):
             self.client.log_batch(self.run_id, params=items[i : i + 100])
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        from mlflow.entities import Metric
-
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, step) for k, v in metrics.items()
                  if v is not None and math.isfinite(float(v))]

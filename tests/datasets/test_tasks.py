@@ -3,8 +3,7 @@ from __future__ import annotations
 import numpy as np
 
 from fedmol.datasets.labels import apply_threshold
-from fedmol.datasets.store import TaskInfo
-from fedmol.datasets.tasks import QuorumSettings, build_catalogue
+from fedmol.datasets.tasks import QuorumSettings, TaskInfo, build_catalogue
 
 N_FOLDS = 5
 

@@ -58,3 +58,28 @@ def test_set_overrides_are_validated_like_the_run_config():
         FederationConfig().with_overrides(["num-server-rounds"])
     with pytest.raises(ConfigError, match="unknown run-config key"):
         FederationConfig().with_overrides(["rounds=3"])
+
+
+@pytest.mark.parametrize("key, literal", [("strategy", "Strategy"), ("dp", "DPMode"), ("optimizer", "Optimizer"),
+                                          ("transport-dtype", "TransportDtype"),
+                                          ("input-transform", "InputTransform")])
+def test_closed_choices_come_from_their_literal_type(key, literal):
+    from typing import get_args
+
+    import fedmol.config
+
+    choices = get_args(getattr(fedmol.config, literal))
+    for value in choices:
+        assert getattr(FederationConfig.from_run_config({key: value}), key.replace("-", "_")) == value
+    with pytest.raises(ConfigError, match=rf"{key} 'nope' is not one of \({choices[0]!r}"):
+        FederationConfig.from_run_config({key: "nope"})
+
+
+@pytest.mark.parametrize("device, ok", [("auto", True), ("cpu", True), ("cuda", True), ("cuda:1", True),
+                                        ("tpu", False), ("cuda:", False)])
+def test_device_is_checked_when_the_config_is_read(device, ok):
+    if ok:
+        assert FederationConfig.from_run_config({"device": device}).device == device
+    else:
+        with pytest.raises(ConfigError, match="device .* auto, cpu, cuda or cuda:N"):
+            FederationConfig.from_run_config({"device": device})

@@ -44,7 +44,8 @@ TASKS = [("act_a", "classification"), ("act_b", "classification"), ("pic50", "re
 @pytest.fixture
 def synthetic_store():
     """A SiteStore with 500 compounds, 1024 bits, 3 tasks, 5 folds."""
-    from fedmol.datasets.store import SiteStore, TaskInfo
+    from fedmol.datasets.store import SiteStore
+    from fedmol.datasets.tasks import TaskInfo
 
     X = make_fingerprints(500, seed=1)
     Y, censor = make_labels(X, seed=2)

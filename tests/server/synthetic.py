@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from fedmol.datasets.store import SiteStore, TaskInfo
+from fedmol.datasets.store import SiteStore
+from fedmol.datasets.tasks import TaskInfo
 
 
 def synthetic_store(n: int, n_bits: int, tasks: list[tuple[str, str]], *, seed: int,
