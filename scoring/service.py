@@ -8,7 +8,8 @@ Endpoints:
   `fedmol.scoring.scorer` (prediction, MC-dropout std, conformal p-values or interval when calibrated).
   ``?depict=true`` adds each molecule's 2D depiction (RDKit SVG); ``?format=csv`` answers CSV.
 * ``GET /v1/model``: name, version, tasks, calibration, training summary. ``GET /healthz``.
-* ``GET /``: the web page (``scoring/web/``); ``/docs``: the OpenAPI docs.
+* ``GET /``: the web page (``scoring/web/``); ``GET /openapi.json``: the OpenAPI schema (no ``/docs``:
+  FastAPI's docs pages load Swagger UI from a CDN, and this origin keeps the page's token).
 
 Access: scoring and the model description need a bearer token (``Authorization: Bearer T``);
 tokens come from a file (one per line, ``#`` comments) or an environment variable (comma-separated).
@@ -19,6 +20,7 @@ reconstruction queries, so unlimited querying could leak what it was trained on.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import hmac
 import io
@@ -43,7 +45,9 @@ __all__ = ["ServiceSettings", "RateLimiter", "create_app", "load_tokens", "TOKEN
 
 TOKENS_ENV = "FEDMOL_SERVE_TOKENS"
 WEB_DIR = Path(__file__).with_name("web")
-MAX_DEPICTIONS = 2000  # depictions per request (the web page); more would make the answer huge
+MAX_DEPICTIONS = 2000  # depictions per answer (for the web page) ...
+MAX_DEPICTION_BYTES = 2_000_000  # ... and their SVG text at most: a 4-byte "C" draws as ~2 kB
+MAX_HEADER_BYTES = 16 * 1024  # request line and headers together
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,7 @@ class ServiceSettings:
     max_request_bytes: int = 10_000_000
     rate_molecules: int = 100_000
     rate_window: float = 3600.0
+    body_timeout: float = 30.0
 
     def __post_init__(self) -> None:
         if not self.tokens:
@@ -96,6 +101,25 @@ class RateLimiter:
     _buckets: dict[str, tuple[float, float]] = field(default_factory=dict)  # token -> (level, time)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
+    def wait(self, token: str, n: int, now: float | None = None) -> float:
+        """Seconds until n molecules could be taken (0: now), taking nothing."""
+        now = time.monotonic() if now is None else now
+        rate = self.capacity / self.window
+        with self._lock:
+            level, then = self._buckets.get(token, (float(self.capacity), now))
+            level = min(float(self.capacity), level + (now - then) * rate)
+        return max(0.0, (n - level) / rate)
+
+    def prune(self, now: float | None = None, keep: int = 10_000) -> None:
+        """Forget buckets that have refilled, once there are more than ``keep`` (one per client address)."""
+        if len(self._buckets) <= keep:
+            return
+        now = time.monotonic() if now is None else now
+        rate = self.capacity / self.window
+        with self._lock:
+            self._buckets = {k: (level, then) for k, (level, then) in self._buckets.items()
+                             if level + (now - then) * rate < self.capacity}
+
     def refund(self, token: str, n: int) -> None:
         """Give back n molecules taken for a request that did not score them (never above capacity)."""
         with self._lock:
@@ -121,31 +145,55 @@ class _BodyTooLarge(Exception):
     pass
 
 
-class BodyLimitMiddleware:
-    """Answers 413 when a request body exceeds ``limit`` bytes (declared or streamed)."""
+class _BodyTimeout(Exception):
+    pass
 
-    def __init__(self, app: Any, limit: int) -> None:
+
+class BodyLimitMiddleware:
+    """Answers 413 when a request body exceeds ``limit`` bytes (declared or streamed), and 408 when
+    it has not arrived ``timeout`` seconds after the app started reading it (a client that declares
+    a length and stalls would otherwise hold its connection open for as long as it likes); 431 when
+    the headers exceed ``header_limit`` bytes (h11 refuses larger ones only while they are incomplete)."""
+
+    def __init__(self, app: Any, limit: int, timeout: float = 30.0, header_limit: int = 16 * 1024) -> None:
         self.app = app
         self.limit = limit
+        self.timeout = timeout
+        self.header_limit = header_limit
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
+        headers = scope.get("headers") or []
+        if sum(len(k) + len(v) + 4 for k, v in headers) > self.header_limit:
+            await _send_json(send, 431, f"request headers too large: the limit is {self.header_limit:,} bytes",
+                             close=True)
+            return
+        declared = dict(headers).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             await self._reject(send)
             return
         seen = 0
         started = False
+        complete = False  # after the body, receive() waits for a disconnect: no deadline then
+        deadline: float | None = None
 
         async def limited_receive() -> dict[str, Any]:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, complete, deadline
+            if complete:
+                return await receive()
+            loop = asyncio.get_running_loop()
+            deadline = deadline if deadline is not None else loop.time() + self.timeout
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                raise _BodyTimeout from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
                     raise _BodyTooLarge
+                complete = not message.get("more_body", False)
             return message
 
         async def tracking_send(message: dict[str, Any]) -> None:
@@ -158,13 +206,51 @@ class BodyLimitMiddleware:
         except _BodyTooLarge:
             if not started:
                 await self._reject(send)
+        except _BodyTimeout:
+            if not started:
+                await _send_json(send, 408, f"request body not received within {self.timeout:g} s",
+                                 close=True)
 
     async def _reject(self, send: Any) -> None:
-        body = json.dumps({"detail": f"request body too large: the limit is {self.limit:,} bytes; "
-                                     "split the molecules over several requests"}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        await _send_json(send, 413, f"request body too large: the limit is {self.limit:,} bytes; "
+                                    "split the molecules over several requests", close=True)
+
+
+async def _send_json(send: Any, status: int, detail: str, *, close: bool = False) -> None:
+    """A JSON error answer ``{"detail": ...}`` sent straight through ASGI (``close``: end the connection)."""
+    body = json.dumps({"detail": detail}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status,
+                "headers": headers + ([(b"connection", b"close")] if close else [])})
+    await send({"type": "http.response.body", "body": body})
+
+
+class SecurityHeadersMiddleware:
+    """Adds `SECURITY_HEADERS` to every answer: the page may load scripts, styles and data only from
+    this origin (images also from ``data:``, the depictions), and no other site may frame it."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *SECURITY_HEADERS]}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
+SECURITY_HEADERS = [
+    (b"content-security-policy", b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+                                 b"connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+]
 
 
 def depict_svg(smiles: str, width: int = 220, height: int = 160) -> str:
@@ -197,16 +283,31 @@ def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
 
 class TokenAuth:
     """FastAPI dependency: the request's bearer token, checked in constant time against every
-    known token (401 otherwise); returns the token, which keys the rate limit."""
+    known token (401 otherwise); returns the token, which keys the rate limit.
 
-    def __init__(self, tokens: frozenset[str] | set[str] | list[str]) -> None:
+    Wrong tokens are throttled per client address: after ``max_failures`` within ``failure_window``
+    seconds (refilled continuously), every request from that address answers 429 with Retry-After
+    until the window allows another try, whatever its token. Behind a reverse proxy on loopback,
+    uvicorn takes the address from X-Forwarded-For.
+    """
+
+    def __init__(self, tokens: frozenset[str] | set[str] | list[str], *, max_failures: int = 10,
+                 failure_window: float = 60.0) -> None:
         self._tokens = [t.encode() for t in tokens]
+        self._failures = RateLimiter(max_failures, failure_window)
 
     def __call__(self, request: Request) -> str:
-        return self.check(request.headers.get("authorization", ""))
+        client = request.client.host if request.client else ""
+        return self.check(request.headers.get("authorization", ""), client)
 
-    def check(self, header: str) -> str:
-        """The token of an ``Authorization`` header value; HTTPException(401) when missing or unknown."""
+    def check(self, header: str, client: str = "", now: float | None = None) -> str:
+        """The token of an ``Authorization`` header value; HTTPException(401) when missing or unknown,
+        429 while ``client`` is throttled for wrong tokens."""
+        wait = self._failures.wait(client, 1, now)
+        if wait > 0:
+            retry = math.ceil(wait)
+            raise HTTPException(429, f"too many wrong access tokens from this address; try again in {retry} s",
+                                headers={"Retry-After": str(retry)})
         scheme, _, token = header.partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
@@ -215,6 +316,8 @@ class TokenAuth:
         given = token.encode()
         # Compare against every token (no early exit), so timing tells nothing about which is close.
         if not any([hmac.compare_digest(given, t) for t in self._tokens]):
+            self._failures.take(client, 1, now)
+            self._failures.prune(now)
             raise HTTPException(401, "invalid access token",
                                 headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
         return token
@@ -384,18 +487,45 @@ def score_frame(scorer: Any, molecules: Molecules, depict: bool) -> pd.DataFrame
     frame.insert(0, "id", molecules.ids if molecules.ids is not None else [str(i) for i in range(len(smiles))])
     frame.insert(0, "index", np.arange(len(smiles)))
     if depict:
-        frame["svg"] = [depict_svg(s) if i < MAX_DEPICTIONS else "" for i, s in enumerate(frame["canonical_smiles"])]
+        frame["svg"] = depictions(frame["canonical_smiles"])
     return frame
+
+
+def depictions(smiles: Any, max_count: int = MAX_DEPICTIONS, max_bytes: int = MAX_DEPICTION_BYTES) -> list[str]:
+    """SVG depictions of ``smiles`` in order until ``max_count`` are drawn or the next would take
+    their text beyond ``max_bytes``; "" for the rest (and for what cannot be drawn)."""
+    out: list[str] = []
+    drawn = total = 0
+    for smi in smiles:
+        svg = depict_svg(smi) if drawn < max_count and total < max_bytes else ""
+        if total + len(svg) > max_bytes:
+            svg, total = "", max_bytes  # the budget is spent: no more depictions
+        drawn += bool(svg)
+        total += len(svg)
+        out.append(svg)
+    return out
+
+
+CSV_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(text: str) -> str:
+    """``text`` with a leading ' when a spreadsheet would take it for a formula (=, +, -, @, tab, CR)."""
+    return "'" + text if text.startswith(CSV_FORMULA_START) else text
 
 
 def score_response(frame: pd.DataFrame, fmt: str, scorer: Any, settings: ServiceSettings) -> Response:
     """The answer to a scoring request: CSV (``fmt="csv"``, no depictions) or JSON with the counts."""
     if fmt == "csv":
-        return Response(frame.drop(columns=["svg"], errors="ignore").to_csv(index=False), media_type="text/csv")
+        out = frame.drop(columns=["svg"], errors="ignore")
+        for col in ("id", "smiles", "canonical_smiles", "error"):  # the text a caller controls
+            out[col] = [csv_safe(v) for v in out[col]]
+        return Response(out.to_csv(index=False), media_type="text/csv")
     n_rejected = int((frame["error"] != "").sum())
+    depicted = {"n_depicted": int((frame["svg"] != "").sum())} if "svg" in frame.columns else {}
     return JSONResponse({
         "model": {"name": settings.model_name, "version": settings.model_version},
-        "n_read": len(frame), "n_scored": len(frame) - n_rejected, "n_rejected": n_rejected,
+        "n_read": len(frame), "n_scored": len(frame) - n_rejected, "n_rejected": n_rejected, **depicted,
         "tasks": [t.__dict__ for t in scorer.tasks], "columns": scorer.columns,
         "calibration": scorer.calibration_note,
         "results": _records(frame),
@@ -428,12 +558,15 @@ def create_app(scorer: Any, settings: ServiceSettings) -> Any:
     from fastapi.staticfiles import StaticFiles
     from starlette.concurrency import run_in_threadpool
 
+    # No /docs or /redoc: FastAPI's pages load Swagger UI / ReDoc from a CDN, and this origin keeps the
+    # web page's token in sessionStorage; fastapi ships no local copy. The schema is at /openapi.json.
     app = FastAPI(
         title="fedmol scoring service",
         version="1",
         description=("Score molecules with a federated fedmol model: per task a prediction, its MC-dropout "
                      "standard deviation and, when calibrated, conformal p-values or intervals. "
                      "Send `Authorization: Bearer TOKEN`."),
+        docs_url=None, redoc_url=None,
     )
     limiter = app.state.limiter = RateLimiter(settings.rate_molecules, settings.rate_window)
     lock = threading.Lock()  # MC dropout switches the model's mode: one scoring call at a time
@@ -479,7 +612,9 @@ def create_app(scorer: Any, settings: ServiceSettings) -> Any:
     app.mount("/web", StaticFiles(directory=WEB_DIR), name="web")
     app.state.scorer = scorer
     app.state.settings = settings
-    app.add_middleware(BodyLimitMiddleware, limit=settings.max_request_bytes)
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_request_bytes, timeout=settings.body_timeout,
+                       header_limit=MAX_HEADER_BYTES)
+    app.add_middleware(SecurityHeadersMiddleware)
     return app
 
 
@@ -507,6 +642,8 @@ def serve_command(
     rate_limit: Annotated[int, typer.Option(
         min=1, help="Molecules per token per --rate-window (429 beyond).")] = 100_000,
     rate_window: Annotated[float, typer.Option(min=1.0, help="Rate-limit window in seconds.")] = 3600.0,
+    body_timeout: Annotated[float, typer.Option(
+        min=0.1, help="Seconds a request body may take to arrive (408 beyond).")] = 30.0,
     mc_samples: Annotated[int, typer.Option(min=0, help="MC-dropout passes for the uncertainty (0: none).")] = 20,
     confidence: Annotated[float, typer.Option(help="Confidence of the conformal regression intervals.")] = 0.8,
     standardize: Annotated[str, typer.Option(
@@ -514,7 +651,7 @@ def serve_command(
              "structures already standardised by fedmol.")] = "model",
 ) -> None:
     """Serve the model over HTTP: POST /v1/score, GET /v1/model, GET /healthz, the web page at /,
-    OpenAPI docs at /docs. Scoring needs a bearer token; requests are limited in bytes and
+    the OpenAPI schema at /openapi.json. Scoring needs a bearer token; requests are limited in bytes and
     molecules, and every token in molecules per window (unlimited queries could leak training data).
 
     Example: FEDMOL_SERVE_TOKENS=$(python -c 'import secrets; print(secrets.token_urlsafe(32))') \
@@ -531,7 +668,9 @@ def serve_command(
     name, version = model_name_version(model, model_dir)
     settings = ServiceSettings(tokens=settings_tokens, model_name=name, model_version=version,
                                max_molecules=max_molecules, max_request_bytes=max_request_bytes,
-                               rate_molecules=rate_limit, rate_window=rate_window)
+                               rate_molecules=rate_limit, rate_window=rate_window, body_timeout=body_timeout)
     scorer = Scorer(model_dir, resolve_key(key_file), mc_samples=mc_samples, site_store=site_store,
                     confidence=confidence, standardize=None if standardize == "model" else False)
-    uvicorn.run(create_app(scorer, settings), host=host, port=port, log_level="info")
+    # h11, not httptools: h11 bounds the request line and headers (MAX_HEADER_BYTES; 400 beyond).
+    uvicorn.run(create_app(scorer, settings), host=host, port=port, log_level="info", http="h11",
+                h11_max_incomplete_event_size=MAX_HEADER_BYTES)

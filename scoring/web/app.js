@@ -58,7 +58,9 @@ async function score() {
     columns = ["id", "canonical_smiles", "error", ...payload.columns];
     sortState = { column: null, dir: 1 };
     $("calibration").textContent = payload.calibration || "";
-    setStatus(`read ${payload.n_read}, scored ${payload.n_scored}, rejected ${payload.n_rejected}`, false);
+    let summary = `read ${payload.n_read}, scored ${payload.n_scored}, rejected ${payload.n_rejected}`;
+    if (payload.n_depicted < payload.n_scored) summary += ` (structures drawn for the first ${payload.n_depicted})`;
+    setStatus(summary, false);
     render();
     $("download").disabled = results.length === 0;
   } catch (err) {
@@ -135,8 +137,10 @@ function sortBy(column) {
 
 function csvCell(value) {
   if (value === null || value === undefined) return "";
-  const text = String(value);
-  return /[",\n]/.test(text) ? '"' + text.replace(/"/g, '""') + '"' : text;
+  let text = String(value);
+  // A spreadsheet would take text starting with = + - @ (or tab, CR) for a formula: the API's rule too.
+  if (typeof value === "string" && /^[=+\-@\t\r]/.test(text)) text = "'" + text;
+  return /[",\n\r]/.test(text) ? '"' + text.replace(/"/g, '""') + '"' : text;
 }
 
 function download() {

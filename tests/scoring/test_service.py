@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import socket
+import time
 
 import httpx
 import numpy as np
@@ -25,7 +27,7 @@ def test_rate_limiter_refills_per_token():
 @pytest.fixture(scope="module")
 def service(site):
     with running_service(site["model"], site["key"], "--site-store", str(site["store"]), "--mc-samples", "5",
-                         "--max-request-bytes", "2000000") as url:
+                         "--max-request-bytes", "2000000", "--body-timeout", "2") as url:
         yield url
 
 
@@ -39,7 +41,9 @@ pytestmark = pytest.mark.slow
 def test_health_docs_and_model(service):
     assert httpx.get(f"{service}/healthz").json()["status"] == "ok"
     assert "/v1/score" in httpx.get(f"{service}/openapi.json").json()["paths"]
-    assert httpx.get(f"{service}/docs").status_code == 200
+    assert httpx.get(f"{service}/docs").status_code == 404  # Swagger UI would come from a CDN: not on this origin
+    page = httpx.get(f"{service}/")
+    assert "script-src 'self'" in page.headers["content-security-policy"] and page.headers["x-content-type-options"]
     assert httpx.get(f"{service}/v1/model").status_code == 401
     info = httpx.get(f"{service}/v1/model", headers=_auth()).json()
     assert info["name"] == "model" and info["site"] == "site-a"
@@ -130,3 +134,29 @@ def test_rate_limit_per_token(site):
         assert httpx.post(f"{url}/v1/score", json=["CCO"] * 10, headers=_auth(OTHER_TOKEN)).status_code == 200
         r = httpx.post(f"{url}/v1/score", json=["CCO"] * 11, headers=_auth(OTHER_TOKEN))
         assert r.status_code == 413
+
+
+def _raw_request(url: str, request: bytes, timeout: float = 15.0) -> tuple[bytes, float]:
+    """Send raw bytes, read until the server closes; (status line, seconds until closed)."""
+    host, port = url.removeprefix("http://").split(":")
+    start = time.monotonic()
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        sock.sendall(request)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    return data.split(b"\r\n", 1)[0], time.monotonic() - start
+
+
+def test_stalled_body_and_oversized_headers(service):
+    # A declared length that never arrives: 408 after --body-timeout (2 s), and the connection closes.
+    status, seconds = _raw_request(service, b"POST /v1/score HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer "
+                                   + TOKEN.encode() + b"\r\nContent-Type: application/json\r\n"
+                                   b"Content-Length: 1000\r\n\r\n[")
+    assert b" 408 " in status and seconds < 10
+    # Headers beyond 16 kB: 431 from the app when they arrive at once, 400 from h11 while they are still
+    # incomplete beyond its buffer limit (httptools buffered any size).
+    status, _ = _raw_request(service, b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n")
+    assert b" 431 " in status
+    status, _ = _raw_request(service, b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 2_000_000 + b"\r\n\r\n")
+    assert b" 400 " in status

@@ -4,6 +4,8 @@ app around a stand-in scorer (FastAPI's TestClient, no model and no uvicorn: fas
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import json
 
 import pandas as pd
@@ -321,3 +323,113 @@ def test_a_request_that_fails_in_scoring_costs_no_quota(client):
     with TestClient(create_app(broken, settings), raise_server_exceptions=False) as c:
         assert c.post("/v1/score", json=["C"] * 5, headers=_auth()).status_code == 500
         assert c.app.state.limiter.take(TOKEN, 5) == 0  # the whole bucket is still there
+
+
+# -- 13.5: a stalled body times out ---------------------------------------------------------------
+
+def test_a_stalled_body_is_answered_408_and_a_complete_one_passes():
+    from fedmol.scoring.service import BodyLimitMiddleware
+
+    async def app(scope, receive, send):  # reads the body, then answers 200
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def run(chunks: list[bytes], stall: bool) -> list[dict]:
+        sent: list[dict] = []
+        queue = list(chunks)
+
+        async def receive() -> dict:
+            if queue:
+                return {"type": "http.request", "body": queue.pop(0), "more_body": bool(queue) or stall}
+            await asyncio.sleep(3600)  # the client stalls
+            return {}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        guard = BodyLimitMiddleware(app, limit=100, timeout=0.2)
+        await asyncio.wait_for(guard({"type": "http", "headers": [(b"content-length", b"50")]}, receive, send), 5)
+        return sent
+
+    sent = asyncio.run(run([b"x" * 10], stall=True))
+    assert sent[0]["status"] == 408 and (b"connection", b"close") in sent[0]["headers"]
+    assert b"not received within 0.2 s" in sent[1]["body"]
+    assert asyncio.run(run([b"x" * 10, b"y" * 10], stall=False))[0]["status"] == 200
+
+
+# -- 13.5: wrong tokens are throttled per address --------------------------------------------------
+
+def test_wrong_tokens_are_throttled_per_client_address():
+    auth = TokenAuth({TOKEN}, max_failures=3, failure_window=30.0)
+    for _ in range(3):
+        with pytest.raises(HTTPException) as exc:
+            auth.check("Bearer wrong-token-0123456789abcdef", "10.0.0.1", now=0.0)
+        assert exc.value.status_code == 401
+    with pytest.raises(HTTPException) as exc:  # throttled: even the right token waits
+        auth.check(f"Bearer {TOKEN}", "10.0.0.1", now=1.0)
+    assert exc.value.status_code == 429 and int(exc.value.headers["Retry-After"]) == 9
+    assert auth.check(f"Bearer {TOKEN}", "10.0.0.2", now=1.0) == TOKEN  # another address is not
+    assert auth.check(f"Bearer {TOKEN}", "10.0.0.1", now=10.0) == TOKEN  # one try refilled after 10 s
+
+
+def test_rate_limiter_forgets_refilled_buckets():
+    limiter = RateLimiter(capacity=2, window=10.0)
+    for i in range(20):
+        limiter.take(f"10.0.0.{i}", 1, now=0.0)
+    limiter.prune(now=1.0, keep=5)
+    assert len(limiter._buckets) == 20  # none refilled yet
+    limiter.take("late", 1, now=9.0)
+    limiter.prune(now=9.0, keep=5)
+    assert list(limiter._buckets) == ["late"]
+
+
+# -- 13.5: no CDN-loaded docs on the token's origin; a strict content security policy ---------------
+
+def test_no_docs_pages_and_security_headers(client):
+    assert client.get("/docs").status_code == 404 and client.get("/redoc").status_code == 404
+    assert "/v1/score" in client.get("/openapi.json").json()["paths"]
+    page = client.get("/")
+    assert page.status_code == 200 and "/docs" not in page.text
+    csp = page.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp and "cdn" not in csp
+    assert client.post("/v1/score", json=["CCO"]).headers["x-content-type-options"] == "nosniff"
+
+
+# -- 13.5: depictions are bounded in bytes; CSV answers cannot start a formula ----------------------
+
+def test_depictions_stop_at_the_byte_budget():
+    from fedmol.scoring.service import depictions
+
+    one = len(depictions(["CCO"])[0])
+    svgs = depictions(["CCO"] * 10 + ["", "CCO"], max_bytes=3 * one + 10)
+    assert [bool(x) for x in svgs] == [True] * 3 + [False] * 9
+    assert [bool(x) for x in depictions(["CCO", "", "CCN", "CCC"], max_count=2)] == [True, False, True, False]
+
+
+def test_depicted_answer_says_how_many_were_drawn(client, monkeypatch):
+    import fedmol.scoring.service as service
+
+    monkeypatch.setattr(service, "depictions", lambda smiles: ["<svg/>"] + [""] * (len(smiles) - 1))
+    body = client.post("/v1/score?depict=true", json=["CC", "CCC", "x("], headers=_auth()).json()
+    assert body["n_depicted"] == 1 and body["n_scored"] == 2 and [bool(r["svg"]) for r in body["results"]] == [
+        True, False, False]
+    assert "n_depicted" not in client.post("/v1/score", json=["CC"], headers=_auth()).json()
+
+
+def test_csv_answer_neutralises_formulas(client):
+    body = {"smiles": ["CCO", "=1+1", "@SUM(A1)"], "ids": ["=HYPERLINK(\"http://x\")", "-5", "+a"]}
+    r = client.post("/v1/score?format=csv", json=body, headers=_auth())
+    rows = list(csv.reader(io.StringIO(r.text)))
+    header = rows[0]
+    ids = [row[header.index("id")] for row in rows[1:]]
+    smiles = [row[header.index("smiles")] for row in rows[1:]]
+    assert ids == ["'=HYPERLINK(\"http://x\")", "'-5", "'+a"] and smiles == ["CCO", "'=1+1", "'@SUM(A1)"]
+    assert r.text.count("\n") == 4 and rows[1][header.index("length")] == "3.0"  # numbers untouched
+
+
+def test_oversized_headers_are_431(client):
+    r = client.get("/healthz", headers={"X-Big": "a" * 20_000})
+    assert r.status_code == 431 and "headers too large" in r.json()["detail"]
+    assert client.get("/healthz", headers={"X-Small": "a" * 1000}).status_code == 200
