@@ -9,15 +9,27 @@ standardisation is disabled, because they define a compound's identity.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from rdkit import Chem, RDLogger
 from rdkit.Chem.MolStandardize import rdMolStandardize
 
-__all__ = ["MoleculeReject", "StandardizeSettings", "Standardizer", "parse_smiles", "standardize_smiles"]
+__all__ = ["MAX_FRAGMENTS", "MoleculeReject", "StandardizeSettings", "Standardizer", "not_a_compound", "parse_smiles",
+           "standardize_smiles"]
 
 StereoMode = Literal["drop", "keep"]
+
+# Bounds checked before any step whose cost grows faster than the input (a 12 kB SMILES of 6,000
+# fragments took RDKit's largest-fragment chooser 20 s): the SMILES at most LENGTH_PER_HEAVY_ATOM
+# characters and, as written (salts, solvents, explicit hydrogens included), ATOMS_PER_HEAVY_ATOM
+# atoms per allowed heavy atom (``max_heavy_atoms``, applied to the parent fragment later), and at
+# most MAX_FRAGMENTS fragments. The most in ../shared/data (178,000 records) is 1,340 characters and
+# 20 fragments, so no real record meets them.
+LENGTH_PER_HEAVY_ATOM = 100
+ATOMS_PER_HEAVY_ATOM = 10
+MAX_FRAGMENTS = 50
 
 
 @dataclass(frozen=True)
@@ -55,7 +67,7 @@ class MoleculeReject(Exception):
         self.reason = reason
 
 
-def parse_smiles(smiles: str) -> Chem.Mol:
+def parse_smiles(smiles: str, max_atoms: int | None = None) -> Chem.Mol:
     """The molecule ``Chem.MolFromSmiles(smiles)`` returns, about 20 µs cheaper; raises MoleculeReject.
 
     ``MolFromSmiles`` parses, sanitises, removes explicit hydrogens (re-sanitising) and perceives
@@ -63,11 +75,14 @@ def parse_smiles(smiles: str) -> Chem.Mol:
     is perceived only when the SMILES has a stereo mark: the same molecule (canonical SMILES, with
     and without stereo, and Morgan fingerprints identical on all 178,000 molecules of
     ``../shared/data``; ``tests/datasets/test_fast_paths.py`` checks a sample), with RDKit's own
-    sanitisation error as the reject reason instead of ``None``.
+    sanitisation error as the reject reason instead of ``None``. ``max_atoms``: more atoms as written
+    are refused before sanitisation (ring perception and kekulisation grow faster than the size).
     """
     mol = Chem.MolFromSmiles(smiles, sanitize=False)
     if mol is None:
         raise MoleculeReject("unparsable SMILES: RDKit could not read it")
+    if max_atoms is not None and mol.GetNumAtoms() > max_atoms:
+        raise MoleculeReject(f"too large: {mol.GetNumAtoms()} atoms as written > {max_atoms}")
     try:
         Chem.SanitizeMol(mol)
         if mol.GetNumHeavyAtoms() != mol.GetNumAtoms():  # hydrogen (or dummy) atoms: RDKit's own path
@@ -96,7 +111,16 @@ class Standardizer:
         """Parse and standardise one SMILES; raises MoleculeReject with the reason."""
         if not isinstance(smiles, str) or not smiles.strip():
             raise MoleculeReject("empty SMILES")
-        return self.standardize(parse_smiles(smiles.strip()))
+        text = smiles.strip()
+        heavy = self.settings.max_heavy_atoms
+        if len(text) > LENGTH_PER_HEAVY_ATOM * heavy:
+            raise MoleculeReject(f"too large: a SMILES of {len(text):,} characters > {LENGTH_PER_HEAVY_ATOM * heavy:,}")
+        if text.count(".") >= MAX_FRAGMENTS:
+            raise MoleculeReject(f"too many fragments: {text.count('.') + 1} > {MAX_FRAGMENTS}")
+        mol = parse_smiles(text, max_atoms=ATOMS_PER_HEAVY_ATOM * heavy)
+        if "*" in text or ("[" in text and _ISOTOPE.search(text)):
+            not_a_compound(mol)
+        return self.standardize(mol)
 
     def standardize(self, mol: Chem.Mol) -> Chem.Mol:
         """Standardise a parsed molecule (a new object is returned; the input may be modified)."""
@@ -108,6 +132,9 @@ class Standardizer:
                 if s.cleanup:
                     mol = rdMolStandardize.Cleanup(mol)
                 if s.parent_fragment:
+                    n_fragments = len(Chem.GetMolFrags(mol))  # after cleanup, which disconnects metals
+                    if n_fragments > MAX_FRAGMENTS:
+                        raise MoleculeReject(f"too many fragments: {n_fragments} > {MAX_FRAGMENTS}")
                     mol = self._chooser.choose(mol)
             self._check_size(mol)
             if s.enabled and s.neutralize:
@@ -128,6 +155,23 @@ class Standardizer:
         n = mol.GetNumHeavyAtoms()
         if n > self.settings.max_heavy_atoms:
             raise MoleculeReject(f"too large: {n} heavy atoms > {self.settings.max_heavy_atoms}")
+
+
+_ISOTOPE = re.compile(r"\[\d")  # a bracket atom that starts with a mass number
+
+
+def not_a_compound(mol: Chem.Mol) -> None:
+    """Raise MoleculeReject for what is no compound: a dummy atom (``*``: a query or attachment
+    point) or an isotope no element has (``[300U]``). Ions and metals (``[U+6]``, ``[Fe]``) are
+    compounds: they are prepared and scored, as the sites' data has them (``[Hg+2]``, ``[K+]``)."""
+    table = Chem.GetPeriodicTable()
+    for atom in mol.GetAtoms():
+        z = atom.GetAtomicNum()
+        if z == 0:
+            raise MoleculeReject("dummy atom (*): a query or attachment point, not a compound")
+        isotope = atom.GetIsotope()
+        if isotope and table.GetMassForIsotope(z, isotope) == 0:
+            raise MoleculeReject(f"unknown isotope: {isotope}{atom.GetSymbol()}")
 
 
 def standardize_smiles(smiles: str, settings: StandardizeSettings | None = None) -> str:
