@@ -92,7 +92,7 @@ def train_check(stores: Path, device: str, amp: str, epochs: int) -> dict:
             "test_score": None if test.score is None else round(float(test.score), 4)}
 
 
-def federation_check(stores: Path, device: str, rounds: int, local_epochs: int) -> dict:
+def federation_check(stores: Path, device: str, rounds: int, overrides: list[str]) -> dict:
     import torch
 
     from fedmol import wire
@@ -100,8 +100,10 @@ def federation_check(stores: Path, device: str, rounds: int, local_epochs: int) 
     from fedmol.config import FederationConfig
     from fedmol.models.network import MultiTaskNet
 
-    cfg = FederationConfig(num_server_rounds=rounds, local_epochs=local_epochs, device=device, min_sites=N_SITES,
-                           consortium_tasks=",".join(f"{t}:classification" for t in TASKS), head_epochs=0)
+    cfg = FederationConfig(num_server_rounds=rounds, device=device, min_sites=N_SITES,
+                           consortium_tasks=",".join(f"{t}:classification" for t in TASKS),
+                           head_epochs=0).with_overrides(overrides)
+    rounds = cfg.num_server_rounds
     sites = [SiteNode(p, p.name) for p in sorted((stores / "sites").glob("site-*"))]
     torch.manual_seed(cfg.seed)
     shared = {k: v.detach().cpu().numpy() for k, v in MultiTaskNet(sites[0].spec(cfg)).shared_state_dict().items()}
@@ -117,7 +119,7 @@ def federation_check(stores: Path, device: str, rounds: int, local_epochs: int) 
         per_round.append(time.perf_counter() - t0)
     evals = [s.evaluate_round(cfg, shared, server_round=rounds, federation_id=fid, final=True) for s in sites]
     aucs = [float(json.loads(e.report[wire.REP_SUMMARY])["test_roc_auc"]) for e in evals]
-    return {"device": device, "rounds": rounds, "local_epochs": local_epochs,
+    return {"device": device, "rounds": rounds, "overrides": overrides,
             "seconds_per_round": [round(s, 3) for s in per_round],
             "median_seconds_per_round": round(float(np.median(per_round)), 3),
             "site_test_roc_auc": aucs, "mean_test_roc_auc": round(float(np.nanmean(aucs)), 4) if aucs else None}
@@ -130,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-bits", type=int, default=32768)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="a run-config override of the federation (repeatable), e.g. --set lr=1.0")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 800 molecules, 1 epoch, 2 rounds")
     parser.add_argument("--allow-cpu", action="store_true", help="run the CUDA rows on the CPU (a smoke test)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "gpu.json")
@@ -153,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
                        train_check(args.stores, gpu, "auto", epochs)]
     for row in result["train"]:
         print("train", row, flush=True)
-    result["federation"] = federation_check(args.stores, gpu, rounds, 1)
+    result["federation"] = federation_check(args.stores, gpu, rounds, args.overrides)
     print("federation", result["federation"], flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
