@@ -31,7 +31,7 @@ def _data_file(name: str) -> Traversable:
 def solubility() -> pd.DataFrame:
     """1,282 molecules: id, name, smiles, logS (float, log10 mol/L), solubility_class
     ("(A) low" / "(B) medium" / "(C) high"), split ("train"/"test")."""
-    from fedmol.datasets.readers import _read_sdf
+    from fedmol.datasets.readers import read_frame as _read_sdf
 
     frames = []
     for split in ("train", "test"):

@@ -55,4 +55,4 @@ def test_wrong_key_and_missing_column_are_clear_errors(tmp_path, model_and_key, 
     assert main([*args, "--key-file", str(other)]) == 2
     assert "not the consortium key" in capsys.readouterr().err
     assert main([*args, "--key-file", str(tmp_path / "consortium.key"), "--smiles-col", "smi"]) == 2
-    assert "no column 'smi'" in capsys.readouterr().err
+    assert "SMILES column 'smi' not found" in capsys.readouterr().err
