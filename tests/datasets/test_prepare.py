@@ -74,6 +74,23 @@ def test_censored_values_survive_the_store_round_trip(tmp_path: Path, key: bytes
     assert loaded.settings["reference_hash"] == res.summary["reference_hash"]
 
 
+def test_unreadable_rows_are_rejected_alone_and_lines_stay_physical(tmp_path: Path, key: bytes) -> None:
+    """A bad UTF-8 byte or an extra field rejects its row only (the file is no longer refused as a
+    whole); a quoted field over two lines does not shift the lines after it; labels read as before."""
+    path = tmp_path / "a.csv"
+    path.write_bytes(b'cid,smiles,y,note\nc1,CCO,1.5,"two\nlines"\nc2,CC\xffN,NA,x\nc3,CCC,2.5,a,b\n'
+                     b"c4,c1ccccc1O,NA,\nc5,CCCN,3.5,z\n")
+    res = prepare_file(path, key, None, PrepareSettings(table=TableSpec(id_col="cid")), workers=1, progress=False)
+    assert res.rejects["line"].tolist() == [4, 5]
+    assert res.rejects["reason"].tolist() == [
+        "invalid UTF-8: byte 0xFF in line 4, column 6 (save the file as UTF-8)",
+        "too many fields: 5 where the header has 4"]
+    assert res.store.compounds["line"].tolist() == [2, 6, 7]
+    assert res.store.task_names == ["y"]  # "NA" is a missing value, as pd.read_csv reads it
+    assert np.array_equal(res.store.Y[:, 0], [1.5, np.nan, 3.5], equal_nan=True)
+    assert (res.summary["read"], res.summary["kept"], res.summary["rejected"]) == (5, 3, 2)
+
+
 def test_threshold_turns_values_into_classes(key: bytes) -> None:
     df = pd.DataFrame({"smiles": ["CCO", "CCN", "CCC", "CCCC"], "p": ["7", ">8", "<5", ">5"]})
     settings = PrepareSettings(thresholds=(("p", 6.0),))
