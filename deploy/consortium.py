@@ -2,9 +2,10 @@
 
 `LocalConsortium` starts a real `mlflow server`, a SuperLink with TLS and SuperNode
 authentication, registers each site's public key, starts one SuperNode per site store, and
-stops everything on exit. Operators use it (`fedmol consortium up`) to try the system on one
-machine; the deployment tests use it too. Real sites run the same commands on their own hosts
-(see deploy/README.md).
+stops everything on exit (all children at once, each as a process group; see
+`fedmol.deploy.launcher.spawn` for what happens when the launcher itself dies). Operators use it
+(`fedmol consortium up`) to try the system on one machine; the deployment tests use it too. Real
+sites run the same commands on their own hosts (see deploy/README.md).
 """
 
 from __future__ import annotations
@@ -16,7 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from fedmol.config import FederationConfig
-from fedmol.deploy.launcher import LocalMlflowServer, LocalSuperLink, LocalSuperNode, flwr_run
+from fedmol.deploy.launcher import (
+    LocalMlflowServer,
+    LocalSuperLink,
+    LocalSuperNode,
+    flwr_run,
+    stop_process_groups,
+)
 from fedmol.deploy.pki import make_ca, make_server_cert, make_site_key
 
 
@@ -35,7 +42,9 @@ def ensure_pki(folder: Path, sites: list[str], hosts: list[str] | None = None) -
 
 @dataclass
 class LocalConsortium:
-    """``stores``: site name -> site store. ``workdir`` holds PKI, Flower state, MLflow, outputs."""
+    """``stores``: site name -> site store. ``workdir`` holds PKI, Flower state, MLflow, outputs.
+
+    Paths are made absolute here, once: the children run with other working directories."""
 
     workdir: Path
     stores: dict[str, Path]
@@ -46,6 +55,10 @@ class LocalConsortium:
     link: LocalSuperLink | None = None
     mlflow: LocalMlflowServer | None = None
     nodes: dict[str, LocalSuperNode] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.workdir = Path(self.workdir).resolve()
+        self.stores = {site: Path(store).resolve() for site, store in self.stores.items()}
 
     @property
     def pki(self) -> Path:
@@ -64,7 +77,6 @@ class LocalConsortium:
             raise
 
     def _up(self) -> LocalConsortium:
-        self.workdir = Path(self.workdir).resolve()
         if self.tls or self.auth:
             ensure_pki(self.pki, list(self.stores))
         if self.mlflow_server:
@@ -108,9 +120,20 @@ class LocalConsortium:
             time.sleep(0.5)
         raise TimeoutError(f"fewer than {n} SuperNodes online after {timeout:.0f} s")
 
-    def down(self) -> None:
+    def dead(self) -> dict[str, int]:
+        """Components whose process has exited: name ("superlink", "mlflow", "site NAME") -> exit code."""
+        procs = {"superlink": self.link.proc if self.link else None,
+                 "mlflow": self.mlflow.proc if self.mlflow else None,
+                 **{f"site {name}": node.proc for name, node in self.nodes.items()}}
+        return {name: code for name, proc in procs.items() if proc is not None and (code := proc.poll()) is not None}
+
+    def down(self, timeout: float = 15.0) -> None:
+        """Stop every child at once (SIGTERM to each process group, SIGKILL after ``timeout`` s)."""
+        procs = [p for node in self.nodes.values() for p in node.processes()]
+        procs += [self.link.proc if self.link else None, self.mlflow.proc if self.mlflow else None]
+        stop_process_groups(procs, timeout)
         for node in self.nodes.values():
-            node.stop()
+            node.stop()  # nothing left to stop: clears its handles
         self.nodes.clear()
         if self.link is not None:
             self.link.stop()

@@ -1,4 +1,9 @@
-"""`fedmol consortium ...`: what an operator does, on one machine or against a running SuperLink."""
+"""`fedmol consortium ...`: what an operator does, on one machine or against a running SuperLink.
+
+Every path argument is made absolute on entry (`_absolute`): Flower's processes run with the work folder
+as their working directory, where a relative path would name another place (it once put the Flower
+connection under ops/flower/ops/flower/). Every failure exits non-zero.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,11 @@ consortium_app = typer.Typer(help="Operate a consortium: credentials, sites, run
                              no_args_is_help=True)
 
 
+def _absolute(path: Path) -> Path:
+    """The path as given on the command line, made absolute once (``~`` expanded, symlinks resolved)."""
+    return Path(path).expanduser().resolve()
+
+
 def _state(workdir: Path) -> dict:
     path = workdir / "consortium.json"
     if not path.exists():
@@ -24,9 +34,14 @@ def _state(workdir: Path) -> dict:
 def _link(workdir: Path):  # noqa: ANN202
     from fedmol.deploy.launcher import LocalSuperLink
 
+    workdir = _absolute(workdir)
     state = _state(workdir)
-    return LocalSuperLink(workdir / "flower", simulation=False, port=int(state["superlink"].rsplit(":", 1)[1]),
+    link = LocalSuperLink(workdir / "flower", simulation=False, port=int(state["superlink"].rsplit(":", 1)[1]),
                           tls_dir=workdir / "pki" if state["tls"] else None, supernode_auth=state["auth"])
+    if not (link.flwr_home / "config.toml").exists():  # else flwr would write an empty one and fail
+        raise InputError(f"no Flower connection in {link.flwr_home}: start the consortium with "
+                         f"`fedmol consortium up {workdir} --stores ...`")
+    return link
 
 
 @consortium_app.command("init")
@@ -40,7 +55,7 @@ def init(
     """
     from fedmol.deploy.pki import make_ca, make_server_cert
 
-    pki = workdir / "pki"
+    pki = _absolute(workdir) / "pki"
     make_ca(pki)
     make_server_cert(pki, list(host) or None)
     typer.echo(f"CA and server certificate in {pki}. Give {pki / 'ca.crt'} to every site; keep ca.key offline.")
@@ -57,7 +72,7 @@ def add_site(
     """
     from fedmol.deploy.pki import make_site_key
 
-    private, public = make_site_key(workdir / "pki", name)
+    private, public = make_site_key(_absolute(workdir) / "pki", name)
     typer.echo(f"private key {private} (stays at the site), public key {public} (admit it)")
 
 
@@ -68,27 +83,43 @@ def up(
     tls: Annotated[bool, typer.Option(help="TLS and SuperNode authentication.")] = True,
     mlflow: Annotated[bool, typer.Option(help="Start a real `mlflow server` for tracking.")] = True,
 ) -> None:
-    """Start a SuperLink, an MLflow server and one SuperNode per site store on 127.0.0.1; Ctrl-C stops all.
+    """Start a SuperLink, an MLflow server and one SuperNode per site store on 127.0.0.1.
+
+    Runs until stopped: Ctrl-C, SIGTERM or SIGHUP stop every process it started (exit status 0); if the
+    SuperLink or the MLflow server dies, everything is stopped and the exit status is non-zero.
 
     Example: fedmol consortium up ops/ --stores sites/   (then, in another shell: fedmol consortium run ops/)
     """
     import time
 
     from fedmol.deploy.consortium import LocalConsortium
+    from fedmol.deploy.launcher import LaunchError, Stopped, stop_on_signals
 
+    given = workdir
+    workdir, stores = _absolute(workdir), _absolute(stores)
     sites = {p.name: p for p in sorted(stores.iterdir()) if (p / "tasks.json").exists()} if stores.is_dir() else {}
     if not sites:
         raise InputError(f"no site stores in {stores} (prepare them with `fedmol prepare ... --out {stores}/NAME`)")
     cons = LocalConsortium(workdir, sites, tls=tls, auth=tls, mlflow_server=mlflow)
-    with cons:
-        typer.echo(f"SuperLink {cons.link.address} ({'TLS + SuperNode auth' if tls else 'insecure'}); "
-                   f"MLflow {cons.mlflow.uri if cons.mlflow else 'off'}; sites: {', '.join(sites)}")
-        typer.echo(f"Start a run: fedmol consortium run {workdir} --set num-server-rounds=10. Ctrl-C to stop.")
-        try:
+    try:
+        with stop_on_signals(), cons:
+            typer.echo(f"SuperLink {cons.link.address} ({'TLS + SuperNode auth' if tls else 'insecure'}); "
+                       f"MLflow {cons.mlflow.uri if cons.mlflow else 'off'}; sites: {', '.join(sites)}")
+            typer.echo(f"Start a run: fedmol consortium run {given} --set num-server-rounds=10. Ctrl-C to stop.")
+            reported: set[str] = set()
             while True:
                 time.sleep(1)
-        except KeyboardInterrupt:
-            typer.echo("stopping...")
+                dead = cons.dead()
+                for name in ("superlink", "mlflow"):
+                    if name in dead:
+                        raise LaunchError(f"the {name} exited with code {dead[name]} (logs in {workdir}); "
+                                          "stopped the consortium")
+                for name in sorted(set(dead) - reported):
+                    typer.echo(f"warning: {name}'s SuperNode exited with code {dead[name]} "
+                               f"(see {workdir / 'flower'}/supernode-*.log)", err=True)
+                    reported.add(name)
+    except Stopped as stop:
+        typer.echo(f"{stop}: stopped every process of the consortium.")
 
 
 @consortium_app.command("admit")
@@ -100,6 +131,7 @@ def admit(
 
     Example: fedmol consortium admit ops/ acme.pub
     """
+    public_key = _absolute(public_key)
     if not public_key.exists():
         raise InputError(f"public key {public_key} not found")
     typer.echo(_link(workdir).admit(public_key))
@@ -121,12 +153,21 @@ def run(
     Example: fedmol consortium run ops/ --set num-server-rounds=10 --set consortium-tasks="logS:regression"
     """
     from fedmol.config import FederationConfig
-    from fedmol.deploy.launcher import flwr_run
+    from fedmol.deploy.launcher import CONNECTION, Stopped, flwr_run, stop_on_signals
 
+    workdir = _absolute(workdir)
     state = _state(workdir)
     cfg = FederationConfig(output_dir=state["output_dir"], tracking_uri=state["mlflow"] or "",
                            min_sites=len(state["sites"])).with_overrides(run_config)
-    raise typer.Exit(flwr_run(_link(workdir), cfg.to_run_config(), on_line=print))
+    link = _link(workdir)
+    try:
+        with stop_on_signals():  # stops the `flwr run` child instead of leaving it behind
+            code = flwr_run(link, cfg.to_run_config(), on_line=print)
+    except Stopped as stop:
+        typer.echo(f"{stop}: stopped following the run; it goes on at the SuperLink "
+                   f"(FLWR_HOME={link.flwr_home} flwr stop RUN_ID {CONNECTION})", err=True)
+        raise typer.Exit(128 + stop.signum) from None
+    raise typer.Exit(code)
 
 
 @consortium_app.command("status")
@@ -135,7 +176,7 @@ def status(workdir: Annotated[Path, typer.Argument(help="The consortium's folder
     from rich.console import Console
     from rich.table import Table
 
-    state = _state(workdir)
+    state = _state(_absolute(workdir))
     out = Path(state["output_dir"])
     latest = out / "checkpoints" / "LATEST"
     if not latest.exists():

@@ -2,12 +2,23 @@
 
 `LocalSuperLink` starts ``flower-superlink`` (simulation or deployment engine) as a child process
 on 127.0.0.1 with its own FLWR_HOME, so no user configuration is touched and nothing outlives
-the ``with`` block. `flwr_run` submits the app with a run config and streams its log.
+the ``with`` block. `flwr_run` submits the app with a run config, streams its log and returns
+non-zero unless the SuperLink reports the run completed.
+
+Every child is started by `spawn`: in a new session (its own process group, which `stop_process_groups`
+stops as a whole, grandchildren included) and, on Linux, with ``PR_SET_PDEATHSIG`` so that it gets
+SIGTERM when the launcher dies without cleaning up (SIGKILL, a crash of the interpreter). Commands that
+hold children open (`fedmol consortium up`) run under `stop_on_signals`, which turns SIGTERM, SIGINT
+and SIGHUP into `Stopped`, so the ``with`` blocks' stop paths run. Paths are resolved when an object
+is made: children run with ``cwd`` set to a work folder, where a relative path would mean another place.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -15,7 +26,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +39,92 @@ CONNECTION = "fedmol-local"
 
 class LaunchError(FedmolError):
     """A Flower process did not start or a run failed."""
+
+
+class Stopped(BaseException):
+    """The process was asked to stop by a signal (see `stop_on_signals`).
+
+    A BaseException, like KeyboardInterrupt, so that ``except Exception`` does not swallow it on its
+    way to the ``with`` blocks and ``finally`` clauses that stop the children."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Within the block, SIGTERM, SIGINT and SIGHUP raise `Stopped` in the main thread.
+
+    SIGINT is handled even where it was ignored (a background job of a non-interactive shell ignores
+    it, so `kill -INT` did nothing); SIGHUP is left ignored where it was (``nohup``). After the first
+    signal all three are ignored, so the stop path (bounded by its own timeouts) is not interrupted
+    half-way. The previous handlers come back on exit. Outside the main thread this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+
+    def _raise(signum: int, _frame: Any) -> None:
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+        raise Stopped(signum)
+
+    for sig in STOP_SIGNALS:
+        if not (sig == signal.SIGHUP and previous[sig] == signal.SIG_IGN):
+            signal.signal(sig, _raise)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
+def _pdeathsig_preexec() -> Callable[[], None] | None:
+    """A preexec_fn that makes the child get SIGTERM when this thread dies (Linux), else None.
+
+    ``PR_SET_PDEATHSIG`` fires when the *thread* that forked the child ends, so it is set only for
+    children started from the main thread (which ends with the process). Python code after fork in a
+    threaded parent is a known hazard; this one calls an already-resolved libc function and
+    os.getppid, takes no lock and allocates nothing of note. SIGTERM (not SIGKILL) lets the child stop
+    its own children. If the parent died before prctl took effect, the child exits at once.
+    """
+    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
+        return None
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+    pr_set_pdeathsig = 1  # <linux/prctl.h>
+    sigterm = int(signal.SIGTERM)
+
+    def _preexec() -> None:
+        prctl(pr_set_pdeathsig, sigterm, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return _preexec
+
+
+def spawn(cmd: list[str], *, log: Path | None = None, env: dict[str, str] | None = None, cwd: Path | None = None,
+          stdout: int | None = None) -> subprocess.Popen[bytes]:
+    """Start ``cmd`` in a new session (its own process group) that dies with this process.
+
+    ``log``: append stdout and stderr to this file; otherwise ``stdout`` (e.g. subprocess.PIPE), with
+    stderr merged into it. Stop the child with `stop_process_groups`."""
+    if log is not None:
+        with log.open("ab") as out:  # the child keeps its own descriptor
+            return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd,
+                                    start_new_session=True, preexec_fn=_pdeathsig_preexec())
+    return subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True,
+                            preexec_fn=_pdeathsig_preexec())
 
 
 def free_port() -> int:
@@ -69,7 +166,7 @@ class LocalSuperLink:
                  tls_dir: Path | None = None, supernode_auth: bool = False) -> None:
         """tls_dir: a folder with ca.crt, server.pem, server.key (`fedmol.deploy.pki`); None = insecure.
         supernode_auth: only SuperNodes whose public key was registered (`admit`) may connect."""
-        self.workdir = Path(workdir)
+        self.workdir = Path(workdir).resolve()
         self.simulation = simulation
         self.tls_dir = Path(tls_dir).resolve() if tls_dir else None
         self.supernode_auth = supernode_auth
@@ -111,10 +208,8 @@ class LocalSuperLink:
             cmd.append("--simulation")
         if self.supernode_auth:
             cmd.append("--enable-supernode-auth")
-        log = self.log_path.open("ab")
         # A new session: Ray and ClientApp children are stopped with the whole group.
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env(),
-                                     start_new_session=True, cwd=self.workdir)
+        self.proc = spawn(cmd, log=self.log_path, env=self.env(), cwd=self.workdir)
         self._wait_healthy()
         return self
 
@@ -161,7 +256,7 @@ class LocalSuperLink:
     def stop(self, timeout: float = 15.0) -> None:
         if self.proc is None:
             return
-        stop_process_group(self.proc, timeout)
+        stop_process_groups([self.proc], timeout)
         self.proc = None
 
     def __enter__(self) -> LocalSuperLink:
@@ -173,21 +268,26 @@ class LocalSuperLink:
 
 def stop_process_group(proc: subprocess.Popen[Any], timeout: float = 15.0) -> None:
     """SIGTERM the process's group, then SIGKILL what is left after ``timeout`` seconds."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)  # children (Ray workers) that ignored SIGTERM
-    except (ProcessLookupError, PermissionError):
-        pass
-    if proc.poll() is None:
-        proc.wait(timeout=5)
+    stop_process_groups([proc], timeout)
+
+
+def stop_process_groups(procs: Iterable[subprocess.Popen[Any] | None], timeout: float = 15.0) -> None:
+    """SIGTERM the groups of all ``procs`` (started by `spawn`) at once, wait up to ``timeout`` seconds
+    for the leaders, then SIGKILL every group (children, e.g. Ray workers, that ignored SIGTERM)."""
+    procs = [p for p in procs if p is not None]
+    for proc in procs:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.wait(timeout=5)
 
 
 def write_flower_app(folder: Path) -> Path:
@@ -219,7 +319,14 @@ def write_flower_app(folder: Path) -> Path:
 def flwr_run(link: LocalSuperLink, run_config: dict[str, Any], *, federation_config: dict[str, Any] | None = None,
              app_dir: Path | None = None, on_line: Callable[[str], None] | None = None,
              timeout: float = 3600.0) -> int:
-    """Submit the app to ``link`` and stream its log until the run ends; return flwr's exit code.
+    """Submit the app to ``link`` and stream its log until the run ends; return 0 only for a completed run.
+
+    `flwr run --stream` exits 0 whenever it could stream the log, even when the ServerApp raised or
+    the simulation crashed ("Exit Code: 700"). So the run's final status is asked of the SuperLink
+    (`run_status`): anything but ``finished:completed`` returns flwr's non-zero code or 1, with a line
+    (through ``on_line``, else stderr) naming the run, its status and Flower's details. If the status
+    cannot be read, a Flower "Exit Code: N" line (N > 0) in the log counts as a failure.
+    Raises LaunchError when the run does not end within ``timeout`` seconds.
 
     ``app_dir``: a Flower app folder; by default the code-free app of `write_flower_app`."""
     import tomli_w
@@ -231,8 +338,7 @@ def flwr_run(link: LocalSuperLink, run_config: dict[str, Any], *, federation_con
     cmd = [_bin("flwr"), "run", str(app_dir), CONNECTION, "--run-config", str(cfg_path), "--stream"]
     if federation_config:
         cmd += ["--federation-config", " ".join(f"{k}={_toml_value(v)}" for k, v in federation_config.items())]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=link.env(),
-                            cwd=link.workdir, start_new_session=True)
+    proc = spawn(cmd, stdout=subprocess.PIPE, env=link.env(), cwd=link.workdir)
     # A watchdog bounds the wait even when the stream goes silent (e.g. a ServerApp that died).
     timed_out = threading.Event()
 
@@ -244,18 +350,73 @@ def flwr_run(link: LocalSuperLink, run_config: dict[str, Any], *, federation_con
     watchdog.daemon = True
     watchdog.start()
     assert proc.stdout is not None
+    run_id: int | None = None
+    flower_exit_codes: list[int] = []
     try:
         for raw in proc.stdout:
+            line = raw.decode(errors="replace").rstrip("\n")
+            plain = _ANSI.sub("", line)
+            if run_id is None and (started := _RUN_STARTED.search(plain)):
+                run_id = int(started.group(1))
+            if exit_line := _FLOWER_EXIT.search(plain):
+                flower_exit_codes.append(int(exit_line.group(1)))
             if on_line:
-                on_line(raw.decode(errors="replace").rstrip("\n"))
+                on_line(line)
         code = proc.wait(timeout=30)
     finally:
         watchdog.cancel()
         if proc.poll() is None:
-            stop_process_group(proc, 5)
+            stop_process_groups([proc], 5)
     if timed_out.is_set():
         raise LaunchError(f"flwr run did not finish within {timeout:.0f} s")
-    return code
+    say = on_line or (lambda text: print(text, file=sys.stderr))
+    if run_id is None:
+        say(f"fedmol: flwr run started no run (exit code {code})")
+        return code or 1
+    status, details = run_status(link, run_id)
+    if status == "finished:completed":
+        return code
+    if status is None:
+        failed = [c for c in flower_exit_codes if c != 0]
+        if failed:
+            say(f"fedmol: run {run_id}: status unavailable ({details}); Flower reported Exit Code {failed[0]}")
+            return code or 1
+        say(f"fedmol: run {run_id}: status unavailable ({details}); taking flwr run's exit code {code}")
+        return code
+    say(f"fedmol: run {run_id} ended with status {status}" + (f": {details}" if details else ""))
+    return code or 1
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_RUN_STARTED = re.compile(r"Successfully started run (\d+)")
+_FLOWER_EXIT = re.compile(r"Exit Code: (\d+)")
+
+
+def run_status(link: LocalSuperLink, run_id: int, *, wait: float = 30.0) -> tuple[str | None, str]:
+    """The run's status as the SuperLink reports it (`flwr ls --run-id ID --format json`) and its details.
+
+    Status is ``"finished:completed"``, ``"finished:failed"``, ``"finished:stopped"``, ``"running"``...
+    A run whose log stream just ended may take a moment to be marked finished: this asks again for up
+    to ``wait`` seconds. Returns ``(None, reason)`` when the SuperLink cannot be asked."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            out = subprocess.run([_bin("flwr"), "ls", CONNECTION, "--run-id", str(run_id), "--format", "json"],
+                                 env=link.env(), capture_output=True, text=True, timeout=60, cwd=link.workdir)
+        except subprocess.TimeoutExpired:
+            return None, "flwr ls did not answer within 60 s"
+        text = out.stdout[out.stdout.find("{"):] if "{" in out.stdout else ""
+        try:
+            answer = json.loads(text)
+        except json.JSONDecodeError:
+            return None, f"flwr ls answered: {(out.stdout + out.stderr).strip()[-300:]!r}"
+        if not answer.get("success") or not answer.get("runs"):
+            return None, f"flwr ls: {answer.get('error-message', answer)}"
+        run = answer["runs"][0]
+        status, details = str(run.get("status", "")), str(run.get("status-details", ""))
+        if status.startswith("finished") or time.monotonic() >= deadline:
+            return status, details
+        time.sleep(1.0)
 
 
 def _toml_value(v: Any) -> str:
@@ -275,7 +436,8 @@ class LocalSuperNode:
         behind a SuperNode started with ``--isolation process``; otherwise Flower's default, a fresh
         ClientApp process per message. fault_drill: make this site send corrupted updates ("nan",
         "scale:K"), to test the server's defences."""
-        self.link, self.store, self.name, self.private_key = link, Path(store).resolve(), name, private_key
+        self.link, self.store, self.name = link, Path(store).resolve(), name
+        self.private_key = Path(private_key).resolve() if private_key is not None else None
         self.warm = warm
         self.fault_drill = fault_drill
         self.proc: subprocess.Popen[bytes] | None = None
@@ -298,25 +460,22 @@ class LocalSuperNode:
             cmd += ["--root-certificates", str(self.link.tls_dir / "ca.crt")]
         if self.private_key is not None:
             cmd += ["--auth-supernode-private-key", str(self.private_key)]
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.link.env(),
-                                     start_new_session=True, cwd=self.link.workdir)
+        self.proc = spawn(cmd, log=self.log_path, env=self.link.env(), cwd=self.link.workdir)
         if self.warm:
             # The runtime retries until the SuperNode's Runtime API is up; it stops with the SuperNode.
-            worker_log = (self.link.workdir / f"worker-{self.name}.log").open("ab")
-            self.worker = subprocess.Popen(
-                [_bin("fedmol"), "site", "worker", "--runtime", f"127.0.0.1:{runtime_port}"],
-                stdout=worker_log, stderr=subprocess.STDOUT, env=self.link.env(), start_new_session=True,
-                cwd=self.link.workdir)
+            self.worker = spawn([_bin("fedmol"), "site", "worker", "--runtime", f"127.0.0.1:{runtime_port}"],
+                                log=self.link.workdir / f"worker-{self.name}.log", env=self.link.env(),
+                                cwd=self.link.workdir)
         return self
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def processes(self) -> list[subprocess.Popen[bytes]]:
+        return [p for p in (self.proc, self.worker) if p is not None]
+
     def stop(self, timeout: float = 10.0) -> None:
-        for proc in (self.proc, self.worker):
-            if proc is not None:
-                stop_process_group(proc, timeout)
+        stop_process_groups(self.processes(), timeout)
         self.proc = self.worker = None
 
 
@@ -341,9 +500,7 @@ class LocalMlflowServer:
         cmd = [_bin("mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
                "--backend-store-uri", f"sqlite:///{self.workdir / 'mlflow.db'}",
                "--artifacts-destination", (self.workdir / "artifacts").as_uri()]
-        log = (self.workdir / "mlflow-server.log").open("ab")
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                     cwd=self.workdir)
+        self.proc = spawn(cmd, log=self.workdir / "mlflow-server.log", env=env, cwd=self.workdir)
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -359,5 +516,5 @@ class LocalMlflowServer:
 
     def stop(self, timeout: float = 15.0) -> None:
         if self.proc is not None:
-            stop_process_group(self.proc, timeout)
+            stop_process_groups([self.proc], timeout)
             self.proc = None

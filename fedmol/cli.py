@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `fedmol` console script. Returns the process exit code."""
     _register()
     try:
-        app(args=argv, standalone_mode=False)
+        # Outside standalone mode click returns a `raise typer.Exit(code)`'s code instead of raising it.
+        code = app(args=argv, standalone_mode=False)
     except FedmolError as exc:
         _err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         return exc.exit_code
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             exc.show()
             return exc.exit_code
         raise
-    return 0
+    return code if isinstance(code, int) and not isinstance(code, bool) else 0
 
 
 if __name__ == "__main__":
