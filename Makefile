@@ -40,10 +40,12 @@ test-fast: install
 lint: install
 	$(VENV)/bin/ruff check .
 
+# The quick speed/quality benchmarks, run as modules (README: Benchmarks lists them all);
+# `make bench BENCH_FLAGS=--quick` is their smoke run (results as *_quick.json).
 bench: install
-	$(PY) benchmarks/featurize.py
-	$(PY) benchmarks/train_speed.py
-	$(PY) benchmarks/baselines.py
+	$(PY) -m benchmarks.featurize $(BENCH_FLAGS)
+	$(PY) -m benchmarks.train_speed $(BENCH_FLAGS)
+	$(PY) -m benchmarks.baselines $(BENCH_FLAGS)
 
 clean:
 	rm -rf $(VENV) fedmol-demo .pytest_cache

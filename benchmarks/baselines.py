@@ -1,7 +1,8 @@
 """Local-only and pooled baselines on a public set split into simulated sites.
 
-    .venv/bin/python benchmarks/baselines.py                      # tox21, 4 scaffold sites
-    .venv/bin/python benchmarks/baselines.py --data ../shared/data/sider.csv.gz --sites 3
+    .venv/bin/python -m benchmarks.baselines                      # tox21, 4 scaffold sites
+    .venv/bin/python -m benchmarks.baselines --data ../shared/data/sider.csv.gz --sites 3
+    .venv/bin/python -m benchmarks.baselines --quick              # 1,500 rows, 2 sites, 2 epochs: a smoke run
 
 Steps: prepare the file once into an in-memory store (fedmol.datasets.prepare, scaffold folds), split
 it into ``--sites`` sites by scaffold cluster (fedmol.datasets.partition.by_scaffold: no scaffold is
@@ -17,11 +18,12 @@ trains on every label it has. Early stopping on the site's (pooled: all sites') 
 
 Outputs in ``--out`` (default benchmarks/results): ``baselines_<set>.json`` / ``.md`` (the
 `fedmol.models.report.GainTable` of per-site, per-task ROC-AUC, or R² for regression sets) and
-``baselines_<set>_details.json`` (every metric, histories, settings, timings).
+``baselines_<set>_details.json`` (every metric, histories, settings, timings); with ``--quick``
+``baselines_<set>_quick.json`` / ``.md`` / ``_quick_details.json``.
 
-The consortium key is **public and fixed** here: sha256 of the text in ``DEMO_KEY_TEXT``. It
-only decides the bit permutation and the fold hash; a benchmark must be reproducible, and no
-real data is protected by it. Never use it for a real consortium (`fedmol keygen` makes one).
+The consortium key is **public and fixed** here (`benchmarks.sets.benchmark_key`). It only
+decides the bit permutation and the fold hash; a benchmark must be reproducible, and no real
+data is protected by it. Never use it for a real consortium (`fedmol keygen` makes one).
 
 Per-site test folds are small (a few hundred compounds), so a task is scored at a site when it
 has at least ``--min-pos``/``--min-neg`` (default 10/10, MELLODDY's per-fold evaluation quorum)
@@ -32,7 +34,6 @@ the 25/25 rule (``pooled_union`` in the details and the table notes).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import platform
@@ -43,23 +44,15 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(ROOT))
-
-DEMO_KEY_TEXT = b"fedmol public benchmark key - not a secret, never use for real data"
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "tox21.csv.gz"  # the shared data beside this checkout
-
-
-def demo_key() -> bytes:
-    """The fixed, public 32-byte key of the benchmarks (sha256 of ``DEMO_KEY_TEXT``)."""
-    return hashlib.sha256(DEMO_KEY_TEXT).digest()
+from benchmarks.common import DATA_DIR, RESULTS, json_default
+from benchmarks.sets import benchmark_key
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="CSV(.gz) with a smiles column")
+    p.add_argument("--data", type=Path, default=DATA_DIR / "tox21.csv.gz", help="CSV(.gz) with a smiles column")
+    p.add_argument("--rows", type=int, default=None, help="use only the first N rows of the file")
     p.add_argument("--smiles-col", default="smiles")
     p.add_argument("--id-col", default=None, help="compound id column (tox21: mol_id)")
     p.add_argument("--sites", type=int, default=4, help="number of simulated sites")
@@ -81,14 +74,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--min-neg", type=int, default=10)
     p.add_argument("--all-labels", action="store_true", help="train on tasks below the site quorums too")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    return p.parse_args(argv)
+    p.add_argument("--quick", action="store_true",
+                   help="a smoke run: the first 1,500 rows, 2 sites, hidden 64, 2 epochs")
+    p.add_argument("--out", type=Path, default=RESULTS, help="folder of the result files")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.rows, args.sites, args.hidden, args.epochs = args.rows or 1500, 2, "64", 2
+    return args
 
 
 def prepare_store(args: argparse.Namespace) -> Any:
-    """The whole file as one in-memory SiteStore (scaffold folds, permuted fingerprints)."""
+    """The file (its first ``--rows``) as one in-memory SiteStore (scaffold folds, permuted fingerprints)."""
     from fedmol.datasets.featurize import FeaturizeSettings
-    from fedmol.datasets.prepare import PrepareSettings, prepare_file
+    from fedmol.datasets.prepare import PrepareSettings, prepare_file, prepare_frame
     from fedmol.datasets.readers import TableSpec
 
     id_col = args.id_col
@@ -98,7 +96,12 @@ def prepare_store(args: argparse.Namespace) -> Any:
         table=TableSpec(smiles_col=args.smiles_col, id_col=id_col),
         featurize=FeaturizeSettings(radius=args.radius, n_bits=args.n_bits, counts=args.counts),
     )
-    return prepare_file(args.data, demo_key(), None, settings, workers=None, progress=False)
+    if args.rows:
+        import pandas as pd
+
+        frame = pd.read_csv(args.data, nrows=args.rows)
+        return prepare_frame(frame, benchmark_key(), None, settings, workers=None, source=str(args.data))
+    return prepare_file(args.data, benchmark_key(), None, settings, workers=None, progress=False)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -120,6 +123,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     store = prepared.store
     t_prep = time.perf_counter() - t0
     name = args.data.name.split(".")[0]
+    stem = f"baselines_{name}_quick" if args.quick else f"baselines_{name}"
     site_rows = by_scaffold(store, args.sites, args.seed)
     sites = {f"site{i}": store.subset(rows) for i, rows in enumerate(site_rows)}
     tasks = [(t.name, t.kind) for t in store.tasks if t.trainable]
@@ -181,7 +185,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     summary = table.summary()
     table.notes = {
-        "command": "python benchmarks/baselines.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python -m benchmarks.baselines " + " ".join(sys.argv[1:] if argv is None else argv),
         "split": f"{args.sites} sites by scaffold cluster (seed {args.seed}); scaffold folds, test fold "
                  f"{args.test_fold}, validation fold {args.valid_fold}",
         "features": f"ECFP{2 * args.radius} {'counts' if args.counts else 'bits'} folded to {args.n_bits}, "
@@ -194,16 +198,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"ROC-AUC over {int(union.summary['n_classification'])} tasks",
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    table.to_json(args.out / f"baselines_{name}.json")
-    table.to_markdown(args.out / f"baselines_{name}.md")
+    table.to_json(args.out / f"{stem}.json")
+    table.to_markdown(args.out / f"{stem}.md")
     details.update({
         "dataset": str(args.data), "args": {k: str(v) for k, v in vars(args).items()},
         "summary": summary, "prepare_summary": prepared.summary, "prepare_seconds": t_prep,
         "total_seconds": time.perf_counter() - t0, "torch": torch.__version__,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
     })
-    (args.out / f"baselines_{name}_details.json").write_text(
-        json.dumps(details, indent=2, sort_keys=True, default=_json_default) + "\n")
+    (args.out / f"{stem}_details.json").write_text(
+        json.dumps(details, indent=2, sort_keys=True, default=json_default) + "\n")
     print(table.markdown().split("\n## site0")[0])
     return details
 
@@ -222,15 +226,6 @@ def _run_details(ev: Any, result: Any, seconds: float) -> dict[str, Any]:
 def _fmt(v: float | None) -> str:
     return "–" if v is None or not math.isfinite(v) else f"{v:.3f}"
 
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.integer | np.floating):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
-    return str(o)
 
 
 if __name__ == "__main__":

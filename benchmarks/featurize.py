@@ -1,6 +1,7 @@
 """Featurisation speed: fedmol against raw RDKit, one and two processes.
 
-Usage: .venv/bin/python benchmarks/featurize.py [--data ../shared/data/hiv.csv.gz] [--limit N]
+    .venv/bin/python -m benchmarks.featurize [--data ../shared/data/hiv.csv.gz] [--limit N]
+    .venv/bin/python -m benchmarks.featurize --quick   # 1,000 molecules, one repeat: a smoke run
 
 Rows (molecules per second, same SMILES list):
   raw           RDKit MolFromSmiles + Morgan r3 GetFingerprint (32k bits), one process: baseline
@@ -16,7 +17,8 @@ Comparisons are paired so that a busy machine disturbs both sides alike: raw and
 alternately on blocks of 1,000 molecules (their times are summed), and the one- and two-worker
 pipelines alternate ``--repeat`` times (fastest kept). Wall and CPU time (this process and its
 workers) are both recorded; the two-worker speed-up is wall time and needs idle cores, so the
-load average is recorded too. Results go to benchmarks/results/featurize.json.
+load average is recorded too. Results go to ``featurize.json`` in ``--out`` (default
+benchmarks/results; ``featurize_quick.json`` with ``--quick``).
 """
 
 from __future__ import annotations
@@ -32,8 +34,7 @@ from pathlib import Path
 
 import pandas as pd
 
-HERE = Path(__file__).resolve().parent
-DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "hiv.csv.gz"
+from benchmarks.common import DATA_DIR, RESULTS
 
 
 def _timed(fn: Callable[[], object]) -> tuple[float, float]:
@@ -48,15 +49,20 @@ def _timed(fn: Callable[[], object]) -> tuple[float, float]:
     return wall, cpu
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--data", type=Path, default=DATA_DIR / "hiv.csv.gz")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N molecules")
     parser.add_argument("--repeat", type=int, default=2, help="alternating runs of the pipeline rows")
     parser.add_argument("--std-limit", type=int, default=4000,
                         help="molecules for the (slow) standardisation rows")
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "featurize.json")
-    args = parser.parse_args()
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run: 1,000 molecules, 100 standardised, one repeat")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the result file")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.limit, args.std_limit, args.repeat = min(args.limit or 1000, 1000), min(args.std_limit, 100), 1
+    out = args.out / ("featurize_quick.json" if args.quick else "featurize.json")
 
     from rdkit import Chem, RDLogger
     from rdkit.Chem import rdFingerprintGenerator
@@ -66,7 +72,7 @@ def main() -> None:
     from fedmol.datasets.structures import StructureSettings, process_structures
 
     RDLogger.DisableLog("rdApp.*")
-    smiles = pd.read_csv(args.data)["smiles"].astype(str).tolist()
+    smiles = pd.read_csv(args.data, nrows=args.limit)["smiles"].astype(str).tolist()
     if args.limit:
         smiles = smiles[: args.limit]
     n = len(smiles)
@@ -143,13 +149,13 @@ def main() -> None:
     loads = [float(x["load_before"]) for x in rows]  # type: ignore[arg-type]
     print(f"load average (1 min) before the rows: {min(loads):.1f}-{max(loads):.1f} on "
           f"{os.cpu_count()} cores (wall-clock speed-ups need otherwise idle cores)")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
         "data": str(args.data), "molecules": n, "cpu_count": os.cpu_count(),
         "python": platform.python_version(), "rdkit": Chem.rdBase.rdkitVersion,
         "rows": rows, "ratios": {k: round(v, 3) for k, v in ratios.items()},
     }, indent=2) + "\n")
-    print(f"\nwrote {args.out}")
+    print(f"\nwrote {out}")
 
 
 if __name__ == "__main__":

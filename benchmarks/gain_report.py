@@ -165,9 +165,10 @@ def plot(tables: dict[tuple[str, int], Any], runs: list[dict[str, Any]], path: P
             ax.set_xticks(x, [f"{s}\n({len(table.common_tasks(s))} tasks)" for s in sites])
             ax.set_ylabel(f"mean test {r['metric']}")
             vals = [summary[a][s] for a in ("local", "federated", "pooled") for s in sites]
-            lo = min(v for v in vals if math.isfinite(v))
+            finite = [v for v in vals if math.isfinite(v)] or [0.0]  # a tiny --quick split may score no task
+            lo = min(finite)
             ax.set_ylim(min(0.5, lo - 0.05) if r["metric"] == "ROC-AUC" else min(0.0, lo - 0.05),
-                        max(vals) + 0.08)
+                        max(finite) + 0.08)
             m = r["means"]
             ax.set_title(f"{name} seed {seed}: local {m['local']:.3f}, fed {m['federated']:.3f}, "
                          f"pooled {m['pooled']:.3f}", fontsize=10)

@@ -1,7 +1,7 @@
 """What privacy and transport options cost on Tox21: time per round and the federated ROC-AUC.
 
     .venv/bin/python -m benchmarks.privacy_cost            # 4 federations of ~4-6 min each
-    .venv/bin/python -m benchmarks.privacy_cost --quick    # small subset, 3 rounds: smoke test
+    .venv/bin/python -m benchmarks.privacy_cost --quick    # smoke run: float32 and float16 on 2,500 rows, 3 rounds
 
 The Tox21 federation of `benchmarks/federation_gain.py` (4 scaffold sites, its model and
 federation settings from `benchmarks.sets`, simulation engine, 1 CPU per virtual client), run
@@ -45,18 +45,23 @@ VARIANTS = {
     "central-dp": {"dp": "server-fixed"},
     "central-dp-noise-0.01": {"dp": "server-fixed", "dp_noise_multiplier": 0.01},
 }
+QUICK_VARIANTS = ("float32", "float16")
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="2,500 rows, 3 rounds: a smoke test")
+    p.add_argument("--quick", action="store_true",
+                   help="a smoke run: Tox21's quick slice (2,500 rows, 3 rounds), variants "
+                        + " and ".join(QUICK_VARIANTS) + " unless --only says otherwise")
     p.add_argument("--only", choices=sorted(VARIANTS), action="append", help="run only this variant")
-    p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "fedmol-bench")
-    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "fedmol-bench",
+                   help="prepared-store cache, site stores, Flower and server outputs")
+    p.add_argument("--out", type=Path, default=RESULTS, help="folder of the result files")
     args = p.parse_args(argv)
+    if args.quick and not args.only:
+        args.only = list(QUICK_VARIANTS)
     quiet_warnings()
     from mlflow.tracking import MlflowClient
-
 
     spec = SETS["tox21"]
     quick = spec["quick"] if args.quick else {}

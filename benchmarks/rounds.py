@@ -1,8 +1,9 @@
 """Round overhead of the deployment engine on loopback, and bytes sent per site per round.
 
-    .venv/bin/python benchmarks/rounds.py            # 3 sites, Tox21 rows, 32,768 bits, 4 rounds
-    .venv/bin/python benchmarks/rounds.py --quick    # 2,048 bits, 4 rounds, 400 rows per site
-    .venv/bin/python benchmarks/rounds.py --quick --only warm   # one configuration
+    .venv/bin/python -m benchmarks.rounds            # 3 sites, Tox21 rows, 32,768 bits, 4 rounds
+    .venv/bin/python -m benchmarks.rounds --n-bits 2048 --rows 400   # a smaller model and sites
+    .venv/bin/python -m benchmarks.rounds --only warm                # one configuration
+    .venv/bin/python -m benchmarks.rounds --quick    # smoke run: 2 sites, 1 round, 2 configurations
 
 Four configurations run in one invocation on the same consortium set-up (SuperLink with TLS and
 SuperNode authentication, one SuperNode per site, all on 127.0.0.1):
@@ -20,26 +21,25 @@ aggregation to this one), the slowest site's own compute in that time (its evalu
 r-1's model plus its round-r training, as the sites report them), and the overhead = wall -
 compute. Per site per round: bytes uploaded (from the sites' outbox ledgers) against the size of
 the trunk in float32. Round 1 is reported apart (it includes start-up). Results go to
-benchmarks/results/rounds.json and .md. The machine may be shared: compare within one run.
+``rounds.json`` and ``.md`` in ``--out`` (default benchmarks/results; ``rounds_quick.*`` with
+``--quick``). The machine may be shared: compare within one run. Scratch space (PKI, Flower
+state, site stores) is a fresh temporary folder, removed after a successful run (``--workdir``
+keeps it where you say).
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
+import shutil
 import statistics
-import sys
+import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-DATA = ROOT.parent / "shared" / "data"
-KEY_TEXT = b"fedmol public benchmark key - not a secret, never use for real data"
+from benchmarks.common import DATA_DIR, RESULTS
+from benchmarks.sets import benchmark_key
 
 
 def make_sites(root: Path, n_sites: int, rows: int, n_bits: int) -> dict[str, Path]:
@@ -49,8 +49,8 @@ def make_sites(root: Path, n_sites: int, rows: int, n_bits: int) -> dict[str, Pa
     from fedmol.datasets.prepare import PrepareSettings, prepare_frame
     from fedmol.datasets.readers import TableSpec
 
-    key = hashlib.sha256(KEY_TEXT).digest()
-    df = pd.read_csv(DATA / "tox21.csv.gz").head(n_sites * rows)
+    key = benchmark_key()
+    df = pd.read_csv(DATA_DIR / "tox21.csv.gz", nrows=n_sites * rows)
     tasks = tuple(c for c in df.columns if c not in ("smiles", "mol_id"))
     settings = PrepareSettings(table=TableSpec(smiles_col="smiles", id_col="mol_id", task_cols=tasks),
                                featurize=FeaturizeSettings(n_bits=n_bits))
@@ -125,6 +125,9 @@ CONFIGS = {
 }
 
 
+QUICK_CONFIGS = ("flower-default", "warm-fp16")  # Flower's own SuperNode, and the warm site runtime
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sites", type=int, default=3)
@@ -132,36 +135,53 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--n-bits", type=int, default=32768)
     p.add_argument("--hidden", type=int, default=400)
     p.add_argument("--rounds", type=int, default=4)
-    p.add_argument("--quick", action="store_true", help="2,048 bits, 4 rounds, 400 rows per site")
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    p.add_argument("--workdir", type=Path, default=Path("/tmp/fedmol-rounds"))
+    p.add_argument("--quick", action="store_true",
+                   help="a smoke run: 2 sites of 300 rows, 2,048 bits, hidden 32, 1 round, configurations "
+                        + " and ".join(QUICK_CONFIGS))
+    p.add_argument("--out", type=Path, default=RESULTS, help="folder of the result files")
+    p.add_argument("--workdir", type=Path, default=None,
+                   help="keep the scratch space (PKI, Flower state, site stores) in this new or empty folder "
+                        "(default: a temporary folder, removed after a successful run)")
     p.add_argument("--only", choices=sorted(CONFIGS), action="append",
                    help="run only this configuration (repeatable; default: all, for the report)")
     args = p.parse_args(argv)
     if args.quick:
-        args.n_bits, args.rounds, args.rows = 2048, 4, 400
-    import shutil
-
-    shutil.rmtree(args.workdir, ignore_errors=True)
-    stores, tasks = make_sites(args.workdir / "sites", args.sites, args.rows, args.n_bits)
-    results = [measure(label, args.workdir, stores, tasks, args, **kw)
+        args.sites, args.rows, args.n_bits, args.hidden, args.rounds = 2, 300, 2048, 32, 1
+        args.only = args.only or list(QUICK_CONFIGS)
+    if args.workdir is not None and args.workdir.exists() and any(args.workdir.iterdir()):
+        p.error(f"--workdir {args.workdir} is not empty: give a new folder")
+    keep = args.workdir is not None
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="fedmol-rounds-"))
+    stores, tasks = make_sites(workdir / "sites", args.sites, args.rows, args.n_bits)
+    results = [measure(label, workdir, stores, tasks, args, **kw)
                for label, kw in CONFIGS.items() if not args.only or label in args.only]
+    if not keep:  # measure() stops with the folder's path on a failure; it is only removed after a success
+        shutil.rmtree(workdir, ignore_errors=True)
     report = {"settings": {k: str(v) for k, v in vars(args).items()}, "results": results,
               "load_average_1_5_15": os.getloadavg()}
+    stem = "rounds_quick" if args.quick else "rounds"
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "rounds.json").write_text(json.dumps(report, indent=2))
+    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2))
     lines = ["| configuration | median round wall (s) | median overhead (s) | round-1 overhead (s) | "
              "upload / site / round (MB) | upload / trunk |", "|---|---:|---:|---:|---:|---:|"]
     for r in results:
-        lines.append(f"| {r['label']} | {r['median_wall_s_after_round_1']:.1f} "
-                     f"| {r['median_overhead_s_after_round_1']:.1f} | {r['first_round_overhead_s']:.1f} "
-                     f"| {r['bytes_per_site_per_round'] / 1e6:.2f} | {r['upload_over_trunk']:.2f} |")
-    title = (f"# Round overhead, {args.sites} sites, {args.n_bits} bits, hidden {args.hidden}\n\n"
+        lines.append(f"| {r['label']} | {_fmt(r['median_wall_s_after_round_1'], '.1f')} "
+                     f"| {_fmt(r['median_overhead_s_after_round_1'], '.1f')} "
+                     f"| {_fmt(r['first_round_overhead_s'], '.1f')} "
+                     f"| {_fmt(r['bytes_per_site_per_round'] and r['bytes_per_site_per_round'] / 1e6, '.2f')} "
+                     f"| {_fmt(r['upload_over_trunk'], '.2f')} |")
+    title = (f"# Round overhead, {args.sites} sites, {args.n_bits} bits, hidden {args.hidden}"
+             f"{' (quick smoke run, not a result)' if args.quick else ''}\n\n"
              f"Load average at the end (1/5/15 min, 2 cores): {', '.join(f'{x:.1f}' for x in os.getloadavg())}\n\n")
     text = title + "\n".join(lines) + "\n"
-    (args.out / "rounds.md").write_text(text)
+    (args.out / f"{stem}.md").write_text(text)
     print(text)
     return report
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    """``value`` formatted, or "–" where there is none (one round has no "after round 1")."""
+    return "–" if value is None else format(value, spec)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """How the simulated federation scales with the number of sites: time per round and memory.
 
     .venv/bin/python -m benchmarks.scale            # 10, 30 and 100 sites, 3 rounds each (~10 min)
-    .venv/bin/python -m benchmarks.scale --quick    # 4 and 10 sites, 2 rounds (~2 min)
+    .venv/bin/python -m benchmarks.scale --quick    # smoke run: 2 sites, 2 rounds, 2,500 compounds
     .venv/bin/python -m benchmarks.scale --sites 10,30,100,200 --rounds 2
 
 Setup: Tox21 prepared once (ECFP4, 2,048 bits, the fixed public benchmark key; cached like
@@ -47,12 +47,13 @@ GiB = 1024**3
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("--quick", action="store_true", help="4 and 10 sites, 2 rounds, 2,500 compounds")
+    p.add_argument("--quick", action="store_true", help="a smoke run: 2 sites, 2 rounds, 2,500 compounds")
     p.add_argument("--sites", default=None, help="comma-separated site counts (default 10,30,100)")
     p.add_argument("--rounds", type=int, default=None, help="server rounds per federation (default 3)")
     p.add_argument("--hidden", default="64")
-    p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "fedmol-bench")
-    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "fedmol-bench",
+                   help="prepared-store cache, site stores, Flower and server outputs")
+    p.add_argument("--out", type=Path, default=RESULTS, help="folder of the result files")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -97,7 +98,7 @@ def run_n(store: Any, n: int, args: argparse.Namespace, rounds: int) -> dict[str
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = parse_args(argv)
     quiet_warnings()
-    sites = [int(s) for s in (args.sites or ("4,10" if args.quick else "10,30,100")).split(",")]
+    sites = [int(s) for s in (args.sites or ("2" if args.quick else "10,30,100")).split(",")]
     rounds = args.rounds or (2 if args.quick else 3)
     command = ".venv/bin/python -m benchmarks.scale " + " ".join(sys.argv[1:] if argv is None else argv)
     t0 = time.perf_counter()

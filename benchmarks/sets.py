@@ -5,7 +5,7 @@
   no real data is protected by it. Never use it for a real consortium (`fedmol keygen` makes one).
 * `TOX21_TASKS`, `MODEL`, `SETS`: the sets of the federation benchmarks (file, id column, how
   many sites and how they are split, metric, consortium tasks, the federation settings each set
-  runs with, and the sizes of its ``--quick`` smoke run); `federation_config` turns one into a
+  runs with, and the sizes and trunk of its ``--quick`` smoke run); `federation_config` turns one into a
   `fedmol.config.FederationConfig`.
 * `prepared_store`: prepare a CSV once with the benchmark key and cache the store under
   ``--work`` (preparation is the slow part: ~1 min for Tox21, ~5 min for chembl_5thresh).
@@ -35,7 +35,7 @@ SETS: dict[str, dict[str, Any]] = {
         "consortium": ",".join(f"{t}:classification" for t in TOX21_TASKS),
         "federation": {"strategy": "fedavg", "optimizer": "sgd", "lr": 1.0, "lr_decay": 0.92, "momentum": 0.9,
                        "local_epochs": 2, "batch_size": 128, "num_server_rounds": 24},
-        "quick": {"nrows": 2500, "num_server_rounds": 3, "baseline_epochs": 4},
+        "quick": {"nrows": 2500, "num_server_rounds": 3, "baseline_epochs": 4, "model": {"hidden": "64"}},
     },
     "chembl_5thresh": {
         "file": "chembl_5thresh.csv.gz", "id_col": None, "sites": 5, "split": "by_task", "metric": "R²",
@@ -43,7 +43,7 @@ SETS: dict[str, dict[str, Any]] = {
         "federation": {"strategy": "fedavg", "optimizer": "sgd", "lr": 0.1, "lr_decay": 1.0, "momentum": 0.9,
                        "local_epochs": 2, "batch_size": 128, "num_server_rounds": 20, "head_epochs": 0,
                        "finetune_epochs": 20, "finetune_lr": 0.03, "finetune_patience": 5},
-        "quick": {"nrows": 4000, "num_server_rounds": 2, "baseline_epochs": 3},
+        "quick": {"nrows": 2000, "num_server_rounds": 2, "baseline_epochs": 3, "model": {"hidden": "64"}},
     },
 }
 
@@ -111,10 +111,13 @@ def federation_config(name: str, n_sites: int, sites_dir: Path, output_dir: Path
 
     spec = SETS[name]
     fed = dict(spec["federation"])
-    if quick and "num_server_rounds" in spec["quick"]:
-        fed["num_server_rounds"] = spec["quick"]["num_server_rounds"]
+    model = {**MODEL, **spec.get("model", {})}
+    if quick:  # the smoke run: fewer rounds, a small trunk
+        if "num_server_rounds" in spec["quick"]:
+            fed["num_server_rounds"] = spec["quick"]["num_server_rounds"]
+        model.update(spec["quick"].get("model", {}))
     return FederationConfig(
-        **{**MODEL, **spec.get("model", {})}, **fed, consortium_tasks=spec["consortium"], min_sites=n_sites,
+        **model, **fed, consortium_tasks=spec["consortium"], min_sites=n_sites,
         seed=seed, eval_min_labels=10, num_threads=1, sim_store_dir=str(sites_dir), output_dir=str(output_dir),
         table_name=name, report_task_names=True, register_model=False, experiment=experiment, run_name=run_name,
     )

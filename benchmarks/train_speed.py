@@ -1,6 +1,7 @@
 """Training speed of the sparse input layer vs a dense ``nn.Linear`` over the same fingerprints.
 
-    .venv/bin/python benchmarks/train_speed.py              # 32,768 bits, CPU (+ CUDA when present)
+    .venv/bin/python -m benchmarks.train_speed              # 32,768 bits, CPU (+ CUDA when present)
+    .venv/bin/python -m benchmarks.train_speed --quick      # 4,096 bits, 512 compounds, 1 thread: a smoke run
 
 Both trunks have the same shape (n_bits -> hidden -> 12 tasks, ReLU, dropout), the same
 optimizer (Adam, as `fedmol.models.training.make_optimizer` builds it) and the same batches; the dense
@@ -11,7 +12,9 @@ thread count in ``--threads`` and on CUDA when present.
 
 Fingerprints: real ECFP6 bits of tox21 molecules folded to ``--n-bits`` when the datasets
 featuriser (RDKit) is available, else random sparse rows with ``--on-bits`` (~50) bits each.
-Writes ``train_speed.json`` to ``--out`` (default benchmarks/results).
+``--data`` defaults to ``tox21.csv.gz`` in the public data beside this checkout
+(``../shared/data``, see `benchmarks.common.DATA_DIR`). Writes ``train_speed.json`` to ``--out``
+(default benchmarks/results; ``train_speed_quick.json`` with ``--quick``).
 """
 
 from __future__ import annotations
@@ -28,9 +31,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from benchmarks.common import DATA_DIR, RESULTS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -42,11 +43,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--on-bits", type=int, default=50, help="bits per row for random fingerprints")
     p.add_argument("--random", action="store_true", help="use random fingerprints even if RDKit is present")
-    p.add_argument("--data", type=Path, default=Path("/work/shared/data/tox21.csv.gz"))
+    p.add_argument("--data", type=Path, default=DATA_DIR / "tox21.csv.gz",
+                   help="molecules to fingerprint (default: tox21.csv.gz of ../shared/data)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", default="1,2", help="torch CPU thread counts to measure, comma-separated")
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    return p.parse_args(argv)
+    p.add_argument("--quick", action="store_true",
+                   help="a smoke run: 4,096 bits, 512 compounds, one timed epoch, 1 CPU thread")
+    p.add_argument("--out", type=Path, default=RESULTS, help="folder of the result file")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.n_bits, args.n, args.repeats, args.threads = 4096, 512, 1, "1"
+    return args
 
 
 def fingerprints(args: argparse.Namespace) -> tuple[sp.csr_matrix, str]:
@@ -187,10 +194,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "cpu_count": os.cpu_count(), "load_average_1_5_15min_at_end": os.getloadavg(),
         "machine": f"{platform.machine()} {platform.processor()}",
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "command": "python benchmarks/train_speed.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python -m benchmarks.train_speed " + " ".join(sys.argv[1:] if argv is None else argv),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "train_speed.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / ("train_speed_quick.json" if args.quick else "train_speed.json")).write_text(
+        json.dumps(report, indent=2) + "\n")
     return report
 
 
