@@ -2,8 +2,8 @@
 
 One streaming reader serves `fedmol prepare` and `fedmol score`, in three levels:
 
-* :func:`iter_rows` streams a file as :class:`Rows` blocks: the file's own columns as text, as
-  written (no NA conversion), and each record's ``line`` and ``pre_reject``;
+* :func:`iter_rows` streams a file as :class:`Rows` blocks: the file's own columns and each
+  record's ``line`` and ``pre_reject``;
 * :func:`iter_records` streams chunks of ``chunk_size`` records with the columns ``line``, ``id``
   (str, "" when the file has none), ``smiles`` (str, stripped) and ``pre_reject`` (a reason
   already known while reading; "" otherwise): what `fedmol score` reads;
@@ -110,9 +110,10 @@ class RawTable:
 
 @dataclass(frozen=True)
 class Rows:
-    """A block of records as read: ``frame`` holds the file's columns as text (CSV/TSV: the header's
-    names, duplicates as pandas names them; SDF: ``smiles``, ``_Name`` and the properties; .smi:
-    ``smiles`` and ``name``); ``line`` (int64, (n,)) and ``pre_reject`` (str, (n,)) per record."""
+    """A block of records as read: ``frame`` holds the file's columns (CSV/TSV: the header's names,
+    duplicates as pandas names them; SDF: ``smiles``, ``_Name`` and the properties; .smi: ``smiles``
+    and ``name``; text or values, see :func:`iter_rows`); ``line`` (int64, (n,)) and ``pre_reject``
+    (str, (n,)) per record."""
 
     frame: pd.DataFrame
     line: np.ndarray
