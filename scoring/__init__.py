@@ -4,8 +4,9 @@ Modules (import them directly; nothing is imported here, so ``fedmol --help`` st
 
 - `fedmol.scoring.scorer`: `Scorer` (standardise and featurise as the sites did, predict with
   MC-dropout std and, with a site store, conformal p-values/intervals), `predict_units`
-- `fedmol.scoring.cli`: ``fedmol score`` (a file in, predictions out, streamed in chunks over
-  worker processes) and the registration of ``fedmol serve``
+- `fedmol.scoring.cli`: ``fedmol score`` and the registration of ``fedmol serve``
+- `fedmol.scoring.files`: a file scored in streamed chunks (read by ``fedmol.datasets.readers``, as
+  ``fedmol prepare`` reads it) over worker processes, predictions and rejects appended per chunk
 - `fedmol.scoring.service`: ``fedmol serve``, the HTTP API (FastAPI under uvicorn): token auth,
   body parsing and limits as parts of their own, and the web page in ``web/``
 - `fedmol.scoring.pyfunc`: the MLflow pyfunc of a shared model
