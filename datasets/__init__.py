@@ -3,7 +3,7 @@
 Modules (import them directly as ``fedmol.datasets.NAME``; nothing is imported here):
 
 - `fedmol.datasets.keys`: the consortium key (generate, load, fingerprint)
-- `fedmol.datasets.readers`: CSV/TSV/SDF/.smi input
+- `fedmol.datasets.readers`: CSV/TSV/SDF/.smi input, streamed: the one reader of `prepare` and `score`
 - `fedmol.datasets.labels`: qualifiers and thresholds
 - `fedmol.datasets.standardize`: `Standardizer`, `parse_smiles`, `MoleculeReject`
 - `fedmol.datasets.featurize`: `Featurizer`, the key-derived bit permutation
