@@ -9,6 +9,7 @@ Modules (import them directly; nothing is imported here, so ``fedmol --help`` st
   ``fedmol prepare`` reads it) over worker processes, predictions and rejects appended per chunk
 - `fedmol.scoring.service`: ``fedmol serve``, the HTTP API (FastAPI under uvicorn): token auth,
   body parsing and limits as parts of their own, and the web page in ``web/``
+- `fedmol.scoring.workers`: `WorkerPool`, scoring calls in worker processes with a time limit each
 - `fedmol.scoring.pyfunc`: the MLflow pyfunc of a shared model
 - `fedmol.scoring.pyfunc_entry`: the "models from code" file registered models load (its path is fixed)
 """

@@ -15,7 +15,9 @@ Access: scoring and the model description need a bearer token (``Authorization: 
 tokens come from a file (one per line, ``#`` comments) or an environment variable (comma-separated).
 Every request body is limited in bytes (413), every scoring request in molecules (413), and every
 token in molecules per time window (429 with Retry-After): a shared model answers membership and
-reconstruction queries, so unlimited querying could leak what it was trained on.
+reconstruction queries, so unlimited querying could leak what it was trained on. Scoring runs in
+worker processes (`fedmol.scoring.workers`) with a time limit per request (503 beyond), so one
+request cannot hold up the server: RDKit holds the GIL for each of its calls.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import csv
 import hmac
 import io
 import json
+import logging
 import math
 import os
 import threading
@@ -37,11 +40,15 @@ import numpy as np
 import pandas as pd
 import typer
 from fastapi import Depends, HTTPException, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, Response
 
 from fedmol.errors import InputError
 
-__all__ = ["ServiceSettings", "RateLimiter", "create_app", "load_tokens", "TOKENS_ENV"]
+log = logging.getLogger("fedmol.scoring")
+
+__all__ = ["TOKENS_ENV", "BodyLimitMiddleware", "MoleculeReader", "Molecules", "RateLimiter", "ServiceSettings",
+           "TokenAuth", "charge_quota", "create_app", "load_tokens", "parse_csv_molecules", "parse_json_molecules",
+           "score_answer", "score_frame"]
 
 TOKENS_ENV = "FEDMOL_SERVE_TOKENS"
 WEB_DIR = Path(__file__).with_name("web")
@@ -514,22 +521,28 @@ def csv_safe(text: str) -> str:
     return "'" + text if text.startswith(CSV_FORMULA_START) else text
 
 
-def score_response(frame: pd.DataFrame, fmt: str, scorer: Any, settings: ServiceSettings) -> Response:
-    """The answer to a scoring request: CSV (``fmt="csv"``, no depictions) or JSON with the counts."""
+def score_answer(scorer: Any, molecules: Molecules, depict: bool, fmt: str,
+                 model: dict[str, str]) -> tuple[bytes, str, int]:
+    """A scoring request's answer, encoded: (body, media type, molecules scored). Runs in a worker
+    process (`fedmol.scoring.workers`), so that building a large answer does not hold up the server."""
+    frame = score_frame(scorer, molecules, depict)
+    n_rejected = int((frame["error"] != "").sum())
+    n_scored = len(frame) - n_rejected
     if fmt == "csv":
         out = frame.drop(columns=["svg"], errors="ignore")
         for col in ("id", "smiles", "canonical_smiles", "error"):  # the text a caller controls
             out[col] = [csv_safe(v) for v in out[col]]
-        return Response(out.to_csv(index=False), media_type="text/csv")
-    n_rejected = int((frame["error"] != "").sum())
+        return out.to_csv(index=False).encode("utf-8"), "text/csv", n_scored
     depicted = {"n_depicted": int((frame["svg"] != "").sum())} if "svg" in frame.columns else {}
-    return JSONResponse({
-        "model": {"name": settings.model_name, "version": settings.model_version},
-        "n_read": len(frame), "n_scored": len(frame) - n_rejected, "n_rejected": n_rejected, **depicted,
+    content = {
+        "model": model,
+        "n_read": len(frame), "n_scored": n_scored, "n_rejected": n_rejected, **depicted,
         "tasks": [t.__dict__ for t in scorer.tasks], "columns": scorer.columns,
         "calibration": scorer.calibration_note,
         "results": _records(frame),
-    })
+    }
+    body = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
+    return body, "application/json", n_scored
 
 
 def _encodable(text: str) -> str:
@@ -552,11 +565,20 @@ SCORE_BODY = {"requestBody": {"required": True, "content": {
         "file": {"type": "string", "format": "binary"}}}}}}}
 
 
-def create_app(scorer: Any, settings: ServiceSettings) -> Any:
-    """The FastAPI app around a loaded `fedmol.scoring.scorer.Scorer`."""
+def create_app(scorer: Any, settings: ServiceSettings, workers: Any = None) -> Any:
+    """The FastAPI app around a loaded `fedmol.scoring.scorer.Scorer`.
+
+    workers: where `score_answer` runs, a `fedmol.scoring.workers.WorkerPool` (``fedmol serve``:
+    processes with a time limit per request) or, by default, `InProcess` (a thread of this process).
+    """
     from fastapi import FastAPI
     from fastapi.staticfiles import StaticFiles
     from starlette.concurrency import run_in_threadpool
+
+    from fedmol.scoring.workers import InProcess, WorkerDied, WorkerError, WorkersBusy, WorkerTimeout
+
+    workers = workers if workers is not None else InProcess(scorer, score_answer)
+    model = {"name": settings.model_name, "version": settings.model_version}
 
     # No /docs or /redoc: FastAPI's pages load Swagger UI / ReDoc from a CDN, and this origin keeps the
     # web page's token in sessionStorage; fastapi ships no local copy. The schema is at /openapi.json.
@@ -569,7 +591,6 @@ def create_app(scorer: Any, settings: ServiceSettings) -> Any:
         docs_url=None, redoc_url=None,
     )
     limiter = app.state.limiter = RateLimiter(settings.rate_molecules, settings.rate_window)
-    lock = threading.Lock()  # MC dropout switches the model's mode: one scoring call at a time
     app.state.auth = TokenAuth(settings.tokens)
     app.state.read_molecules = MoleculeReader(settings.max_molecules)
 
@@ -593,17 +614,19 @@ def create_app(scorer: Any, settings: ServiceSettings) -> Any:
         # overdraw it), and what was not scored (rejects, or all of a request that failed) is given back.
         charge_quota(limiter, token, len(molecules))
         scored = 0
-
-        def run() -> pd.DataFrame:
-            with lock:
-                return score_frame(scorer, molecules, depict)
-
         try:
-            frame = await run_in_threadpool(run)
-            scored = int((frame["error"] == "").sum())
+            body, media_type, scored = await run_in_threadpool(workers.call, molecules, depict, format, model)
+        except WorkerTimeout as exc:
+            raise HTTPException(503, f"{exc}, the time limit per request: split the molecules over smaller "
+                                     "requests") from None
+        except WorkersBusy as exc:
+            raise HTTPException(503, f"{exc}; try again later", headers={"Retry-After": "10"}) from None
+        except (WorkerDied, WorkerError) as exc:
+            log.error("scoring failed: %s", exc)
+            raise HTTPException(500, f"scoring failed ({exc})") from None
         finally:
             limiter.refund(token, len(molecules) - scored)
-        return score_response(frame, format, scorer, settings)
+        return Response(body, media_type=media_type)
 
     @app.get("/", include_in_schema=False, response_model=None)
     async def index() -> FileResponse:
@@ -612,6 +635,7 @@ def create_app(scorer: Any, settings: ServiceSettings) -> Any:
     app.mount("/web", StaticFiles(directory=WEB_DIR), name="web")
     app.state.scorer = scorer
     app.state.settings = settings
+    app.state.workers = workers
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_request_bytes, timeout=settings.body_timeout,
                        header_limit=MAX_HEADER_BYTES)
     app.add_middleware(SecurityHeadersMiddleware)
@@ -644,6 +668,10 @@ def serve_command(
     rate_window: Annotated[float, typer.Option(min=1.0, help="Rate-limit window in seconds.")] = 3600.0,
     body_timeout: Annotated[float, typer.Option(
         min=0.1, help="Seconds a request body may take to arrive (408 beyond).")] = 30.0,
+    workers: Annotated[int, typer.Option(
+        min=1, help="Scoring processes (one request each at a time); the server itself stays responsive.")] = 1,
+    request_timeout: Annotated[float, typer.Option(
+        min=1.0, help="Seconds a request may take to score; its worker is then stopped (503).")] = 300.0,
     mc_samples: Annotated[int, typer.Option(min=0, help="MC-dropout passes for the uncertainty (0: none).")] = 20,
     confidence: Annotated[float, typer.Option(help="Confidence of the conformal regression intervals.")] = 0.8,
     standardize: Annotated[str, typer.Option(
@@ -671,6 +699,12 @@ def serve_command(
                                rate_molecules=rate_limit, rate_window=rate_window, body_timeout=body_timeout)
     scorer = Scorer(model_dir, resolve_key(key_file), mc_samples=mc_samples, site_store=site_store,
                     confidence=confidence, standardize=None if standardize == "model" else False)
-    # h11, not httptools: h11 bounds the request line and headers (MAX_HEADER_BYTES; 400 beyond).
-    uvicorn.run(create_app(scorer, settings), host=host, port=port, log_level="info", http="h11",
-                h11_max_incomplete_event_size=MAX_HEADER_BYTES)
+    from fedmol.scoring.workers import WorkerPool
+
+    pool = WorkerPool(scorer, score_answer, workers=workers, timeout=request_timeout)
+    try:
+        # h11, not httptools: h11 bounds the request line and headers (MAX_HEADER_BYTES; 400 beyond).
+        uvicorn.run(create_app(scorer, settings, pool), host=host, port=port, log_level="info", http="h11",
+                    h11_max_incomplete_event_size=MAX_HEADER_BYTES, timeout_graceful_shutdown=10)
+    finally:
+        pool.close()
