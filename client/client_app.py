@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 if TYPE_CHECKING:
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 from fedmol import wire
 from fedmol.config import FederationConfig
-from fedmol.records import from_array_record, to_array_record
+from fedmol.records import config_record, from_array_record, metric_record, scalar, to_array_record
 
 LEGACY_FIT = "fitins.parameters"  # Flower's legacy record names (flwr.compat recorddict_compat)
 LEGACY_EVALUATE = "evaluateins.parameters"
@@ -67,10 +67,10 @@ def _handle_legacy(op: str, msg: Message, context: Context) -> Message:
                      metrics=join_metrics(reply.metrics, reply.report))
         return Message(compat.fitres_to_recorddict(res, keep_input=False), reply_to=msg)
     reply = site.evaluate_round(cfg, shared, final=bool(ins.config.get(wire.CFG_FINAL, False)), **kwargs)
-    res = EvaluateRes(status=ok, loss=float(reply.metrics[wire.VALID_LOSS]),
-                      num_examples=int(reply.metrics[wire.NUM_EVAL_LABELS]),
-                      metrics=join_metrics(reply.metrics, reply.report))
-    return Message(compat.evaluateres_to_recorddict(res), reply_to=msg)
+    evaluated = EvaluateRes(status=ok, loss=float(reply.metrics[wire.VALID_LOSS]),
+                            num_examples=int(reply.metrics[wire.NUM_EVAL_LABELS]),
+                            metrics=join_metrics(reply.metrics, reply.report))
+    return Message(compat.evaluateres_to_recorddict(evaluated), reply_to=msg)
 
 
 def _handle(op: str, msg: Message, context: Context) -> Message:
@@ -79,28 +79,28 @@ def _handle(op: str, msg: Message, context: Context) -> Message:
     node_config = dict(context.node_config)
     run_config = dict(context.run_config)
     cfg = FederationConfig.from_run_config(run_config)
-    config = msg.content.get(wire.CONFIG, ConfigRecord())
-    kwargs: dict[str, Any] = {"server_round": int(config[wire.CFG_ROUND]),
-                              "federation_id": str(config[wire.CFG_FEDERATION_ID])}
+    config = msg.content.config_records.get(wire.CONFIG, ConfigRecord())
+    kwargs: dict[str, Any] = {"server_round": int(scalar(config, wire.CFG_ROUND)),
+                              "federation_id": str(scalar(config, wire.CFG_FEDERATION_ID))}
     if op == "train":
-        kwargs["proximal_mu"] = float(config.get(wire.CFG_PROXIMAL_MU, 0.0))
-    shared = from_array_record(msg.content[wire.ARRAYS])
+        kwargs["proximal_mu"] = float(scalar(config, wire.CFG_PROXIMAL_MU, 0.0))
+    shared = from_array_record(msg.content.array_records[wire.ARRAYS])
     site = site_for(node_config, cfg)
     evaluation = None
     if op == "train" and bool(config.get(wire.CFG_EVALUATE_FIRST, False)):
         # The model received is the last round's aggregate: evaluate it, then train on it, one reply.
-        evaluation = site.evaluate_round(cfg, shared, server_round=int(config[wire.CFG_EVALUATE_ROUND]),
+        evaluation = site.evaluate_round(cfg, shared, server_round=int(scalar(config, wire.CFG_EVALUATE_ROUND)),
                                          federation_id=kwargs["federation_id"])
     if op == "train":
         reply = site.train_round(cfg, shared, **kwargs)
     else:
         reply = site.evaluate_round(cfg, shared, final=bool(config.get(wire.CFG_FINAL, False)), **kwargs)
-    content = RecordDict({wire.METRICS: MetricRecord(reply.metrics), wire.REPORT: ConfigRecord(reply.report)})
+    content = RecordDict({wire.METRICS: metric_record(reply.metrics), wire.REPORT: config_record(reply.report)})
     if reply.arrays is not None:
         content[wire.ARRAYS] = to_array_record(reply.arrays)
     if evaluation is not None:
-        content[wire.EVAL_METRICS] = ConfigRecord(evaluation.metrics)
-        content[wire.EVAL_REPORT] = ConfigRecord(evaluation.report)
+        content[wire.EVAL_METRICS] = config_record(evaluation.metrics)
+        content[wire.EVAL_REPORT] = config_record(evaluation.report)
     return Message(content=content, reply_to=msg)
 
 

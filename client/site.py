@@ -302,8 +302,10 @@ class SiteNode:
     def record_outbox(self, reply: RoundReply, *, phase: str, server_round: int, federation_id: str) -> None:
         """Append what this reply sends: array names, shapes, dtypes, bytes, sha256; metric names."""
         arrays = []
+        bytes_total = 0
         for name, arr in (reply.arrays or {}).items():
             data = np.ascontiguousarray(arr)
+            bytes_total += int(data.nbytes)
             arrays.append({"name": name, "shape": list(data.shape), "dtype": str(data.dtype),
                            "bytes": int(data.nbytes), "sha256": hashlib.sha256(data.tobytes()).hexdigest()})
         entry = {
@@ -315,7 +317,7 @@ class SiteNode:
             "metric_names": sorted(reply.metrics),
             "report_keys": sorted(reply.report),
             "task_metric_names": sorted(json.loads(reply.report.get(wire.REP_TASK_METRICS, "{}")).get("test", {})),
-            "bytes_total": int(sum(a["bytes"] for a in arrays)),
+            "bytes_total": bytes_total,
         }
         with self.ledger_path.open("a") as fh:
             fh.write(json.dumps(entry) + "\n")

@@ -106,8 +106,8 @@ class SparseRows:
         n = len(self.indptr) - 1
         n_dense = 0 if self.dense is None else self.dense.shape[1]
         X = sp.csr_matrix((self.data, self.indices, self.indptr), shape=(n, n_features - n_dense))
-        if n_dense:
-            X = sp.hstack([X, sp.csr_matrix(self.dense)], format="csr")
+        if self.dense is not None and n_dense:
+            X = sp.csr_matrix(sp.hstack([X, sp.csr_matrix(self.dense)], format="csr"))
         X.sort_indices()
         return X.astype(np.float32)
 

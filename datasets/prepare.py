@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -320,7 +320,8 @@ def _find_conflicts(labels: _Labels, canon: np.ndarray, reasons: np.ndarray, lin
         recs = sorted(grp["rec"].tolist())
         where = ", ".join(str(int(lines[r])) for r in recs[:6]) + (" ..." if len(recs) > 6 else "")
         for r in recs:
-            out.setdefault(int(r), f"duplicate with conflicting labels: {names[task]} (lines {where})")
+            name = names[cast(int, task)]  # the task column's index (groupby keys are typed Hashable)
+            out.setdefault(int(r), f"duplicate with conflicting labels: {name} (lines {where})")
     return out
 
 

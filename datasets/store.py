@@ -96,8 +96,8 @@ class SiteStore:
             if unknown:
                 raise StoreError(f"unknown tasks {unknown}; the store has {self.task_names}")
             cols = [index[n] for n in task_names]
-        Y = self.Y[np.ix_(rows, cols)]
-        censor = self.censor[np.ix_(rows, cols)]
+        Y = self.Y[np.ix_(rows, np.asarray(cols, dtype=np.intp))]
+        censor = self.censor[np.ix_(rows, np.asarray(cols, dtype=np.intp))]
         folds = self.folds[rows]
         tasks = build_catalogue(
             Y, censor, folds, [self.tasks[c] for c in cols], quorum=quorum,
@@ -147,7 +147,7 @@ class SiteStore:
         summary_path = path / "summary.json"
         compounds_path = path / "compounds.csv"
         return cls(
-            X=sp.load_npz(path / "features.npz").tocsr().astype(np.float32),
+            X=sp.csr_matrix(sp.load_npz(path / "features.npz"), dtype=np.float32),
             Y=labels["values"],
             censor=labels["censor"],
             folds=np.load(path / "folds.npy"),

@@ -57,6 +57,10 @@ class StructureBlock:
         return self.reasons == ""
 
 
+# One chunk's result: reject reasons, canonical SMILES, folds, basis codes, feature rows.
+ChunkResult = tuple[list[str], list[str], np.ndarray, np.ndarray, SparseRows]
+
+
 class _Worker:
     def __init__(self, settings: StructureSettings, permutation: np.ndarray, fold_subkey: bytes) -> None:
         self.settings = settings
@@ -64,7 +68,7 @@ class _Worker:
         self.featurizer = Featurizer(settings.featurize, permutation)
         self.folds = FoldAssigner(b"", settings.folds, subkey=fold_subkey)
 
-    def run(self, smiles: Sequence[str]) -> tuple[list[str], list[str], np.ndarray, np.ndarray, SparseRows]:
+    def run(self, smiles: Sequence[str]) -> ChunkResult:
         n = len(smiles)
         reasons = [""] * n
         canonical = [""] * n
@@ -97,7 +101,7 @@ def _init_worker(settings: StructureSettings, permutation: np.ndarray, fold_subk
     _WORKER = _Worker(settings, permutation, fold_subkey)
 
 
-def _run_chunk(smiles: list[str]):  # noqa: ANN202 - tuple as returned by _Worker.run
+def _run_chunk(smiles: list[str]) -> ChunkResult:
     assert _WORKER is not None, "worker not initialised"
     return _WORKER.run(smiles)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from fedmol.config import FederationConfig
+from fedmol.config import FederationConfig, TaskKind
 from fedmol.datasets.store import SiteStore
 from fedmol.datasets.tasks import TaskInfo
 from fedmol.models.data import TaskData
@@ -54,7 +54,7 @@ def federation_recipe(cfg: FederationConfig, epochs: int | None = None, patience
                        num_threads=cfg.num_threads or None)
 
 
-def _train_and_test(store: SiteStore, consortium: list[tuple[str, str]], cfg: FederationConfig, epochs: int,
+def _train_and_test(store: SiteStore, consortium: list[tuple[str, TaskKind]], cfg: FederationConfig, epochs: int,
                     test_sets: Mapping[str, tuple[SiteStore, Callable[[str], str | None]]],
                     recipe: TrainConfig | None = None,
                     folds: tuple[str, ...] = ("test",)) -> dict[str, dict[str, dict]]:
@@ -95,7 +95,7 @@ def _aligned(store: SiteStore, spec: ModelSpec, rename: Callable[[str], str | No
     return TaskData.from_arrays(spec, store.X, store.Y, store.censor, names, rows)
 
 
-def pooled_store(stores: Mapping[str, SiteStore], consortium: list[tuple[str, str]]) -> SiteStore:
+def pooled_store(stores: Mapping[str, SiteStore], consortium: list[tuple[str, TaskKind]]) -> SiteStore:
     """All sites' rows in one store; private tasks renamed ``<site>::<task>``, consortium tasks shared."""
     shared = {n for n, _ in consortium}
     columns: dict[str, TaskInfo] = {}

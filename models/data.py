@@ -99,7 +99,7 @@ class HeadLabels:
         )
 
 
-def transform_features(X: sp.spmatrix, transform: InputTransform) -> sp.csr_matrix:
+def transform_features(X: sp.csr_matrix, transform: InputTransform) -> sp.csr_matrix:
     """Stored feature values -> input weights: binary (1.0), log1p(count), or unchanged.
 
     Returns a new float32 CSR matrix with sorted indices and no explicit zeros; X is not modified.
@@ -138,7 +138,7 @@ class TaskData:
     def from_arrays(
         cls,
         spec: ModelSpec,
-        X: sp.spmatrix,
+        X: sp.csr_matrix,
         Y: np.ndarray,
         censor: np.ndarray | None,
         task_names: Sequence[str],

@@ -7,7 +7,7 @@ federation can report how much data a round saw. ``mean`` = sum / max(count, 1).
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +16,8 @@ from torch import Tensor
 __all__ = ["masked_bce", "censored_mse", "LossSum"]
 
 
-class LossSum(NamedTuple):
+@dataclass(frozen=True)
+class LossSum:
     """Sum of per-label losses (scalar Tensor) and the count of labels that counted (scalar Tensor)."""
 
     total: Tensor

@@ -7,7 +7,8 @@ with `shared_state_dict` (trunk + shared heads) and keeps `private_state_dict` o
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import ItemsView, Mapping
+from typing import cast
 
 import numpy as np
 import torch
@@ -17,7 +18,7 @@ from fedmol.errors import ConfigError
 from fedmol.models.data import SparseBatch
 from fedmol.models.spec import HeadSpec, ModelSpec
 
-__all__ = ["MultiTaskNet", "SparseInputLayer", "Trunk", "TaskHead"]
+__all__ = ["MultiTaskNet", "SparseInputLayer", "Trunk", "TaskHead", "HeadDict"]
 
 
 class SparseInputLayer(nn.Module):
@@ -68,6 +69,9 @@ class TaskHead(nn.Module):
     units, so that ``value = output * target_std + target_mean``. Identity by default.
     """
 
+    target_mean: Tensor  # buffers of regression heads (registered in __init__)
+    target_std: Tensor
+
     def __init__(self, spec: HeadSpec, in_features: int) -> None:
         super().__init__()
         self.kind = spec.kind
@@ -92,6 +96,16 @@ class TaskHead(nn.Module):
         return (values - self.target_mean) / self.target_std
 
 
+class HeadDict(nn.ModuleDict):
+    """The heads by name: an ``nn.ModuleDict`` (same state-dict keys) whose items are `TaskHead`."""
+
+    def __getitem__(self, key: str) -> TaskHead:
+        return cast(TaskHead, super().__getitem__(key))
+
+    def items(self) -> ItemsView[str, TaskHead]:
+        return cast("ItemsView[str, TaskHead]", super().items())
+
+
 class MultiTaskNet(nn.Module):
     """Trunk + heads built from a `ModelSpec`.
 
@@ -111,7 +125,7 @@ class MultiTaskNet(nn.Module):
 
     def _build(self, spec: ModelSpec) -> None:
         self.trunk = Trunk(spec.n_features, spec.hidden, spec.dropout)
-        self.heads = nn.ModuleDict({h.name: TaskHead(h, spec.hidden[-1]) for h in spec.heads})
+        self.heads = HeadDict({h.name: TaskHead(h, spec.hidden[-1]) for h in spec.heads})
 
     def forward(self, batch: SparseBatch) -> dict[str, Tensor]:
         h = self.trunk(batch)

@@ -430,7 +430,7 @@ def _model_device(model: torch.nn.Module) -> torch.device:
 # -- prediction ----------------------------------------------------------------------------------
 @torch.no_grad()
 def mc_dropout_outputs(
-    model: torch.nn.Module,
+    model: MultiTaskNet,
     X: sp.csr_matrix,
     n_samples: int,
     *,
@@ -490,7 +490,7 @@ class Predictions:
 @torch.no_grad()
 def predict(
     model: MultiTaskNet,
-    X: sp.spmatrix,
+    X: sp.csr_matrix,
     *,
     batch_size: int = 1024,
     mc_samples: int = 0,

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import mlflow.pyfunc
 import pandas as pd
+from mlflow.pyfunc.model import PythonModel
 
 
-class FedmolPyfunc(mlflow.pyfunc.PythonModel):
+class FedmolPyfunc(PythonModel):
     def load_context(self, context: Any) -> None:
         from fedmol.scoring.scorer import Scorer, resolve_key
 

@@ -69,7 +69,7 @@ def resolve_key(key_file: str | os.PathLike[str] | None) -> bytes:
             "this model scores in the consortium's key-permuted feature space: give the consortium "
             f"key file (model_config={{'key_file': PATH}}, --key-file, or ${KEY_ENV})"
         )
-    return load_key(path)
+    return load_key(Path(path))
 
 
 @dataclass(frozen=True)
@@ -358,12 +358,12 @@ def predict_units(model: MultiTaskNet, X: sp.csr_matrix, mc_samples: int, *, see
     std: dict[str, np.ndarray] | None = {} if mc_samples > 0 else None
     for h in model.spec.heads:
         empty = np.zeros((0, h.n_tasks), np.float32)
-        mean = np.concatenate(mean_parts[h.name]) if mean_parts[h.name] else empty
-        sd = np.concatenate(std_parts[h.name]) if std_parts[h.name] else empty
+        head_mean = np.concatenate(mean_parts[h.name]) if mean_parts[h.name] else empty
+        head_sd = np.concatenate(std_parts[h.name]) if std_parts[h.name] else empty
         for j, task in enumerate(h.tasks):
-            values[task] = mean[:, j]
+            values[task] = head_mean[:, j]
             if std is not None:
-                std[task] = sd[:, j]
+                std[task] = head_sd[:, j]
     return values, std
 
 

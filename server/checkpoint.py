@@ -79,5 +79,5 @@ def _atomic_write(path: Path, data: bytes) -> None:
 def _atomic_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     tmp = path.with_name(path.name + ".tmp.npz")
     # npz keys may not contain '/' on every numpy; they do here, but escape to be safe.
-    np.savez(tmp, **arrays)
+    np.savez(tmp, allow_pickle=False, **arrays)
     os.replace(tmp, path)

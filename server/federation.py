@@ -21,7 +21,7 @@ from fedmol.models.spec import ModelSpec, build_spec
 from fedmol.records import to_array_record
 from fedmol.server.checkpoint import Checkpoint, resolve_resume
 from fedmol.server.registry import register_model, save_shared_model
-from fedmol.server.rounds import HookedStrategy, RoundOutcome
+from fedmol.server.rounds import HookedStrategy, RoundBook, RoundHook, RoundOutcome
 from fedmol.server.secagg import run_secure_rounds
 from fedmol.server.strategies import make_strategy, restore_strategy_state
 from fedmol.server.tracking import Checkpointer, MlflowTracker
@@ -44,7 +44,7 @@ class FinalReport:
 
     rows: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # site -> task -> metrics
 
-    def on_round(self, outcome: RoundOutcome, strategy: HookedStrategy) -> None:
+    def on_round(self, outcome: RoundOutcome, strategy: RoundBook) -> None:
         if outcome.phase != "evaluate":
             return
         self.rows = {r.site: r.task_metrics.get("test", {}) for r in outcome.reports}
@@ -75,9 +75,10 @@ def run_federation(grid: Grid, context: Context) -> dict[str, Any]:
     if ckpt is not None:
         restore_strategy_state(inner, ckpt.strategy_state)
     final = FinalReport()
-    hooks = [tracker, Checkpointer(cfg, federation_id, tracker.run_id), final]
-    strategy = HookedStrategy(inner, hooks, round_offset=start_round, total_rounds=cfg.num_server_rounds,
-                              expected_fingerprint=reference, evaluate_in_train=cfg.evaluate_in_train)
+    hooks: list[RoundHook] = [tracker, Checkpointer(cfg, federation_id, tracker.run_id), final]
+    hooked = HookedStrategy(inner, hooks, round_offset=start_round, total_rounds=cfg.num_server_rounds,
+                            expected_fingerprint=reference, evaluate_in_train=cfg.evaluate_in_train)
+    strategy: RoundBook = hooked  # what ran the rounds (SecureFedAvg with secure aggregation)
     remaining = cfg.num_server_rounds - start_round
     result_arrays = to_array_record(arrays)
     if remaining > 0:
@@ -87,9 +88,10 @@ def run_federation(grid: Grid, context: Context) -> dict[str, Any]:
                 tracker.set_tag("fedmol.secure-aggregation", "SecAgg+: the server saw only the sum of the updates")
                 strategy = run_secure_rounds(grid, context, cfg, arrays, hooks, federation_id=federation_id,
                                              round_offset=start_round, expected_fingerprint=reference)
-                result_arrays = strategy.last_arrays
+                if strategy.last_arrays is not None:
+                    result_arrays = strategy.last_arrays
             else:
-                result = strategy.start(
+                result = hooked.start(
                     grid=grid, initial_arrays=result_arrays, num_rounds=remaining, timeout=cfg.round_timeout,
                     train_config=round_config, evaluate_config=ConfigRecord(dict(round_config)),
                 )

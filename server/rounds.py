@@ -30,7 +30,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedmol import wire
-from fedmol.records import from_array_record, to_array_record
+from fedmol.records import from_array_record, metric_record, scalar, to_array_record
 
 log = logging.getLogger("fedmol.server")
 
@@ -84,7 +84,7 @@ class RoundOutcome:
 
 
 class RoundHook(Protocol):
-    def on_round(self, outcome: RoundOutcome, strategy: HookedStrategy) -> None: ...
+    def on_round(self, outcome: RoundOutcome, strategy: RoundBook) -> None: ...
 
 
 def validate_update(msg: Message, expected: dict[str, tuple[tuple[int, ...], str]]) -> str | None:
@@ -134,13 +134,17 @@ class RoundBook:
     (Message API) and `fedmol.server.secagg.SecureFedAvg` (Flower's legacy path, for SecAgg+): the sites'
     names, the reference hash and preparation settings they must share, and the hooks to call.
     The class using it sets ``hooks``, ``expected_fingerprint``, ``site_names``, ``prep_settings``
-    and ``key_fingerprint``."""
+    and ``key_fingerprint``, and what the hooks read: ``evaluate_in_train``, ``last_arrays`` and
+    ``inner`` (the strategy whose server-optimiser state a checkpoint keeps)."""
 
     hooks: list[RoundHook]
     expected_fingerprint: str
     site_names: dict[int, str]
     prep_settings: dict[str, Any]
     key_fingerprint: str
+    evaluate_in_train: bool
+    last_arrays: ArrayRecord | None
+    inner: object
 
     def _check_fingerprint(self, report: SiteReport) -> str | None:
         """Every site must have prepared its data with the consortium's key and settings."""
@@ -184,7 +188,7 @@ class HookedStrategy(RoundBook, Strategy):
         expected_fingerprint: str = "",
         evaluate_in_train: bool = False,
     ) -> None:
-        self.inner = inner
+        self.inner: Strategy = inner
         self.evaluate_in_train = evaluate_in_train
         self._evaluate_round: int | None = None  # the round evaluated inside this round's train replies
         self._skip_evaluate = False
@@ -285,9 +289,11 @@ class HookedStrategy(RoundBook, Strategy):
             del msg.content[wire.EVAL_METRICS]
             if wire.EVAL_REPORT in msg.content.config_records:
                 del msg.content[wire.EVAL_REPORT]
-            content = RecordDict({wire.METRICS: MetricRecord({k: float(v) for k, v in metrics.items()}),
+            content = RecordDict({wire.METRICS: metric_record({k: float(scalar(metrics, k)) for k in metrics}),
                                   wire.REPORT: report})
-            evaluations.append(Message(metadata=copy.copy(msg.metadata), content=content))
+            # The site's own reply, as the evaluate phase would have received it (same metadata):
+            # Flower's typed overloads leave out the metadata form its deserialisation uses.
+            evaluations.append(Message(metadata=copy.copy(msg.metadata), content=content))  # type: ignore[call-overload]
         self._sampled["evaluate"] = list(self._sampled["train"])
         self._skip_evaluate = False
         # Flower's strategies number rounds themselves; the wrapped one sees the consortium's.

@@ -29,7 +29,7 @@ import logging
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server import LegacyContext, ServerConfig
 from flwr.server.strategy import FedAvg as LegacyFedAvg
@@ -37,7 +37,7 @@ from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
 from fedmol import wire
 from fedmol.config import FederationConfig
-from fedmol.records import split_metrics, to_array_record
+from fedmol.records import config_record, metric_record, split_metrics, to_array_record
 from fedmol.server.rounds import RoundBook, RoundOutcome, SiteReport
 
 log = logging.getLogger("fedmol.server")
@@ -86,7 +86,7 @@ class SecureFedAvg(RoundBook, LegacyFedAvg):
         for proxy, res in results:
             numbers, report = split_metrics(dict(res.metrics))
             reports.append(self._remember(SiteReport.from_content(proxy.node_id, RecordDict({
-                wire.METRICS: MetricRecord(numbers), wire.REPORT: ConfigRecord(report)}))))
+                wire.METRICS: metric_record(numbers), wire.REPORT: config_record(report)}))))
         return reports
 
     def _missing(self, failures: list[Any]) -> list[str]:

@@ -72,7 +72,7 @@ def _base_strategy(cfg: FederationConfig) -> Strategy:
 _OPT_STATE = ("m_t", "v_t")
 
 
-def strategy_state(strategy: Strategy) -> dict[str, np.ndarray]:
+def strategy_state(strategy: object) -> dict[str, np.ndarray]:
     """Arrays to checkpoint so a resumed run continues the server optimiser exactly.
 
     Keys are ``<attribute>/<parameter name>``; empty for strategies without state.
@@ -89,17 +89,17 @@ def strategy_state(strategy: Strategy) -> dict[str, np.ndarray]:
 
 def restore_strategy_state(strategy: Strategy, arrays: dict[str, np.ndarray]) -> None:
     """Inverse of `strategy_state`."""
-    strategy = _unwrap(strategy)
+    target = _unwrap(strategy)
     for attr in _OPT_STATE:
         prefix = f"{attr}/"
         part = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
         if part:
-            if not hasattr(strategy, attr):
-                raise ValueError(f"checkpoint has {attr} state but {type(strategy).__name__} keeps none")
-            setattr(strategy, attr, part)
+            if not hasattr(target, attr):
+                raise ValueError(f"checkpoint has {attr} state but {type(target).__name__} keeps none")
+            setattr(target, attr, part)
 
 
-def _unwrap(strategy: Strategy) -> Strategy:
+def _unwrap(strategy: object) -> object:
     """The optimising strategy inside Flower's DP wrappers (they keep it as ``.strategy``)."""
     while isinstance(inner := getattr(strategy, "strategy", None), Strategy):
         strategy = inner

@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from fedmol.config import FederationConfig
 from fedmol.server.checkpoint import Checkpoint
-from fedmol.server.rounds import HookedStrategy, RoundOutcome
+from fedmol.server.rounds import RoundBook, RoundOutcome
 from fedmol.server.strategies import strategy_state
 
 log = logging.getLogger("fedmol.server")
@@ -89,7 +89,7 @@ class MlflowTracker:
         self.client.set_terminated(self.run_id, status=status)
 
     # -- the round hook ----------------------------------------------------------------------
-    def on_round(self, outcome: RoundOutcome, strategy: HookedStrategy) -> None:
+    def on_round(self, outcome: RoundOutcome, strategy: RoundBook) -> None:
         rnd, phase = outcome.server_round, outcome.phase
         metrics: dict[str, float] = {}
         if outcome.metrics is not None:
@@ -141,7 +141,7 @@ class Checkpointer:
         self.mlflow_run_id = mlflow_run_id
         self.last_path: Path | None = None
 
-    def on_round(self, outcome: RoundOutcome, strategy: HookedStrategy) -> None:
+    def on_round(self, outcome: RoundOutcome, strategy: RoundBook) -> None:
         # After the evaluation when it has its own message; with evaluate-in-train right after
         # aggregation (round r's evaluation then comes with round r+1, also after a resume).
         if outcome.phase != ("train" if strategy.evaluate_in_train else "evaluate") or strategy.last_arrays is None:
