@@ -38,7 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import DATA_DIR, RESULTS
+from benchmarks.common import DATA_DIR, RESULTS, log
 from benchmarks.sets import benchmark_key
 
 
@@ -70,9 +70,11 @@ def measure(label: str, root: Path, stores: dict[str, Path], tasks: tuple[str, .
 
     from fedmol.deploy.consortium import LocalConsortium
 
+    log(f"{label}: starting the consortium ({len(stores)} sites, {'warm site runtime' if warm else 'Flower'})")
     cons = LocalConsortium(root / label, stores, mlflow_server=False, warm=warm)
     with cons:
         cons.wait_for_nodes(len(stores), timeout=120)
+        log(f"{label}: {len(stores)} nodes connected; {args.rounds} rounds")
         cfg = cons.config(num_server_rounds=args.rounds, n_bits=args.n_bits, hidden=str(args.hidden),
                           consortium_tasks=",".join(f"{t}:classification" for t in tasks), num_threads=1,
                           transport_dtype=dtype, register_model=False, run_name=label, evaluate_in_train=fold)
@@ -81,6 +83,7 @@ def measure(label: str, root: Path, stores: dict[str, Path], tasks: tuple[str, .
         code = cons.run(cfg, on_line=lambda line: marks.append((time.time() - t0, line)), timeout=3600)
         if code != 0:
             raise SystemExit(f"{label}: flwr run failed ({code}); see {root / label}")
+        log(f"{label}: run done in {time.time() - t0:.0f} s")
     (root / label / "serverapp-timeline.log").write_text("".join(f"{t:9.3f} {line}\n" for t, line in marks))
     out = json.loads((cons.output_dir / "last_federation.json").read_text())
     client = MlflowClient(out["tracking_uri"])
@@ -152,6 +155,7 @@ def main(argv: list[str] | None = None) -> dict:
         p.error(f"--workdir {args.workdir} is not empty: give a new folder")
     keep = args.workdir is not None
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="fedmol-rounds-"))
+    log(f"preparing {args.sites} sites of {args.rows} Tox21 rows in {workdir}")
     stores, tasks = make_sites(workdir / "sites", args.sites, args.rows, args.n_bits)
     results = [measure(label, workdir, stores, tasks, args, **kw)
                for label, kw in CONFIGS.items() if not args.only or label in args.only]
