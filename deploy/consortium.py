@@ -11,7 +11,9 @@ sites run the same commands on their own hosts (see deploy/README.md).
 from __future__ import annotations
 
 import json
+import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,7 +108,8 @@ class LocalConsortium:
                                 tracking_uri=self.mlflow.uri if self.mlflow else "")
         return base.replace(**changes)
 
-    def run(self, cfg: FederationConfig, *, on_line=None, timeout: float = 1800.0) -> int:  # noqa: ANN001
+    def run(self, cfg: FederationConfig, *, on_line: Callable[[str], None] | None = None,
+            timeout: float = 1800.0) -> int:
         assert self.link is not None, "call up() first"
         return flwr_run(self.link, cfg.to_run_config(), on_line=on_line, timeout=timeout)
 
@@ -129,7 +132,7 @@ class LocalConsortium:
 
     def down(self, timeout: float = 15.0) -> None:
         """Stop every child at once (SIGTERM to each process group, SIGKILL after ``timeout`` s)."""
-        procs = [p for node in self.nodes.values() for p in node.processes()]
+        procs: list[subprocess.Popen[bytes] | None] = [p for node in self.nodes.values() for p in node.processes()]
         procs += [self.link.proc if self.link else None, self.mlflow.proc if self.mlflow else None]
         stop_process_groups(procs, timeout)
         for node in self.nodes.values():

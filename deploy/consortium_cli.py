@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from fedmol.errors import InputError
+
+if TYPE_CHECKING:
+    from fedmol.deploy.launcher import LocalSuperLink
 
 consortium_app = typer.Typer(help="Operate a consortium: credentials, sites, runs (see deploy/README.md).",
                              no_args_is_help=True)
@@ -31,7 +34,7 @@ def _state(workdir: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def _link(workdir: Path):  # noqa: ANN202
+def _link(workdir: Path) -> LocalSuperLink:
     from fedmol.deploy.launcher import LocalSuperLink
 
     workdir = _absolute(workdir)
@@ -103,6 +106,7 @@ def up(
     cons = LocalConsortium(workdir, sites, tls=tls, auth=tls, mlflow_server=mlflow)
     try:
         with stop_on_signals(), cons:
+            assert cons.link is not None
             typer.echo(f"SuperLink {cons.link.address} ({'TLS + SuperNode auth' if tls else 'insecure'}); "
                        f"MLflow {cons.mlflow.uri if cons.mlflow else 'off'}; sites: {', '.join(sites)}")
             typer.echo(f"Start a run: fedmol consortium run {given} --set num-server-rounds=10. Ctrl-C to stop.")

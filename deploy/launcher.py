@@ -274,16 +274,16 @@ def stop_process_group(proc: subprocess.Popen[Any], timeout: float = 15.0) -> No
 def stop_process_groups(procs: Iterable[subprocess.Popen[Any] | None], timeout: float = 15.0) -> None:
     """SIGTERM the groups of all ``procs`` (started by `spawn`) at once, wait up to ``timeout`` seconds
     for the leaders, then SIGKILL every group (children, e.g. Ray workers, that ignored SIGTERM)."""
-    procs = [p for p in procs if p is not None]
-    for proc in procs:
+    started = [p for p in procs if p is not None]
+    for proc in started:
         if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    for proc in procs:
+    for proc in started:
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-    for proc in procs:
+    for proc in started:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
         if proc.poll() is None:
