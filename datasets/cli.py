@@ -6,9 +6,12 @@ Heavy imports (rdkit, pandas, numpy) happen inside the commands so `fedmol --hel
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
+import click
 import typer
+
+from fedmol.datasets.options import Layout, StereoMode
 
 __all__ = ["register"]
 
@@ -53,8 +56,9 @@ def prepare(
     id_col: Annotated[str | None, typer.Option(help="Column holding the compound id (optional).")] = None,
     task_cols: Annotated[str | None, typer.Option(
         help="Comma-separated label columns (wide format). Default: every other numeric column.")] = None,
-    layout: Annotated[str, typer.Option("--format", help="wide: one column per task; long: one row "
-                                                        "per (compound, task, value).")] = "wide",
+    layout: Annotated[Layout, typer.Option("--format", click_type=click.Choice(get_args(Layout)),
+                                           help="wide: one column per task; long: one row per (compound, "
+                                                "task, value).")] = "wide",
     task_col: Annotated[str, typer.Option(help="Long format: the task-name column.")] = "task",
     value_col: Annotated[str, typer.Option(
         help="Long format: the value column (may hold '<5.2').")] = "value",
@@ -69,7 +73,8 @@ def prepare(
         "--descriptors", help="Append 12 RDKit 2D descriptors.")] = False,
     no_standardize: Annotated[bool, typer.Option(
         "--no-standardize", help="Skip MolStandardize (cleanup, parent, neutralise, tautomer).")] = False,
-    stereo: Annotated[str, typer.Option(help="drop (default, MELLODDY) or keep stereochemistry.")] = "drop",
+    stereo: Annotated[StereoMode, typer.Option(click_type=click.Choice(get_args(StereoMode)),
+                                               help="Stereochemistry: drop (MELLODDY) or keep.")] = "drop",
     max_heavy_atoms: Annotated[int, typer.Option(help="Reject larger molecules.")] = 100,
     folds: Annotated[int, typer.Option("--folds", help="Number of scaffold folds.")] = 5,
     duplicate_tolerance: Annotated[float, typer.Option(
@@ -103,10 +108,6 @@ def prepare(
 
     if (input is None) == (embedded is None):
         raise InputError("give either an INPUT file or --embedded solubility|freesolv (not both)")
-    if layout not in ("wide", "long"):
-        raise InputError(f"--format must be wide or long, not {layout!r}")
-    if stereo not in ("drop", "keep"):
-        raise InputError(f"--stereo must be drop or keep, not {stereo!r}")
     _check_out(out, overwrite)
     key = load_key(key_file)
     thresholds = _parse_thresholds(threshold or [])
@@ -119,9 +120,9 @@ def prepare(
         _, smiles_col, id_col, default_tasks = demo.EMBEDDED[embedded]
         tasks = tasks or default_tasks
     settings = PrepareSettings(
-        table=TableSpec(smiles_col=smiles_col, id_col=id_col, task_cols=tasks, layout=layout,  # type: ignore[arg-type]
+        table=TableSpec(smiles_col=smiles_col, id_col=id_col, task_cols=tasks, layout=layout,
                         task_col=task_col, value_col=value_col, qualifier_col=qualifier_col),
-        standardize=StandardizeSettings(enabled=not no_standardize, stereo=stereo,  # type: ignore[arg-type]
+        standardize=StandardizeSettings(enabled=not no_standardize, stereo=stereo,
                                         max_heavy_atoms=max_heavy_atoms),
         featurize=FeaturizeSettings(radius=radius, n_bits=n_bits, counts=counts, descriptors=descriptors),
         folds=FoldSettings(n_folds=folds),

@@ -58,13 +58,13 @@ from typing import BinaryIO, Literal
 import numpy as np
 import pandas as pd
 
+from fedmol.datasets.options import Layout
 from fedmol.errors import InputError
 
 __all__ = ["RawTable", "Rows", "TableSpec", "frame_to_table", "iter_records", "iter_rows", "read_frame",
            "read_table", "sniff_format"]
 
 FileFormat = Literal["csv", "tsv", "sdf", "smi"]
-Layout = Literal["wide", "long"]
 _BASE = ["line", "id", "smiles", "pre_reject"]
 _BLOCK_BYTES = 1 << 20  # CSV/TSV input per pandas call
 _BLOCK_RECORDS = 10_000  # .smi/SDF records per Rows block

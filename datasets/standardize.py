@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, get_args
 
 from rdkit import Chem, RDLogger
 from rdkit.Chem.MolStandardize import rdMolStandardize
 
+from fedmol.datasets.options import StereoMode
+
 __all__ = ["MAX_FRAGMENTS", "MoleculeReject", "StandardizeSettings", "Standardizer", "not_a_compound", "parse_smiles",
            "standardize_smiles"]
-
-StereoMode = Literal["drop", "keep"]
 
 # Bounds checked before any step whose cost grows faster than the input (a 12 kB SMILES of 6,000
 # fragments took RDKit's largest-fragment chooser 20 s): the SMILES at most LENGTH_PER_HEAVY_ATOM
@@ -50,7 +50,7 @@ class StandardizeSettings:
     stereo: StereoMode = "drop"
 
     def __post_init__(self) -> None:
-        if self.stereo not in ("drop", "keep"):
+        if self.stereo not in get_args(StereoMode):
             from fedmol.errors import ConfigError
 
             raise ConfigError(f"stereo must be 'drop' or 'keep', not {self.stereo!r}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
@@ -18,6 +19,9 @@ from torch import Tensor
 from fedmol.config import InputTransform
 from fedmol.errors import InputError
 from fedmol.models.spec import ModelSpec
+
+if TYPE_CHECKING:  # a store's pandas is not needed to build batches from its arrays
+    from fedmol.datasets.store import SiteStore
 
 __all__ = ["SparseBatch", "LabelBatch", "HeadLabels", "TaskData", "transform_features", "iter_batches",
            "iter_feature_batches"]
@@ -187,17 +191,17 @@ class TaskData:
 
     @classmethod
     def from_store(
-        cls, store: object, spec: ModelSpec, rows: np.ndarray | None = None, *, trainable_only: bool = True
+        cls, store: SiteStore, spec: ModelSpec, rows: np.ndarray | None = None, *, trainable_only: bool = True
     ) -> TaskData:
-        """Rows of a `fedmol.datasets.store.SiteStore` aligned to ``spec``.
+        """Rows of a site store aligned to ``spec``.
 
         trainable_only: labels of tasks the store's catalogue marks as not trainable (below the
         quorums) are treated as missing, so the site does not train a head column on them.
         """
-        tasks = store.tasks  # type: ignore[attr-defined]
+        tasks = store.tasks
         exclude = [t.name for t in tasks if not t.trainable] if trainable_only else []
         return cls.from_arrays(
-            spec, store.X, store.Y, store.censor, [t.name for t in tasks], rows,  # type: ignore[attr-defined]
+            spec, store.X, store.Y, store.censor, [t.name for t in tasks], rows,
             exclude_tasks=exclude,
         )
 
