@@ -88,6 +88,8 @@ def prepare(
     key-permuted bits), assign scaffold folds, build the task catalogue with quorums.
 
     Every input row is either kept or listed in STORE/rejects.csv with its line number and reason.
+    Duplicates of one structure are merged; a task on which they disagree loses that label only,
+    listed in STORE/conflicts.csv (a row left with no label is rejected: "all labels conflicting").
 
     Examples:
 
@@ -179,6 +181,14 @@ def _print_summary(result: Any, out: Path, rejects: Path | None) -> None:
                                f"{s['kept'] + s['rejected'] == s['read']})")
     for reason, n in s["rejected_by_reason"].items():
         t.add_row("", f"{n:>7,}  {reason}")
+    c = s.get("conflicts") or {}
+    if c.get("labels_cleared"):
+        t.add_row("conflicting labels", f"{c['labels_cleared']:,} cleared (duplicates of one structure disagree on "
+                                        f"a task: that label only; {c['rows_involved']:,} rows involved, "
+                                        f"{c['rows_rejected_all_labels_conflicting']:,} of them left with no "
+                                        f"label and rejected), listed in {out / c['file']}")
+        for reason, n in c["by_reason"].items():
+            t.add_row("", f"{n:>7,}  {reason}")
     if s["ignored_columns"]:
         t.add_row("ignored columns", ", ".join(s["ignored_columns"]) + " (not numeric; use --task-cols)")
     for name, n in s["ambiguous_censored"].items():
@@ -187,8 +197,15 @@ def _print_summary(result: Any, out: Path, rejects: Path | None) -> None:
                       f"{name}: {n} values could not be thresholded (label left missing)")
     t.add_row("tasks", f"{s['tasks_trainable']} of {s['tasks_total']} trainable, "
                        f"{s['tasks_evaluable']} evaluable")
-    for name, reason in s["tasks_excluded"].items():
-        t.add_row("", f"excluded {name}: {reason}")
+    not_eval = s.get("tasks_not_evaluable", {})
+    few = len(s["tasks_excluded"]) + len(not_eval) <= _TASK_NOTES_LISTED
+    if few:
+        for name, reason in s["tasks_excluded"].items():
+            t.add_row("", f"excluded {name}: {reason}")
+    else:  # a wide file: hundreds of per-task lines would bury the table; counts here, names in summary.json
+        for reason, n in s.get("task_notes_by_reason", {}).items():
+            t.add_row("", f"{n:>7,}  {reason}")
+        t.add_row("", f"per task: {out / 'summary.json'} (tasks_excluded, tasks_not_evaluable)")
     f = s["folds"]
     sizes = " / ".join(f"{n:,}" for n in f["sizes"])
     t.add_row("fold sizes", f"{sizes}  (largest/smallest {f['max_over_min']})")
@@ -198,6 +215,8 @@ def _print_summary(result: Any, out: Path, rejects: Path | None) -> None:
     t.add_row("rejects file", str(out / "rejects.csv") + (f" and {rejects}" if rejects else ""))
     t.add_row("time", f"{s['seconds']['total']} s")
     console.print(t)
-    not_eval = [tk for tk in result.store.tasks if tk.trainable and not tk.evaluable]
-    for tk in not_eval:
-        console.print(f"[yellow]note:[/] {tk.name}: {tk.reason}", highlight=False)
+    for name, reason in not_eval.items() if few else ():
+        console.print(f"[yellow]note:[/] {name}: {reason}", highlight=False)
+
+
+_TASK_NOTES_LISTED = 10  # more excluded or not-evaluable tasks than this are counted per reason instead

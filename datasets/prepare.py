@@ -13,11 +13,18 @@ are merged per task when consistent. They are **conflicting** when, for one task
   censored value contradicts the mean of the exact ones by more than the tolerance ('<x' with
   mean - x > tol, '>x' with x - mean > tol), or there are only censored values pointing both ways.
 
-Every row that contributes to a conflicting (structure, task) pair is rejected with reason
-"duplicate with conflicting labels" and the lines involved; the structure stays if other rows of
-it remain. Consistent duplicates merge: one class, or the mean of the exact values (else the
-tightest censored bound). A row counts as kept when it reaches the store, merged or not, so
-``kept + rejected = read`` always holds (asserted).
+A conflict clears that one label (structure, task) and nothing else: the rows stay with their
+other labels, and every cleared label is listed in ``conflicts.csv`` (task, canonical SMILES, the
+compound's id, the input lines involved, their values, the reason). A row whose every label was
+cleared would reach the store with nothing of its own, so it is rejected with reason "all labels
+conflicting" (its labels are in conflicts.csv too); a row that had no label in the input is kept as
+before. Consistent duplicates merge: one class, or the mean of the exact values (else the tightest
+censored bound).
+
+Counting: a row counts as kept when it reaches the store, merged into a compound with other rows
+or not (``merged_duplicate_rows`` = kept rows - compounds), so ``kept + rejected = read`` always
+holds (asserted). Cleared labels are counted apart, in ``summary["conflicts"]``: they are labels,
+not rows.
 """
 
 from __future__ import annotations
@@ -39,12 +46,15 @@ from fedmol.datasets.readers import RawTable, TableSpec, frame_to_table, read_ta
 from fedmol.datasets.standardize import StandardizeSettings
 from fedmol.datasets.store import SiteStore
 from fedmol.datasets.structures import BASIS_CODES, StructureSettings, process_structures
-from fedmol.datasets.tasks import QuorumSettings, TaskInfo, build_catalogue
+from fedmol.datasets.tasks import QuorumSettings, TaskInfo, build_catalogue, reason_kinds
 from fedmol.errors import InputError
 
 __all__ = ["PrepareResult", "PrepareSettings", "prepare_file", "prepare_frame", "prepare_table"]
 
 REJECT_COLUMNS = ["line", "id", "smiles", "reason"]
+CONFLICT_COLUMNS = ["task", "smiles", "id", "lines", "values", "reason"]
+CONFLICTS_FILE = "conflicts.csv"
+ALL_CONFLICTING = "all labels conflicting"
 
 
 @dataclass(frozen=True)
@@ -84,12 +94,14 @@ class PrepareSettings:
 
 @dataclass
 class PrepareResult:
-    """The store, the rejects (line, id, smiles, reason; sorted by line) and the summary."""
+    """The store, the rejects (line, id, smiles, reason; sorted by line), the summary and the
+    cleared conflicting labels (`CONFLICT_COLUMNS`, one row per compound and task)."""
 
     store: SiteStore
     rejects: pd.DataFrame
     summary: dict[str, Any]
     path: Path | None = None
+    conflicts: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=CONFLICT_COLUMNS))
 
 
 def prepare_file(path: str | Path, key: bytes, out: Path | None, settings: PrepareSettings, *,
@@ -134,9 +146,16 @@ def prepare_table(table: RawTable, key: bytes, out: Path | None, settings: Prepa
     labels = _parse_labels(table, settings, reasons)
     canon = block.canonical[codes]
 
-    # -- duplicates -------------------------------------------------------------------------
-    conflicts = _find_conflicts(labels, canon, reasons, frame["line"].to_numpy(), settings)
-    for rec, reason in conflicts.items():
+    # -- duplicates: a conflicting (structure, task) label is cleared, the rows stay -----------
+    lines = frame["line"].to_numpy()
+    groups = _find_conflicts(labels, canon, reasons, settings)
+    cleared = np.zeros(len(labels.rec), dtype=bool)
+    for g in groups:
+        cleared[g.meas] = True
+    had_labels = np.unique(labels.rec[reasons[labels.rec] == ""])
+    labels = _Labels(labels.tasks, labels.rec[~cleared], labels.task[~cleared], labels.value[~cleared],
+                     labels.censor[~cleared], labels.ambiguous)
+    for rec, reason in _all_conflicting(groups, had_labels, labels, lines).items():
         reasons[rec] = reason
     kept = reasons == ""
     comp_codes, comp_smiles = pd.factorize(pd.Series(canon[kept]), sort=False)
@@ -154,6 +173,7 @@ def prepare_table(table: RawTable, key: bytes, out: Path | None, settings: Prepa
     compounds = pd.DataFrame({"id": frame["id"].to_numpy()[first_rec],
                               "line": frame["line"].to_numpy()[first_rec],
                               "smiles": np.asarray(comp_smiles, dtype=object)})
+    conflicts = _conflict_table(groups, labels.tasks, canon, frame["id"].to_numpy(), lines, compounds)
     rejected = ~kept
     rejects = pd.DataFrame({"line": frame["line"].to_numpy()[rejected],
                             "id": frame["id"].to_numpy()[rejected],
@@ -176,12 +196,15 @@ def prepare_table(table: RawTable, key: bytes, out: Path | None, settings: Prepa
         "merged_duplicate_rows": n_kept - n_comp,
         "rows_without_labels": int(kept.sum() - np.isin(np.flatnonzero(kept), labels.rec).sum()),
         "rejected_by_reason": _reason_counts(rejects["reason"]),
+        "conflicts": _conflict_counts(conflicts, groups, reasons),
         "ignored_columns": table.ignored_columns,
         "ambiguous_censored": labels.ambiguous,
         "tasks_total": len(tasks),
         "tasks_trainable": sum(t.trainable for t in tasks),
         "tasks_evaluable": sum(t.evaluable for t in tasks),
         "tasks_excluded": {t.name: t.reason for t in tasks if not t.trainable},
+        "tasks_not_evaluable": {t.name: t.reason for t in tasks if t.trainable and not t.evaluable},
+        "task_notes_by_reason": _task_note_counts(tasks),
         "folds": {**fold_balance(folds, settings.folds.n_folds),
                   "basis": {k: int((basis == v).sum()) for k, v in BASIS_CODES.items()}},
         "key_fingerprint": key_fingerprint(key),
@@ -195,9 +218,10 @@ def prepare_table(table: RawTable, key: bytes, out: Path | None, settings: Prepa
     if out is not None:
         store.save(out)
         rejects.to_csv(Path(out) / "rejects.csv", index=False)
+        conflicts.to_csv(Path(out) / CONFLICTS_FILE, index=False)
     if rejects_path is not None:
         rejects.to_csv(rejects_path, index=False)
-    return PrepareResult(store, rejects, summary, Path(out) if out is not None else None)
+    return PrepareResult(store, rejects, summary, Path(out) if out is not None else None, conflicts)
 
 
 # -- labels ------------------------------------------------------------------------------------
@@ -281,19 +305,31 @@ def _parse_labels(table: RawTable, settings: PrepareSettings, reasons: np.ndarra
     return _Labels(infos, rec[keep], task[keep], value[keep], censor[keep], ambiguous)
 
 
-def _find_conflicts(labels: _Labels, canon: np.ndarray, reasons: np.ndarray, lines: np.ndarray,
-                    settings: PrepareSettings) -> dict[int, str]:
-    """Record index → reject reason for rows in conflicting (structure, task) groups."""
-    alive = reasons[labels.rec] == ""
-    m = pd.DataFrame({"rec": labels.rec[alive], "task": labels.task[alive], "value": labels.value[alive],
-                      "censor": labels.censor[alive]})
+@dataclass(frozen=True)
+class _Conflict:
+    """One cleared label: the measurements (indices into `_Labels` arrays) of one structure and task."""
+
+    task: int
+    meas: np.ndarray  # (k,) measurement indices, in input order
+    records: np.ndarray  # (k,) their rows (record indices)
+    values: np.ndarray  # (k,) their values (classes after any threshold)
+    censors: np.ndarray  # (k,) int8 censor of each value
+    reason: str
+
+
+def _find_conflicts(labels: _Labels, canon: np.ndarray, reasons: np.ndarray,
+                    settings: PrepareSettings) -> list[_Conflict]:
+    """The conflicting (structure, task) groups among the measurements of rows still in."""
+    alive = np.flatnonzero(reasons[labels.rec] == "")
+    m = pd.DataFrame({"meas": alive, "rec": labels.rec[alive], "task": labels.task[alive],
+                      "value": labels.value[alive], "censor": labels.censor[alive]})
     if m.empty:
-        return {}
+        return []
     m["struct"] = pd.factorize(pd.Series(canon[m["rec"].to_numpy()]))[0]
     counts = m.groupby(["struct", "task"])["rec"].transform("size")
     m = m[counts.to_numpy() > 1]  # only duplicated (structure, task) pairs can conflict
     if m.empty:
-        return {}
+        return []
     kinds = np.array([t.kind == "classification" for t in labels.tasks])
     m["is_class"] = kinds[m["task"].to_numpy()]
     bad_groups = []
@@ -302,27 +338,105 @@ def _find_conflicts(labels: _Labels, canon: np.ndarray, reasons: np.ndarray, lin
         n_unique = cls.groupby(["struct", "task"])["value"].nunique()
         bad_groups.append(n_unique[n_unique > 1].index)
     reg = m[~m["is_class"]]
+    tol = settings.duplicate_tolerance
     if len(reg):
-        tol = settings.duplicate_tolerance
         stats = _regression_stats(reg)
         conflict = ((stats["n_exact"] > 0) & ((stats["ex_max"] - stats["ex_min"]) > tol)) \
             | ((stats["n_exact"] > 0) & (stats["n_lt"] > 0) & ((stats["ex_mean"] - stats["lt_min"]) > tol)) \
             | ((stats["n_exact"] > 0) & (stats["n_gt"] > 0) & ((stats["gt_max"] - stats["ex_mean"]) > tol)) \
             | ((stats["n_exact"] == 0) & (stats["n_lt"] > 0) & (stats["n_gt"] > 0))
         bad_groups.append(stats.index[conflict.to_numpy()])
-    out: dict[int, str] = {}
-    names = [t.name for t in labels.tasks]
     bad = pd.MultiIndex.from_tuples([g for idx in bad_groups for g in idx], names=["struct", "task"])
     if len(bad) == 0:
-        return out
+        return []
     hit = m.set_index(["struct", "task"]).loc[bad].reset_index()
+    out: list[_Conflict] = []
     for (_, task), grp in hit.groupby(["struct", "task"], sort=False):
-        recs = sorted(grp["rec"].tolist())
-        where = ", ".join(str(int(lines[r])) for r in recs[:6]) + (" ..." if len(recs) > 6 else "")
-        for r in recs:
-            name = names[cast(int, task)]  # the task column's index (groupby keys are typed Hashable)
-            out.setdefault(int(r), f"duplicate with conflicting labels: {name} (lines {where})")
+        grp = grp.sort_values(["rec", "meas"])
+        j = cast(int, task)  # the task column's index (groupby keys are typed Hashable)
+        reason = _conflict_reason(labels.tasks[j].kind == "classification", grp["value"].to_numpy(),
+                                  grp["censor"].to_numpy(), tol)
+        out.append(_Conflict(j, grp["meas"].to_numpy(dtype=np.int64), grp["rec"].to_numpy(dtype=np.int64),
+                             grp["value"].to_numpy(), grp["censor"].to_numpy(), reason))
+    out.sort(key=lambda g: (int(g.records.min()), g.task))
     return out
+
+
+def _conflict_reason(is_class: bool, value: np.ndarray, censor: np.ndarray, tol: float) -> str:
+    """Why the values of one (structure, task) disagree, in words (see the module docstring)."""
+    if is_class:
+        return "classes differ"
+    exact, lt, gt = value[censor == 0], value[censor < 0], value[censor > 0]
+    if len(exact) and exact.max() - exact.min() > tol:
+        return f"values spread beyond the tolerance: span {exact.max() - exact.min():.3g} > {tol:g}"
+    if len(exact) and len(lt) and exact.mean() - lt.min() > tol:
+        return (f"censored value contradicts the exact ones: '<{lt.min():g}' is below their mean "
+                f"{exact.mean():.3g} by more than {tol:g}")
+    if len(exact) and len(gt) and gt.max() - exact.mean() > tol:
+        return (f"censored value contradicts the exact ones: '>{gt.max():g}' is above their mean "
+                f"{exact.mean():.3g} by more than {tol:g}")
+    return "censored values point both ways"
+
+
+def _all_conflicting(groups: list[_Conflict], had_labels: np.ndarray, remaining: _Labels,
+                     lines: np.ndarray) -> dict[int, str]:
+    """Record index -> reject reason for rows that had labels and lost every one of them to conflicts."""
+    if not groups:
+        return {}
+    lost = np.setdiff1d(had_labels, remaining.rec)
+    if not len(lost):
+        return {}
+    names = [t.name for t in remaining.tasks]
+    lost_set = set(lost.tolist())
+    tasks: dict[int, list[str]] = {}
+    others: dict[int, list[int]] = {}
+    for g in groups:
+        recs = [int(r) for r in g.records]
+        for r in recs:
+            if r in lost_set:
+                tasks.setdefault(r, []).append(names[g.task])
+                others.setdefault(r, []).extend(int(lines[x]) for x in recs)
+    out: dict[int, str] = {}
+    for r in sorted(lost_set):
+        t, where = tasks[r], sorted(set(others[r]))
+        text = ", ".join(t[:3]) + (f" and {len(t) - 3} more" if len(t) > 3 else "")
+        lines_text = ", ".join(map(str, where[:6])) + (" ..." if len(where) > 6 else "")
+        out[r] = f"{ALL_CONFLICTING}: {text} (lines {lines_text}; see {CONFLICTS_FILE})"
+    return out
+
+
+def _conflict_table(groups: list[_Conflict], tasks: list[TaskInfo], canon: np.ndarray, ids: np.ndarray,
+                    lines: np.ndarray, compounds: pd.DataFrame) -> pd.DataFrame:
+    """One row per cleared label (`CONFLICT_COLUMNS`): ``id`` is the compound's id in compounds.csv,
+    or the first involved line's id when no row of the compound stayed; ``lines`` and ``values``
+    are ';'-separated in the same order ('<' and '>' mark censored values)."""
+    id_of = dict(zip(compounds["smiles"], compounds["id"], strict=True))
+    rows = []
+    for g in groups:
+        recs = g.records
+        smiles = str(canon[recs[0]])
+        values = ";".join(f"{_QUAL[int(c)]}{v:g}" for v, c in zip(g.values, g.censors, strict=True))
+        rows.append({"task": tasks[g.task].name, "smiles": smiles, "id": id_of.get(smiles, ids[recs[0]]),
+                     "lines": ";".join(str(int(lines[r])) for r in recs), "values": values, "reason": g.reason})
+    return pd.DataFrame(rows, columns=CONFLICT_COLUMNS)
+
+
+def _conflict_counts(conflicts: pd.DataFrame, groups: list[_Conflict], reasons: np.ndarray) -> dict[str, Any]:
+    """The summary's count of cleared labels, apart from the row counts."""
+    rows = {int(r) for g in groups for r in g.records}
+    return {
+        "labels_cleared": len(conflicts),
+        "values_involved": int(sum(len(g.meas) for g in groups)),
+        "rows_involved": len(rows),
+        "rows_rejected_all_labels_conflicting": int(sum(str(reasons[r]).startswith(ALL_CONFLICTING)
+                                                        for r in rows)),
+        "by_task": {str(k): int(v) for k, v in conflicts["task"].value_counts().sort_index().items()},
+        "by_reason": _reason_counts(conflicts["reason"]) if len(conflicts) else {},
+        "file": CONFLICTS_FILE,
+    }
+
+
+_QUAL = {-1: "<", 0: "", 1: ">"}
 
 
 def _regression_stats(reg: pd.DataFrame) -> pd.DataFrame:
@@ -361,6 +475,15 @@ def _aggregate(labels: _Labels, comp_of_record: np.ndarray, n_comp: int,
     Y[s, t] = value
     C[s, t] = censor
     return Y, C
+
+
+def _task_note_counts(tasks: list[TaskInfo]) -> dict[str, int]:
+    """Tasks per kind of reason (not trainable or not evaluable); a task counts once per kind."""
+    counts: dict[str, int] = {}
+    for t in tasks:
+        for kind in dict.fromkeys(reason_kinds(t.reason)):
+            counts[kind] = counts.get(kind, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def _reason_counts(reasons: pd.Series) -> dict[str, int]:

@@ -9,8 +9,10 @@ Layout of a store folder::
     compounds.csv    compound id, input line number, canonical SMILES (site-private: never sent)
     tasks.json       the task catalogue: one `fedmol.datasets.tasks.TaskInfo` per column of the label matrix
     settings.json    every preparation setting, the key fingerprint and the reference hash
-    summary.json     counts: read, kept, rejected by reason, tasks kept/excluded
+    summary.json     counts: read, kept, rejected by reason, conflicts, tasks kept/excluded
     rejects.csv      line, id, smiles, reason of every input row that did not make it
+    conflicts.csv    task, smiles, id, lines, values, reason of every label cleared because
+                     duplicates of one structure disagree on it (see fedmol.datasets.prepare)
 
 Columns of the label matrix follow ``tasks`` one to one, excluded tasks included (their
 ``trainable`` flag is False), so that a site can see what it has and why a task is out.

@@ -9,6 +9,7 @@ evaluated either. Excluded tasks stay in the label matrix with ``trainable=False
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -16,7 +17,7 @@ import numpy as np
 
 from fedmol.config import TaskKind
 
-__all__ = ["TaskInfo", "QuorumSettings", "build_catalogue"]
+__all__ = ["TaskInfo", "QuorumSettings", "build_catalogue", "reason_kinds"]
 
 
 @dataclass(frozen=True)
@@ -133,3 +134,17 @@ def _regression(task: TaskInfo, present: np.ndarray, censor: np.ndarray, folds: 
                            f"{'; '.join(short)}")
     return replace(task, n_labels=n, n_pos=0, n_neg=0, n_censored=n_cens,
                    trainable=trainable, evaluable=evaluable, reason="; ".join(reasons))
+
+
+def reason_kinds(reason: str) -> list[str]:
+    """A task's ``reason`` as kinds without its counts, to count tasks per kind of reason.
+
+    "12 actives < 25; 30 inactives < 25" -> ["actives < 25", "inactives < 25"];
+    "not evaluable, actives/inactives below 10/10 in fold 0: 8/15; fold 4: 12/9" ->
+    ["not evaluable: actives/inactives below 10/10 in some fold"]. An empty reason has no kind.
+    """
+    head, sep, tail = reason.partition("not evaluable, ")
+    kinds = [re.sub(r"^\d+ ", "", part.strip()) for part in head.split(";") if part.strip()]
+    if sep:
+        kinds.append(f"not evaluable: {tail.split(' in fold')[0]} in some fold")
+    return kinds

@@ -118,8 +118,9 @@ def test_prepare_tox21_rejects_exactly_the_unparsable(tmp_path: Path, key_file: 
 @pytest.mark.slow
 def test_prepare_tox21_default_settings(tmp_path: Path, key_file: Path, data_dir: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:
-    """MELLODDY-style defaults: the 8 unparsable rows, the oversized ones and the duplicate
-    structures with conflicting labels are rejected, each with line and reason; folds balanced."""
+    """MELLODDY-style defaults: the 8 unparsable rows, the oversized ones and duplicate rows left
+    with no label by conflicts are rejected, each with line and reason; folds balanced; a conflicting
+    label is cleared alone and listed in conflicts.csv."""
     from fedmol.datasets.store import SiteStore
 
     source = data_dir / "tox21.csv.gz"
@@ -131,13 +132,17 @@ def test_prepare_tox21_default_settings(tmp_path: Path, key_file: Path, data_dir
     unparsable = rej[rej["reason"].str.startswith("unparsable SMILES")]
     assert set(unparsable["smiles"]) == _unparsable(pd.read_csv(source)["smiles"])
     categories = set(rej["reason"].str.split(":").str[0])
-    assert categories <= {"unparsable SMILES", "too large", "duplicate with conflicting labels"}
+    assert categories <= {"unparsable SMILES", "too large", "all labels conflicting"}
     assert rej["line"].is_unique and rej["reason"].str.len().gt(0).all()
     s = store.summary
     assert s["kept"] + s["rejected"] == s["read"] == 7831
     assert s["compounds"] == store.n_compounds
     assert s["folds"]["max_over_min"] < 1.3  # acyclic and single-ring molecules spread out
     assert all(t.trainable for t in store.tasks)
+    conflicts = pd.read_csv(tmp_path / "store" / "conflicts.csv", dtype=str)
+    assert len(conflicts) == s["conflicts"]["labels_cleared"] > 0
+    assert (conflicts["lines"].str.count(";") >= 1).all()  # each cleared label names >= 2 input lines
+    assert "conflicting labels" in out
 
 
 def test_prepare_embedded_demo(tmp_path: Path, key_file: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -12,32 +12,82 @@ from fedmol.datasets.readers import TableSpec
 from fedmol.datasets.store import SiteStore
 
 
-def test_duplicates_merge_or_conflict(tmp_path: Path, key: bytes) -> None:
-    df = pd.DataFrame({
-        "smiles": ["CCO", "OCC", "[Na+].[O-]C(=O)c1ccccc1", "OC(=O)c1ccccc1", "CCN", "NCC",
-                   "c1ccccc1N", "Nc1ccccc1", "not a smiles", ""],
-        "act": [1, 1, 0, 1, 0, 0, 1, np.nan, 1, 0],  # benzoic acid and its salt disagree
-        "pic50": [5.0, 5.4, 6.0, 6.1, 4.0, 7.5, "<5", 4.2, 5, 5],  # ethylamine spread 3.5 > 1
-    })
-    res = prepare_frame(df, key, tmp_path / "s", PrepareSettings(), workers=1)
-    rej = res.rejects.set_index("line")["reason"]
-    assert rej[4].startswith("duplicate with conflicting labels: act") and rej[5] == rej[4]
-    assert rej[6].startswith("duplicate with conflicting labels: pic50")
-    assert rej[10].startswith("unparsable SMILES") and rej[11] == "empty SMILES"
-    assert len(res.rejects) == 6
+def test_duplicates_merge_and_a_conflict_clears_only_its_label(tmp_path: Path, key: bytes) -> None:
+    """Benzoic acid and its salt agree on tox, disagree on act; ethylamine's pic50 values span 3.5 > 1:
+    every row stays, only those two labels are cleared and listed with their lines in conflicts.csv."""
+    path = tmp_path / "dups.csv"
+    path.write_text(
+        "cid,smiles,act,tox,pic50\n"
+        "e1,CCO,1,0,5.0\n"  # line 2
+        "e2,OCC,1,,5.4\n"  # line 3: ethanol again, agrees: merged
+        "b1,[Na+].[O-]C(=O)c1ccccc1,0,1,6.0\n"  # line 4
+        "b2,OC(=O)c1ccccc1,1,1,6.1\n"  # line 5: act conflicts, tox and pic50 agree
+        "n1,CCN,0,0,4.0\n"  # line 6
+        "n2,NCC,0,,7.5\n"  # line 7: pic50 outside the tolerance
+        "a1,c1ccccc1N,1,,<5\n"  # line 8
+        "a2,Nc1ccccc1,,,4.2\n"  # line 9: '<5' and 4.2 agree
+        "x1,not a smiles,1,,5\n"  # line 10
+        "x2,,0,,5\n"  # line 11
+    )
+    res = prepare_file(path, key, tmp_path / "s", PrepareSettings(table=TableSpec(id_col="cid")), workers=1,
+                       progress=False)
+    assert res.rejects["line"].tolist() == [10, 11]
     s = res.summary
-    assert (s["read"], s["kept"], s["rejected"]) == (10, 4, 6)
-    assert s["compounds"] == 2 and s["merged_duplicate_rows"] == 2
-    store = res.store
-    by_smiles = dict(zip(store.compounds["smiles"], range(store.n_compounds), strict=True))
-    j_act, j_pic = store.task_names.index("act"), store.task_names.index("pic50")
-    ethanol, aniline = by_smiles["CCO"], by_smiles["Nc1ccccc1"]
-    assert store.Y[ethanol, j_act] == 1 and store.Y[ethanol, j_pic] == pytest.approx(5.2)
-    # '<5' and 4.2 agree (4.2 < 5): merged to the exact value
-    assert store.Y[aniline, j_pic] == pytest.approx(4.2) and store.censor[aniline, j_pic] == 0
-    assert store.tasks[j_act].kind == "classification" and store.tasks[j_pic].kind == "regression"
-    on_disk = pd.read_csv(tmp_path / "s" / "rejects.csv")
-    assert list(on_disk.columns) == ["line", "id", "smiles", "reason"] and len(on_disk) == 6
+    assert (s["read"], s["kept"], s["rejected"]) == (10, 8, 2) and s["kept"] + s["rejected"] == s["read"]
+    assert s["compounds"] == 4 and s["merged_duplicate_rows"] == 4
+    c = s["conflicts"]
+    assert (c["labels_cleared"], c["values_involved"], c["rows_involved"]) == (2, 4, 4)
+    assert c["rows_rejected_all_labels_conflicting"] == 0
+    assert c["by_task"] == {"act": 1, "pic50": 1}
+    assert c["by_reason"] == {"classes differ": 1, "values spread beyond the tolerance": 1}
+    store = SiteStore.load(tmp_path / "s")
+    row = dict(zip(store.compounds["smiles"], range(store.n_compounds), strict=True))
+    j = {t: store.task_names.index(t) for t in ("act", "tox", "pic50")}
+    acid, amine, ethanol, aniline = row["O=C(O)c1ccccc1"], row["CCN"], row["CCO"], row["Nc1ccccc1"]
+    assert np.isnan(store.Y[acid, j["act"]])  # cleared ...
+    assert store.Y[acid, j["tox"]] == 1 and store.Y[acid, j["pic50"]] == pytest.approx(6.05)  # ... the rest kept
+    assert np.isnan(store.Y[amine, j["pic50"]]) and store.Y[amine, j["act"]] == 0 and store.Y[amine, j["tox"]] == 0
+    assert store.Y[ethanol, j["act"]] == 1 and store.Y[ethanol, j["pic50"]] == pytest.approx(5.2)
+    assert store.Y[aniline, j["pic50"]] == pytest.approx(4.2) and store.censor[aniline, j["pic50"]] == 0
+    assert store.compounds.set_index("smiles").loc["O=C(O)c1ccccc1", "id"] == "b1"
+    on_disk = pd.read_csv(tmp_path / "s" / "conflicts.csv", dtype=str)
+    assert on_disk.to_dict("records") == [
+        {"task": "act", "smiles": "O=C(O)c1ccccc1", "id": "b1", "lines": "4;5", "values": "0;1",
+         "reason": "classes differ"},
+        {"task": "pic50", "smiles": "CCN", "id": "n1", "lines": "6;7", "values": "4;7.5",
+         "reason": "values spread beyond the tolerance: span 3.5 > 1"},
+    ]
+    assert store.summary["conflicts"] == c
+    assert res.conflicts.astype(str).equals(on_disk.astype(str))
+
+
+def test_a_row_whose_every_label_conflicts_is_rejected_with_its_reason(key: bytes) -> None:
+    """Long format: each row holds one label. Rows left with nothing are rejected ('all labels
+    conflicting'); the compound stays through its other rows; censored values can conflict too."""
+    df = pd.DataFrame({
+        "cid": ["e1", "e2", "e3", "n1", "n2", "b1", "b2"],
+        "smiles": ["CCO", "OCC", "CCO", "CCN", "CCN", "c1ccccc1", "c1ccccc1"],
+        "task": ["A", "A", "B", "A", "A", "A", "A"],
+        "value": ["5.0", "8.0", "3.0", "<4", ">6", "7.0", "<5"],
+    })
+    settings = PrepareSettings(table=TableSpec(id_col="cid", layout="long"))
+    res = prepare_frame(df, key, None, settings, workers=1)
+    rej = res.rejects.set_index("line")["reason"]
+    assert rej.index.tolist() == [2, 3, 5, 6, 7, 8]  # line 4 (CCO, B) keeps ethanol in the store
+    assert rej[2] == "all labels conflicting: A (lines 2, 3; see conflicts.csv)"
+    s = res.summary
+    assert (s["read"], s["kept"], s["rejected"]) == (7, 1, 6)
+    assert s["rejected_by_reason"] == {"all labels conflicting": 6}
+    assert s["conflicts"]["labels_cleared"] == 3 and s["conflicts"]["rows_rejected_all_labels_conflicting"] == 6
+    assert res.store.compounds[["id", "smiles"]].values.tolist() == [["e3", "CCO"]]
+    assert np.isnan(res.store.Y[0, res.store.task_names.index("A")])
+    assert res.store.Y[0, res.store.task_names.index("B")] == 3
+    reasons = dict(zip(res.conflicts["smiles"], res.conflicts["reason"], strict=True))
+    assert reasons["CCN"] == "censored values point both ways"
+    assert reasons["c1ccccc1"].startswith("censored value contradicts the exact ones: '<5' is below their mean 7")
+    assert res.conflicts.set_index("smiles").loc["CCN", "values"] == "<4;>6"
+    # id: the compound's id in the store (its first kept row), else the first line's
+    assert res.conflicts.set_index("smiles")["id"].to_dict() == {"CCO": "e3", "CCN": "n1", "c1ccccc1": "b1"}
 
 
 def test_bad_value_rejects_the_row_naming_the_column(key: bytes) -> None:
