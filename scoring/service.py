@@ -17,22 +17,18 @@ Every request body is limited in bytes (413), every scoring request in molecules
 token in molecules per time window (429 with Retry-After): a shared model answers membership and
 reconstruction queries, so unlimited querying could leak what it was trained on. Scoring runs in
 worker processes (`fedmol.scoring.workers`) with a time limit per request (503 beyond), so one
-request cannot hold up the server: RDKit holds the GIL for each of its calls.
+request cannot hold up the server: RDKit holds the GIL for each of its calls. The parts live apart
+and are tested alone: tokens, limits and headers in `fedmol.scoring.access`, request bodies in
+`fedmol.scoring.bodies`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import csv
-import hmac
-import io
 import json
 import logging
 import math
 import os
-import threading
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -43,18 +39,25 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.responses import FileResponse, Response
 
 from fedmol.errors import InputError
+from fedmol.scoring.access import (
+    MAX_HEADER_BYTES,
+    BodyLimitMiddleware,
+    RateLimiter,
+    SecurityHeadersMiddleware,
+    TokenAuth,
+    charge_quota,
+)
+from fedmol.scoring.bodies import MoleculeReader, Molecules, encodable
 
 log = logging.getLogger("fedmol.scoring")
 
-__all__ = ["TOKENS_ENV", "BodyLimitMiddleware", "MoleculeReader", "Molecules", "RateLimiter", "ServiceSettings",
-           "TokenAuth", "charge_quota", "create_app", "load_tokens", "parse_csv_molecules", "parse_json_molecules",
-           "score_answer", "score_frame"]
+__all__ = ["TOKENS_ENV", "ServiceSettings", "create_app", "load_tokens", "score_answer", "score_frame",
+           "serve_command"]
 
 TOKENS_ENV = "FEDMOL_SERVE_TOKENS"
 WEB_DIR = Path(__file__).with_name("web")
 MAX_DEPICTIONS = 2000  # depictions per answer (for the web page) ...
 MAX_DEPICTION_BYTES = 2_000_000  # ... and their SVG text at most: a 4-byte "C" draws as ~2 kB
-MAX_HEADER_BYTES = 16 * 1024  # request line and headers together
 
 
 @dataclass(frozen=True)
@@ -99,167 +102,6 @@ def load_tokens(tokens_file: str | Path | None, env: str = TOKENS_ENV) -> frozen
     return frozenset(tokens)
 
 
-@dataclass
-class RateLimiter:
-    """Per-token token bucket of molecules: ``capacity`` per ``window`` seconds, refilled continuously."""
-
-    capacity: int
-    window: float
-    _buckets: dict[str, tuple[float, float]] = field(default_factory=dict)  # token -> (level, time)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def wait(self, token: str, n: int, now: float | None = None) -> float:
-        """Seconds until n molecules could be taken (0: now), taking nothing."""
-        now = time.monotonic() if now is None else now
-        rate = self.capacity / self.window
-        with self._lock:
-            level, then = self._buckets.get(token, (float(self.capacity), now))
-            level = min(float(self.capacity), level + (now - then) * rate)
-        return max(0.0, (n - level) / rate)
-
-    def prune(self, now: float | None = None, keep: int = 10_000) -> None:
-        """Forget buckets that have refilled, once there are more than ``keep`` (one per client address)."""
-        if len(self._buckets) <= keep:
-            return
-        now = time.monotonic() if now is None else now
-        rate = self.capacity / self.window
-        with self._lock:
-            self._buckets = {k: (level, then) for k, (level, then) in self._buckets.items()
-                             if level + (now - then) * rate < self.capacity}
-
-    def refund(self, token: str, n: int) -> None:
-        """Give back n molecules taken for a request that did not score them (never above capacity)."""
-        with self._lock:
-            if token in self._buckets and n > 0:
-                level, then = self._buckets[token]
-                self._buckets[token] = (min(float(self.capacity), level + n), then)
-
-    def take(self, token: str, n: int, now: float | None = None) -> float:
-        """Take n molecules; returns 0 when allowed, else the seconds to wait before asking again."""
-        now = time.monotonic() if now is None else now
-        rate = self.capacity / self.window
-        with self._lock:
-            level, then = self._buckets.get(token, (float(self.capacity), now))
-            level = min(float(self.capacity), level + (now - then) * rate)
-            if n <= level:
-                self._buckets[token] = (level - n, now)
-                return 0.0
-            self._buckets[token] = (level, now)
-            return (n - level) / rate
-
-
-class _BodyTooLarge(Exception):
-    pass
-
-
-class _BodyTimeout(Exception):
-    pass
-
-
-class BodyLimitMiddleware:
-    """Answers 413 when a request body exceeds ``limit`` bytes (declared or streamed), and 408 when
-    it has not arrived ``timeout`` seconds after the app started reading it (a client that declares
-    a length and stalls would otherwise hold its connection open for as long as it likes); 431 when
-    the headers exceed ``header_limit`` bytes (h11 refuses larger ones only while they are incomplete)."""
-
-    def __init__(self, app: Any, limit: int, timeout: float = 30.0, header_limit: int = 16 * 1024) -> None:
-        self.app = app
-        self.limit = limit
-        self.timeout = timeout
-        self.header_limit = header_limit
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = scope.get("headers") or []
-        if sum(len(k) + len(v) + 4 for k, v in headers) > self.header_limit:
-            await _send_json(send, 431, f"request headers too large: the limit is {self.header_limit:,} bytes",
-                             close=True)
-            return
-        declared = dict(headers).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await self._reject(send)
-            return
-        seen = 0
-        started = False
-        complete = False  # after the body, receive() waits for a disconnect: no deadline then
-        deadline: float | None = None
-
-        async def limited_receive() -> dict[str, Any]:
-            nonlocal seen, complete, deadline
-            if complete:
-                return await receive()
-            loop = asyncio.get_running_loop()
-            deadline = deadline if deadline is not None else loop.time() + self.timeout
-            try:
-                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
-            except TimeoutError:
-                raise _BodyTimeout from None
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise _BodyTooLarge
-                complete = not message.get("more_body", False)
-            return message
-
-        async def tracking_send(message: dict[str, Any]) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _BodyTooLarge:
-            if not started:
-                await self._reject(send)
-        except _BodyTimeout:
-            if not started:
-                await _send_json(send, 408, f"request body not received within {self.timeout:g} s",
-                                 close=True)
-
-    async def _reject(self, send: Any) -> None:
-        await _send_json(send, 413, f"request body too large: the limit is {self.limit:,} bytes; "
-                                    "split the molecules over several requests", close=True)
-
-
-async def _send_json(send: Any, status: int, detail: str, *, close: bool = False) -> None:
-    """A JSON error answer ``{"detail": ...}`` sent straight through ASGI (``close``: end the connection)."""
-    body = json.dumps({"detail": detail}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": status,
-                "headers": headers + ([(b"connection", b"close")] if close else [])})
-    await send({"type": "http.response.body", "body": body})
-
-
-class SecurityHeadersMiddleware:
-    """Adds `SECURITY_HEADERS` to every answer: the page may load scripts, styles and data only from
-    this origin (images also from ``data:``, the depictions), and no other site may frame it."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def with_headers(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []), *SECURITY_HEADERS]}
-            await send(message)
-
-        await self.app(scope, receive, with_headers)
-
-
-SECURITY_HEADERS = [
-    (b"content-security-policy", b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-                                 b"connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"),
-    (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
-]
-
-
 def depict_svg(smiles: str, width: int = 220, height: int = 160) -> str:
     """A 2D depiction of a (canonical) SMILES as an SVG document ("" when it cannot be drawn)."""
     from rdkit import Chem
@@ -286,186 +128,6 @@ def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     return out
 
 
-# -- access: bearer tokens and the rate limit ---------------------------------------------------
-
-class TokenAuth:
-    """FastAPI dependency: the request's bearer token, checked in constant time against every
-    known token (401 otherwise); returns the token, which keys the rate limit.
-
-    Wrong tokens are throttled per client address: after ``max_failures`` within ``failure_window``
-    seconds (refilled continuously), every request from that address answers 429 with Retry-After
-    until the window allows another try, whatever its token. Behind a reverse proxy on loopback,
-    uvicorn takes the address from X-Forwarded-For.
-    """
-
-    def __init__(self, tokens: frozenset[str] | set[str] | list[str], *, max_failures: int = 10,
-                 failure_window: float = 60.0) -> None:
-        self._tokens = [t.encode() for t in tokens]
-        self._failures = RateLimiter(max_failures, failure_window)
-
-    def __call__(self, request: Request) -> str:
-        client = request.client.host if request.client else ""
-        return self.check(request.headers.get("authorization", ""), client)
-
-    def check(self, header: str, client: str = "", now: float | None = None) -> str:
-        """The token of an ``Authorization`` header value; HTTPException(401) when missing or unknown,
-        429 while ``client`` is throttled for wrong tokens."""
-        wait = self._failures.wait(client, 1, now)
-        if wait > 0:
-            retry = math.ceil(wait)
-            raise HTTPException(429, f"too many wrong access tokens from this address; try again in {retry} s",
-                                headers={"Retry-After": str(retry)})
-        scheme, _, token = header.partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            raise HTTPException(401, "missing access token: send 'Authorization: Bearer TOKEN'",
-                                headers={"WWW-Authenticate": "Bearer"})
-        given = token.encode()
-        # Compare against every token (no early exit), so timing tells nothing about which is close.
-        if not any([hmac.compare_digest(given, t) for t in self._tokens]):
-            self._failures.take(client, 1, now)
-            self._failures.prune(now)
-            raise HTTPException(401, "invalid access token",
-                                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
-        return token
-
-
-def charge_quota(limiter: RateLimiter, token: str, n: int) -> None:
-    """Take n molecules from the token's bucket; HTTPException(429) with Retry-After when it is empty."""
-    wait = limiter.take(token, n)
-    if wait > 0:
-        retry = math.ceil(wait)
-        raise HTTPException(429, f"rate limit: at most {limiter.capacity:,} molecules per {limiter.window:g} s "
-                                 f"per token; try again in {retry} s", headers={"Retry-After": str(retry)})
-
-
-# -- request bodies: JSON, CSV, multipart upload ---------------------------------------------------
-
-@dataclass(frozen=True)
-class Molecules:
-    """The molecules of one request: SMILES and, when the caller gave them, ids; ``errors`` holds a
-    reason per row already rejected while reading ("" for the others), or None when there is none."""
-
-    smiles: list[str]
-    ids: list[str] | None = None
-    errors: list[str] | None = None
-
-    def __len__(self) -> int:
-        return len(self.smiles)
-
-
-def parse_json_molecules(body: bytes) -> Molecules:
-    """A JSON list of SMILES or ``{"smiles": [...], "ids": [...]}``; HTTPException(422) otherwise."""
-    try:
-        payload = json.loads(body or b"null")
-    except RecursionError:
-        raise HTTPException(422, "body is not valid JSON here: nested too deeply; send a JSON list of SMILES, "
-                                 "{\"smiles\": [...]}, or a CSV file") from None
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer of more than 4,300 digits
-        reason = str(exc).splitlines()[0][:80] if not isinstance(exc, UnicodeDecodeError) else "not UTF-8"
-        raise HTTPException(422, f"body is not valid JSON ({exc.__class__.__name__}: {reason}): send a JSON "
-                                 "list of SMILES, {\"smiles\": [...]}, or a CSV file") from None
-    ids = None
-    if isinstance(payload, dict):
-        ids = payload.get("ids")
-        payload = payload.get("smiles")
-    if not isinstance(payload, list) or not all(isinstance(s, str) for s in payload):
-        raise HTTPException(422, "expected a JSON list of SMILES strings, or {\"smiles\": [...], \"ids\": [...]}")
-    if ids is not None and (not isinstance(ids, list) or len(ids) != len(payload)):
-        raise HTTPException(422, "'ids' must be a list as long as 'smiles'")
-    if ids is not None and not all(isinstance(i, str | int | float) for i in ids):
-        raise HTTPException(422, "'ids' must be strings or numbers")
-    # A JSON string may hold a lone surrogate ("\\ud800"), which no SMILES has and UTF-8 cannot carry.
-    errors = ["" if _encodable(s) is s else "not valid Unicode: a lone surrogate (\\ud800-\\udfff)" for s in payload]
-    return Molecules(payload, [_encodable(str(i)) for i in ids] if ids is not None else None,
-                     errors if any(errors) else None)
-
-
-def parse_csv_molecules(data: bytes) -> Molecules:
-    """A CSV with a header line: the ``smiles`` column (or the only column), ids from ``id``.
-
-    Strict: a row whose field count differs from the header's, or with bytes that are not UTF-8,
-    is rejected with its physical line (its SMILES and id left empty); blank lines are skipped.
-    """
-    text = data.decode("utf-8-sig", errors="surrogateescape")  # a bad byte spoils its row only
-    reader = csv.reader(io.StringIO(text, newline=""))
-    header: list[str] | None = None
-    rows: list[tuple[int, list[str]]] = []  # (first physical line, fields)
-    line = 1
-    try:
-        for fields in reader:
-            if any(f.strip() for f in fields):
-                if header is None:
-                    header = [f.strip() for f in fields]
-                else:
-                    rows.append((line, fields))
-            line = reader.line_num + 1
-    except csv.Error as exc:
-        raise HTTPException(422, f"cannot read the CSV at line {line}: {exc}") from None
-    if header is None:
-        raise HTTPException(422, "cannot read the CSV (no header line): expected a header line with a 'smiles' column")
-    cols: dict[str, int] = {}
-    for i, name in enumerate(header):
-        cols.setdefault(name.lower(), i)
-    if "smiles" not in cols:
-        if len(header) != 1:
-            raise HTTPException(422, f"the CSV has no 'smiles' column; its columns are {header}")
-        cols["smiles"] = 0
-    smiles_at, id_at = cols["smiles"], cols.get("id")
-    smiles, ids, errors = [], [], []
-    for line, fields in rows:
-        error = ""
-        if len(fields) != len(header):
-            n = len(fields)
-            error = f"line {line}: {n} field{'s' if n != 1 else ''}, the header has {len(header)}"
-        elif not _is_utf8(fields):
-            error = f"line {line}: not valid UTF-8"
-        smiles.append("" if error else fields[smiles_at])
-        ids.append("" if error or id_at is None else fields[id_at])
-        errors.append(error)
-    return Molecules(smiles, ids if id_at is not None else None, errors if any(errors) else None)
-
-
-def _is_utf8(fields: list[str]) -> bool:
-    try:
-        "".join(fields).encode("utf-8")
-    except UnicodeEncodeError:  # surrogates: bytes that were not UTF-8 (surrogateescape)
-        return False
-    return True
-
-
-CSV_TYPES = ("text/csv", "text/plain", "application/csv")
-
-
-class MoleculeReader:
-    """FastAPI dependency: the molecules of a scoring request (a JSON body, a CSV body, or a CSV
-    upload in the multipart field ``file``), at most ``max_molecules`` (413 beyond). The body's
-    size in bytes is bounded before this by `BodyLimitMiddleware`."""
-
-    def __init__(self, max_molecules: int) -> None:
-        self.max_molecules = max_molecules
-
-    async def __call__(self, request: Request) -> Molecules:
-        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if ctype == "multipart/form-data":
-            form = await request.form()
-            upload = form.get("file")
-            if upload is None or isinstance(upload, str):
-                raise HTTPException(422, "multipart upload needs a CSV file in the field 'file'")
-            molecules = parse_csv_molecules(await upload.read())
-        elif ctype in CSV_TYPES:
-            molecules = parse_csv_molecules(await request.body())
-        else:
-            molecules = parse_json_molecules(await request.body())
-        self.check_count(len(molecules))
-        return molecules
-
-    def check_count(self, n: int) -> None:
-        if n > self.max_molecules:
-            raise HTTPException(413, f"too many molecules: {n:,} in this request, the limit is "
-                                     f"{self.max_molecules:,} per request; split them over several requests")
-
-
 def bearer_token(request: Request) -> str:
     """Dependency: the request's checked token, by the app's `TokenAuth` (``app.state.auth``)."""
     return request.app.state.auth(request)
@@ -490,7 +152,7 @@ def score_frame(scorer: Any, molecules: Molecules, depict: bool) -> pd.DataFrame
     else:  # rows rejected while reading are not scored, and keep their reason and their text
         frame = scorer.score([s if not e else "" for s, e in zip(smiles, errors, strict=True)])
         frame["error"] = [e or f for e, f in zip(errors, frame["error"], strict=True)]
-        frame["smiles"] = [_encodable(s) for s in smiles]
+        frame["smiles"] = [encodable(s) for s in smiles]
     frame.insert(0, "id", molecules.ids if molecules.ids is not None else [str(i) for i in range(len(smiles))])
     frame.insert(0, "index", np.arange(len(smiles)))
     if depict:
@@ -543,15 +205,6 @@ def score_answer(scorer: Any, molecules: Molecules, depict: bool, fmt: str,
     }
     body = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
     return body, "application/json", n_scored
-
-
-def _encodable(text: str) -> str:
-    """``text``, with lone surrogates (valid in a JSON string, not in UTF-8) written as ``\\udXXX``."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text
 
 
 SCORE_BODY = {"requestBody": {"required": True, "content": {

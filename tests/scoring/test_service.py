@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fedmol.scoring.service import RateLimiter
+from fedmol.scoring.access import RateLimiter
 from tests.scoring.conftest import SMILES
 from tests.scoring.live import OTHER_TOKEN, TOKEN, running_service
 

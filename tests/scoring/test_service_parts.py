@@ -1,5 +1,6 @@
-"""The scoring service's parts on their own: token auth, the rate-limit charge, body parsing, and the
-app around a stand-in scorer (FastAPI's TestClient, no model and no uvicorn: fast)."""
+"""The scoring service's parts on their own: token auth and the rate-limit charge (`fedmol.scoring.access`),
+body parsing (`fedmol.scoring.bodies`), and the app around a stand-in scorer (FastAPI's TestClient, no model
+and no uvicorn: fast)."""
 
 from __future__ import annotations
 
@@ -13,18 +14,9 @@ import pytest
 from fastapi import HTTPException
 from starlette.requests import Request
 
-from fedmol.scoring.service import (
-    MoleculeReader,
-    Molecules,
-    RateLimiter,
-    ServiceSettings,
-    TokenAuth,
-    charge_quota,
-    create_app,
-    parse_csv_molecules,
-    parse_json_molecules,
-    score_frame,
-)
+from fedmol.scoring.access import RateLimiter, TokenAuth, charge_quota
+from fedmol.scoring.bodies import MoleculeReader, Molecules, parse_csv_molecules, parse_json_molecules
+from fedmol.scoring.service import ServiceSettings, create_app, score_frame
 
 TOKEN = "unit-token-0123456789abcdef"
 
@@ -328,7 +320,7 @@ def test_a_request_that_fails_in_scoring_costs_no_quota(client):
 # -- 13.5: a stalled body times out ---------------------------------------------------------------
 
 def test_a_stalled_body_is_answered_408_and_a_complete_one_passes():
-    from fedmol.scoring.service import BodyLimitMiddleware
+    from fedmol.scoring.access import BodyLimitMiddleware
 
     async def app(scope, receive, send):  # reads the body, then answers 200
         while (await receive()).get("more_body"):
