@@ -27,7 +27,7 @@ import torch
 
 from fedmol import wire
 from fedmol.config import FederationConfig
-from fedmol.datasets.store import SiteStore
+from fedmol.datasets.store import SiteStore, store_folders
 from fedmol.errors import ConfigError
 from fedmol.models.data import TaskData
 from fedmol.models.metrics import MetricThresholds
@@ -335,7 +335,8 @@ def site_for(node_config: dict[str, Any], cfg: FederationConfig) -> SiteNode:
     """The SiteNode named by a SuperNode's node config (cached per process: data stays warm).
 
     Deployment: ``--node-config 'site-store="/data/store" site-name="acme"'``.
-    Simulation: ``sim-store-dir`` in the run config and Flower's ``partition-id``.
+    Simulation: ``sim-store-dir`` in the run config and Flower's ``partition-id``: partition i is the
+    i-th store of the folder (`fedmol.datasets.store.store_folders`: natural order of folder names).
     """
     store = node_config.get("site-store")
     if not store:
@@ -343,7 +344,11 @@ def site_for(node_config: dict[str, Any], cfg: FederationConfig) -> SiteNode:
             raise ConfigError(
                 "this SuperNode has no site store: start it with --node-config 'site-store=\"/path/to/store\"'"
             )
-        store = str(Path(cfg.sim_store_dir) / f"site-{int(node_config['partition-id'])}")
+        stores, pid = store_folders(cfg.sim_store_dir), int(node_config["partition-id"])
+        if not 0 <= pid < len(stores):
+            raise ConfigError(f"simulation partition {pid}, but sim-store-dir {cfg.sim_store_dir} holds "
+                              f"{len(stores)} site stores: run as many SuperNodes as stores")
+        store = str(stores[pid])
     name = str(node_config.get("site-name", ""))
     key = (str(store), name)
     if key not in _NODES:

@@ -21,6 +21,7 @@ Columns of the label matrix follow ``tasks`` one to one, excluded tasks included
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from fedmol.datasets.tasks import QuorumSettings, TaskInfo, build_catalogue
 from fedmol.errors import StoreError
 from fedmol.jsonio import json_default
 
-__all__ = ["STORE_FORMAT", "SiteStore"]
+__all__ = ["STORE_FORMAT", "SiteStore", "store_folders"]
 
 STORE_FORMAT = 1
 _FILES = ("features.npz", "labels.npz", "folds.npy", "tasks.json", "settings.json")
@@ -161,6 +162,18 @@ class SiteStore:
 
     def with_tasks(self, tasks: list[TaskInfo]) -> SiteStore:
         return replace(self, tasks=tasks)
+
+
+def store_folders(folder: str | Path) -> list[Path]:
+    """The site stores in ``folder``: its subfolders holding a store's files, in natural order of
+    their names (site-2 before site-10), so a simulation's partition i is always the same store.
+    Other entries are ignored; an empty list when there are none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if p.is_dir() and all((p / f).is_file() for f in _FILES)]
+    return sorted(found, key=lambda p: [(0, int(t), "") if t.isdigit() else (1, 0, t)
+                                        for t in re.split(r"(\d+)", p.name)])
 
 
 def _write_json(path: Path, obj: Any) -> None:

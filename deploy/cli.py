@@ -41,7 +41,8 @@ def demo(
 
 
 def simulate(
-    stores: Annotated[Path, typer.Argument(help="Folder holding site stores named site-0, site-1, ...")],
+    stores: Annotated[Path, typer.Argument(help="Folder of site stores (one subfolder per site, made by "
+                                                "fedmol prepare); the subfolder names are the site names.")],
     out: Annotated[Path, typer.Option(help="Server output folder (checkpoints, MLflow store, tables).")] = Path(
         "fedmol-server"),
     run_config: Annotated[list[str], typer.Option("--set", help="Run-config override KEY=VALUE (repeatable), "
@@ -49,17 +50,26 @@ def simulate(
 ) -> None:
     """Run a federation over prepared site stores in Flower's simulation engine (one process per site).
 
-    Every KEY is a key of [tool.flwr.app.config] in pyproject.toml.
+    STORES is a folder whose subfolders are site stores (fedmol prepare --out STORES/acme): one
+    simulated site each, named after its subfolder (or the store's site_name setting), taken in
+    the natural order of the names. Other files and folders in STORES are ignored.
+
+    Every KEY is a key of \\[tool.flwr.app.config] in pyproject.toml.
 
     Example: fedmol simulate sites/ --set num-server-rounds=10 --set consortium-tasks="NR-AR:classification"
     """
     from fedmol.config import FederationConfig
-    from fedmol.errors import InputError
+    from fedmol.datasets.store import store_folders
     from fedmol.deploy.launcher import LocalSuperLink, flwr_run
+    from fedmol.errors import InputError
 
-    sites = sorted(p for p in stores.glob("site-*") if p.is_dir())
+    sites = store_folders(stores)
     if not sites:
-        raise InputError(f"no site stores named site-0, site-1, ... in {stores}")
+        what = "is not a folder" if not stores.is_dir() else "holds no site store"
+        raise InputError(f"{stores} {what}: give a folder with one subfolder per site, each made by "
+                         "`fedmol prepare ... --out FOLDER/SITE` (features.npz, labels.npz, folds.npy, tasks.json, "
+                         "settings.json)")
+    print(f"{len(sites)} sites: {', '.join(p.name for p in sites)}", flush=True)
     cfg = FederationConfig(sim_store_dir=str(stores.resolve()), output_dir=str(out.resolve()),
                            min_sites=len(sites)).with_overrides(run_config)
     with LocalSuperLink(out.resolve() / "flower") as link:

@@ -95,7 +95,7 @@ class FederationConfig:
     # positives and negatives (classification) or exact values (regression). 25 follows
     # SparseChem's AUC rule; MELLODDY's per-fold evaluation quorum is 10.
     eval_min_labels: int = 25
-    sim_store_dir: str = ""  # simulation only: site stores are sim_store_dir/site-<partition-id>
+    sim_store_dir: str = ""  # simulation only: a folder of site stores, partition i = i-th (store_folders)
     # Tracking, checkpoints, registry.
     output_dir: str = "~/.fedmol/server"  # checkpoints and the default MLflow store live here
     tracking_uri: str = ""  # default: sqlite:///<output_dir>/mlflow.db

@@ -1,0 +1,70 @@
+"""`fedmol simulate` over a folder of site stores with any names."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fedmol.cli import main
+from fedmol.client.site import site_for
+from fedmol.config import FederationConfig
+from fedmol.datasets.store import store_folders
+from tests.server.synthetic import synthetic_store
+
+TASKS = [("c1", "classification"), ("c2", "classification")]
+
+
+def _stores(root: Path, names: list[str], n: int = 120, n_bits: int = 256) -> None:
+    for i, name in enumerate(names):
+        synthetic_store(n, n_bits, TASKS, seed=i).save(root / name)  # no site_name: the folder names the site
+
+
+def test_store_folders_are_the_store_subfolders_in_natural_order(tmp_path: Path) -> None:
+    _stores(tmp_path, ["site-10", "site-2", "beta", "Acme"], n=30, n_bits=32)
+    (tmp_path / "notes").mkdir()  # not a store
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "features.npz").write_bytes(b"")  # an incomplete store is not a store either
+    (tmp_path / "readme.txt").write_text("x")
+    assert [p.name for p in store_folders(tmp_path)] == ["Acme", "beta", "site-2", "site-10"]
+    assert store_folders(tmp_path / "missing") == []
+    cfg = FederationConfig(sim_store_dir=str(tmp_path))
+    assert [site_for({"partition-id": i}, cfg).name for i in range(4)] == ["Acme", "beta", "site-2", "site-10"]
+    from fedmol.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="partition 4, but sim-store-dir .* holds 4 site stores"):
+        site_for({"partition-id": 4}, cfg)
+
+
+def test_simulate_without_stores_says_what_a_store_folder_is(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "empty").mkdir()
+    assert main(["simulate", str(tmp_path / "empty")]) != 0
+    err = capsys.readouterr().err
+    assert "holds no site store" in err and "fedmol prepare" in err
+    assert main(["simulate", str(tmp_path / "nowhere")]) != 0
+    assert "is not a folder" in capsys.readouterr().err
+
+
+def test_simulate_help_names_the_run_config_table(capsys: pytest.CaptureFixture[str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
+    assert main(["simulate", "--help"]) == 0
+    assert "Every KEY is a key of [tool.flwr.app.config] in pyproject.toml." in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_simulate_names_sites_after_their_folders(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _stores(tmp_path / "stores", ["zeta-pharma", "acme"])
+    out = tmp_path / "server"
+    code = main(["simulate", str(tmp_path / "stores"), "--out", str(out),
+                 "--set", "num-server-rounds=1", "--set", "n-bits=256", "--set", "hidden=16",
+                 "--set", "num-threads=1", "--set", "consortium-tasks=c1:classification,c2:classification",
+                 "--set", "register-model=false", "--set", "eval-min-labels=2"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed[-3000:]
+    assert "2 sites: acme, zeta-pharma" in printed
+    outputs = json.loads((out / "last_federation.json").read_text())
+    table = json.loads(Path(outputs["table"]).read_text())
+    assert set(table["values"]["federated"]) == {"acme", "zeta-pharma"}
