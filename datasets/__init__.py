@@ -8,7 +8,8 @@ Modules (import them directly as ``fedmol.datasets.NAME``; nothing is imported h
 - `fedmol.datasets.standardize`: `Standardizer`, `parse_smiles`, `MoleculeReject`
 - `fedmol.datasets.featurize`: `Featurizer`, the key-derived bit permutation
 - `fedmol.datasets.folds`: scaffold folds
-- `fedmol.datasets.tasks`: the task catalogue and quorums
+- `fedmol.datasets.tasks`: the task catalogue (`TaskInfo`) and quorums
+- `fedmol.datasets.options`: the closed choices of preparation as types (`Layout`, `StereoMode`)
 - `fedmol.datasets.structures`: the per-molecule hot path over a process pool
 - `fedmol.datasets.prepare`: one file → one store (``fedmol prepare``)
 - `fedmol.datasets.reference`: the consortium's reference hash

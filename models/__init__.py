@@ -8,10 +8,11 @@ Modules (import them directly; this package imports nothing heavy so ``fedmol --
 - `fedmol.models.network`: `MultiTaskNet` (``trunk.*`` / ``heads.<name>.*`` state; shared vs private parts)
 - `fedmol.models.data`: `SparseBatch`, `TaskData.from_store`, `iter_batches`
 - `fedmol.models.losses`: `masked_bce`, `censored_mse`
-- `fedmol.models.training`: `TrainConfig`, `train_epochs`, `evaluate`, `predict`, `resolve_device`
+- `fedmol.models.training`: `TrainConfig`, `train_epochs`, `evaluate`, `predict` (MC dropout too), `resolve_device`
 - `fedmol.models.metrics`: per-task ROC-AUC, AUC-PR, Brier, ECE, RMSE, R², Pearson r, and summaries
-- `fedmol.models.uncertainty`: MC dropout and split-conformal calibration
+- `fedmol.models.uncertainty`: split-conformal calibration (`calibrate`, p-values, intervals)
 - `fedmol.models.io`: `save_model`/`load_model` (``spec.json`` + ``weights.pt`` + ``meta.json``)
+- `fedmol.models.site_model`: a site's full model in a federation (shared part + private heads in its store)
 - `fedmol.models.report`: `GainTable`, the local / pooled / federated comparison
 - `fedmol.models.baselines`: local-only and pooled baselines on the same sites, folds and model shape
 - `fedmol.models.cli`: ``fedmol train``
