@@ -200,6 +200,9 @@ def test_a_federation_runs_from_the_installed_copy(installed: Path, outside: Pat
     log = outside / "imports.jsonl"
     # Flower's processes (SuperLink, simulation, Ray workers) inherit this environment (launcher.flower_env).
     env = _clean_env(PYTHONPATH=os.pathsep.join([str(installed), str(hook)]), FEDMOL_TEST_IMPORT_LOG=str(log))
+    # On a loaded machine Ray's dashboard agent can take longer to start than the raylet waits for it, and
+    # the simulation runtime then crashes ("node timed out during startup"); that is not what this test is about.
+    env.setdefault("RAY_agent_register_timeout_ms", "120000")
     out = outside / "server"
     cmd = [PY, "-m", "fedmol.cli", "simulate", "stores", "--out", str(out),
            "--set", "num-server-rounds=1", "--set", "n-bits=256", "--set", "hidden=16", "--set", "num-threads=1",
@@ -220,3 +223,6 @@ def test_a_federation_runs_from_the_installed_copy(installed: Path, outside: Pat
     assert {"fedmol.server.server_app", "fedmol.client.client_app"} <= set(origins), (records, tail)
     outside_t = {m: sorted(map(str, o)) for m, o in origins.items() if any(installed not in p.parents for p in o)}
     assert not outside_t, f"imported from outside the installed copy: {outside_t}"
+    # the ClientApps ran in Ray's worker processes (no ServerApp there), and those found the installed copy too
+    server_pids = {r["pid"] for r in records if r["module"] == "fedmol.server.server_app"}
+    assert {r["pid"] for r in records if r["module"] == "fedmol.client.client_app"} - server_pids, records
