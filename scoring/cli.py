@@ -11,14 +11,13 @@ from typing import Annotated
 import typer
 
 from fedmol.errors import InputError
+from fedmol.scoring.tokens import TOKENS_ENV
 
 
 def register(app: typer.Typer) -> None:
     """The chemist's commands: `fedmol score` (a file) and `fedmol serve` (HTTP API and web page)."""
-    from fedmol.scoring.service import serve_command
-
     app.command("score")(score)
-    app.command("serve")(serve_command)
+    app.command("serve")(serve)
 
 
 def score(
@@ -108,3 +107,65 @@ def _cpu_seconds() -> float:
 
     s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
+
+
+def serve(
+    model: Annotated[str, typer.Option(help="A model folder or models:/NAME/VERSION from the registry.")],
+    key_file: Annotated[Path | None, typer.Option(help="Consortium key file (default: $FEDMOL_KEY_FILE).")] = None,
+    tokens_file: Annotated[Path | None, typer.Option(
+        help=f"Access tokens, one per line (also/or ${TOKENS_ENV}, comma-separated).")] = None,
+    site_store: Annotated[Path | None, typer.Option(
+        help="Serve the site's full model (shared + private heads, calibrated on its validation fold).")] = None,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI for models:/ URIs.")] = None,
+    max_molecules: Annotated[int, typer.Option(min=1, help="Molecules per request at most (413 beyond).")] = 10_000,
+    max_request_bytes: Annotated[int, typer.Option(min=1, help="Request body size at most (413 beyond).")] = 10_000_000,
+    rate_limit: Annotated[int, typer.Option(
+        min=1, help="Molecules per token per --rate-window (429 beyond).")] = 100_000,
+    rate_window: Annotated[float, typer.Option(min=1.0, help="Rate-limit window in seconds.")] = 3600.0,
+    body_timeout: Annotated[float, typer.Option(
+        min=0.1, help="Seconds a request body may take to arrive (408 beyond).")] = 30.0,
+    workers: Annotated[int, typer.Option(
+        min=1, help="Scoring processes (one request each at a time); the server itself stays responsive.")] = 1,
+    request_timeout: Annotated[float, typer.Option(
+        min=1.0, help="Seconds a request may take to score; its worker is then stopped (503).")] = 300.0,
+    mc_samples: Annotated[int, typer.Option(min=0, help="MC-dropout passes for the uncertainty (0: none).")] = 20,
+    confidence: Annotated[float, typer.Option(help="Confidence of the conformal regression intervals.")] = 0.8,
+    standardize: Annotated[str, typer.Option(
+        help="'model': standardise as the model's sites did; 'off': only for callers who send "
+             "structures already standardised by fedmol.")] = "model",
+) -> None:
+    """Serve the model over HTTP: POST /v1/score, GET /v1/model, GET /healthz, the web page at /,
+    the OpenAPI schema at /openapi.json. Scoring needs a bearer token; requests are limited in bytes and
+    molecules, and every token in molecules per window (unlimited queries could leak training data).
+
+    Example: FEDMOL_SERVE_TOKENS=$(python -c 'import secrets; print(secrets.token_urlsafe(32))') \
+    fedmol serve --model models:/fedmol-shared/3 --key-file consortium.key --port 8000
+    """
+    import uvicorn
+
+    from fedmol.scoring.access import MAX_HEADER_BYTES
+    from fedmol.scoring.scorer import Scorer, resolve_key, resolve_model_dir
+    from fedmol.scoring.service import ServiceSettings, create_app, model_name_version, score_answer
+    from fedmol.scoring.tokens import load_tokens
+
+    if standardize not in ("model", "off"):
+        raise InputError(f"--standardize {standardize!r}: use 'model' or 'off'")
+    settings_tokens = load_tokens(tokens_file)
+    model_dir = resolve_model_dir(model, tracking_uri)
+    name, version = model_name_version(model, model_dir)
+    settings = ServiceSettings(tokens=settings_tokens, model_name=name, model_version=version,
+                               max_molecules=max_molecules, max_request_bytes=max_request_bytes,
+                               rate_molecules=rate_limit, rate_window=rate_window, body_timeout=body_timeout)
+    scorer = Scorer(model_dir, resolve_key(key_file), mc_samples=mc_samples, site_store=site_store,
+                    confidence=confidence, standardize=None if standardize == "model" else False)
+    from fedmol.scoring.workers import WorkerPool
+
+    pool = WorkerPool(scorer, score_answer, workers=workers, timeout=request_timeout)
+    try:
+        # h11, not httptools: h11 bounds the request line and headers (MAX_HEADER_BYTES; 400 beyond).
+        uvicorn.run(create_app(scorer, settings, pool), host=host, port=port, log_level="info", http="h11",
+                    h11_max_incomplete_event_size=MAX_HEADER_BYTES, timeout_graceful_shutdown=10)
+    finally:
+        pool.close()

@@ -68,7 +68,7 @@ def local_service(model: str | Path, key_file: str | Path, *serve_args: str, tok
     default one random token. port: default a free one. Raises RuntimeError when the server exits
     before it answers, TimeoutError when it does not answer within ``startup_timeout`` seconds.
     """
-    from fedmol.scoring.service import TOKENS_ENV
+    from fedmol.scoring.tokens import TOKENS_ENV
 
     tokens = list(tokens) if tokens is not None else [secrets.token_urlsafe(32)]
     if not tokens:

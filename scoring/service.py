@@ -27,14 +27,12 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
 import pandas as pd
-import typer
 from fastapi import Depends, HTTPException, Request
 from fastapi.responses import FileResponse, Response
 
@@ -48,13 +46,12 @@ from fedmol.scoring.access import (
     charge_quota,
 )
 from fedmol.scoring.bodies import MoleculeReader, Molecules, encodable
+from fedmol.scoring.tokens import TOKENS_ENV
 
 log = logging.getLogger("fedmol.scoring")
 
-__all__ = ["TOKENS_ENV", "ServiceSettings", "create_app", "load_tokens", "score_answer", "score_frame",
-           "serve_command"]
+__all__ = ["ServiceSettings", "create_app", "model_name_version", "score_answer", "score_frame"]
 
-TOKENS_ENV = "FEDMOL_SERVE_TOKENS"
 WEB_DIR = Path(__file__).with_name("web")
 MAX_DEPICTIONS = 2000  # depictions per answer (for the web page) ...
 MAX_DEPICTION_BYTES = 2_000_000  # ... and their SVG text at most: a 4-byte "C" draws as ~2 kB
@@ -81,25 +78,6 @@ class ServiceSettings:
         if self.rate_molecules < self.max_molecules:
             raise InputError(f"--rate-limit ({self.rate_molecules}) must be at least --max-molecules "
                              f"({self.max_molecules}), or a full request could never pass")
-
-
-def load_tokens(tokens_file: str | Path | None, env: str = TOKENS_ENV) -> frozenset[str]:
-    """Tokens from ``tokens_file`` (one per line, # comments) and/or the environment variable ``env``."""
-    tokens: set[str] = set()
-    if tokens_file:
-        path = Path(tokens_file)
-        if not path.exists():
-            raise InputError(f"tokens file {path} not found")
-        for line in path.read_text().splitlines():
-            line = line.split("#", 1)[0].strip()
-            if line:
-                tokens.add(line)
-    tokens.update(t.strip() for t in os.environ.get(env, "").split(",") if t.strip())
-    short = [t for t in tokens if len(t) < 16]
-    if short:
-        raise InputError(f"{len(short)} access token(s) shorter than 16 characters: use long random tokens "
-                         "(python -c 'import secrets; print(secrets.token_urlsafe(32))')")
-    return frozenset(tokens)
 
 
 def depict_svg(smiles: str, width: int = 220, height: int = 160) -> str:
@@ -302,62 +280,3 @@ def model_name_version(model: str, model_dir: Path) -> tuple[str, str]:
         return name, version
     meta = json.loads((model_dir / "meta.json").read_text()) if (model_dir / "meta.json").exists() else {}
     return model_dir.name, str(meta.get("federation_id", ""))
-
-
-def serve_command(
-    model: Annotated[str, typer.Option(help="A model folder or models:/NAME/VERSION from the registry.")],
-    key_file: Annotated[Path | None, typer.Option(help="Consortium key file (default: $FEDMOL_KEY_FILE).")] = None,
-    tokens_file: Annotated[Path | None, typer.Option(
-        help=f"Access tokens, one per line (also/or ${TOKENS_ENV}, comma-separated).")] = None,
-    site_store: Annotated[Path | None, typer.Option(
-        help="Serve the site's full model (shared + private heads, calibrated on its validation fold).")] = None,
-    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
-    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI for models:/ URIs.")] = None,
-    max_molecules: Annotated[int, typer.Option(min=1, help="Molecules per request at most (413 beyond).")] = 10_000,
-    max_request_bytes: Annotated[int, typer.Option(min=1, help="Request body size at most (413 beyond).")] = 10_000_000,
-    rate_limit: Annotated[int, typer.Option(
-        min=1, help="Molecules per token per --rate-window (429 beyond).")] = 100_000,
-    rate_window: Annotated[float, typer.Option(min=1.0, help="Rate-limit window in seconds.")] = 3600.0,
-    body_timeout: Annotated[float, typer.Option(
-        min=0.1, help="Seconds a request body may take to arrive (408 beyond).")] = 30.0,
-    workers: Annotated[int, typer.Option(
-        min=1, help="Scoring processes (one request each at a time); the server itself stays responsive.")] = 1,
-    request_timeout: Annotated[float, typer.Option(
-        min=1.0, help="Seconds a request may take to score; its worker is then stopped (503).")] = 300.0,
-    mc_samples: Annotated[int, typer.Option(min=0, help="MC-dropout passes for the uncertainty (0: none).")] = 20,
-    confidence: Annotated[float, typer.Option(help="Confidence of the conformal regression intervals.")] = 0.8,
-    standardize: Annotated[str, typer.Option(
-        help="'model': standardise as the model's sites did; 'off': only for callers who send "
-             "structures already standardised by fedmol.")] = "model",
-) -> None:
-    """Serve the model over HTTP: POST /v1/score, GET /v1/model, GET /healthz, the web page at /,
-    the OpenAPI schema at /openapi.json. Scoring needs a bearer token; requests are limited in bytes and
-    molecules, and every token in molecules per window (unlimited queries could leak training data).
-
-    Example: FEDMOL_SERVE_TOKENS=$(python -c 'import secrets; print(secrets.token_urlsafe(32))') \
-    fedmol serve --model models:/fedmol-shared/3 --key-file consortium.key --port 8000
-    """
-    import uvicorn
-
-    from fedmol.scoring.scorer import Scorer, resolve_key, resolve_model_dir
-
-    if standardize not in ("model", "off"):
-        raise InputError(f"--standardize {standardize!r}: use 'model' or 'off'")
-    settings_tokens = load_tokens(tokens_file)
-    model_dir = resolve_model_dir(model, tracking_uri)
-    name, version = model_name_version(model, model_dir)
-    settings = ServiceSettings(tokens=settings_tokens, model_name=name, model_version=version,
-                               max_molecules=max_molecules, max_request_bytes=max_request_bytes,
-                               rate_molecules=rate_limit, rate_window=rate_window, body_timeout=body_timeout)
-    scorer = Scorer(model_dir, resolve_key(key_file), mc_samples=mc_samples, site_store=site_store,
-                    confidence=confidence, standardize=None if standardize == "model" else False)
-    from fedmol.scoring.workers import WorkerPool
-
-    pool = WorkerPool(scorer, score_answer, workers=workers, timeout=request_timeout)
-    try:
-        # h11, not httptools: h11 bounds the request line and headers (MAX_HEADER_BYTES; 400 beyond).
-        uvicorn.run(create_app(scorer, settings, pool), host=host, port=port, log_level="info", http="h11",
-                    h11_max_incomplete_event_size=MAX_HEADER_BYTES, timeout_graceful_shutdown=10)
-    finally:
-        pool.close()

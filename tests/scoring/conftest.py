@@ -23,13 +23,13 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """{"model": shared model folder, "key": key file, "store": site store} (session-wide, read-only)."""
 
     from fedmol.client.site import SiteNode
+    from fedmol.config import FederationConfig
     from fedmol.datasets.embedded import solubility
     from fedmol.datasets.featurize import FeaturizeSettings
     from fedmol.datasets.keys import generate_key_file, key_fingerprint, load_key
     from fedmol.datasets.prepare import PrepareSettings, prepare_frame
     from fedmol.datasets.readers import TableSpec
     from fedmol.datasets.standardize import StandardizeSettings
-    from fedmol.config import FederationConfig
     from fedmol.models.data import TaskData
     from fedmol.models.network import MultiTaskNet
     from fedmol.models.spec import build_spec

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fedmol.datasets.keys import load_key
 from fedmol.cli import main
+from fedmol.datasets.keys import load_key
 from fedmol.scoring.scorer import NO_CALIBRATION_NOTE, Scorer
 from tests.scoring.conftest import FEDERATION_ID, SMILES
 
