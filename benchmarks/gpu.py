@@ -28,10 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
-TASKS = ("NR-AR", "NR-AR-LBD", "NR-AhR", "NR-Aromatase", "NR-ER", "NR-ER-LBD", "NR-PPAR-gamma", "SR-ARE",
-         "SR-ATAD5", "SR-HSE", "SR-MMP", "SR-p53")
+from benchmarks.common import DATA_DIR, ROOT
+from benchmarks.sets import TOX21_TASKS as TASKS
+from benchmarks.sets import benchmark_key
+
 N_SITES = 4
 
 
@@ -44,10 +44,10 @@ def prepare(out: Path, n_bits: int, quick: bool) -> None:
     from fedmol.datasets.prepare import PrepareSettings, prepare_frame
     from fedmol.datasets.readers import TableSpec
 
-    df = pd.read_csv(DATA / "tox21.csv.gz")
+    df = pd.read_csv(DATA_DIR / "tox21.csv.gz")
     if quick:
         df = df.head(800)
-    key = bytes(range(32))  # a fixed public benchmark key: the figures are reproducible
+    key = benchmark_key()  # the fixed public benchmark key: the figures are reproducible
     settings = PrepareSettings(table=TableSpec(smiles_col="smiles", id_col="mol_id", task_cols=TASKS),
                                featurize=FeaturizeSettings(n_bits=n_bits))
     store = prepare_frame(df, key, None, settings).store
