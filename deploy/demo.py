@@ -11,11 +11,20 @@ Four simulated sites built from the demo sets embedded in fedmol (``fedmol.datas
 Each site prepares its own store with the shared consortium key; the federation runs in
 Flower's simulation engine; local-only and pooled baselines are trained on the same folds; the
 federation-gain table is printed; the MLflow run and the registered model are shown.
+
+Reproducible: the key decides the folds and the feature positions, so the demo uses a fixed,
+public demo key (`DEMO_KEY_HEX`, written to ``out/consortium.key``) unless it is given one; with
+the same options two runs print the same table. The baselines train with the federation's own
+recipe (`fedmol.models.baselines.federation_recipe`: its optimiser, learning rate, batch size,
+schedule and number of epochs), so that local-only and pooled get no weaker a recipe than the
+federated model. The table reports R² (regression tasks) and ROC-AUC (classification) apart.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -27,6 +36,9 @@ import pandas as pd
 
 SITES = ("pharma-a", "pharma-b", "biotech-c", "institute-d")
 CONSORTIUM_TASKS = "logS:regression"
+# Public on purpose (it is in the source): it makes the demo's folds, and so its table, the same on
+# every run and machine. Never prepare real data with it: use `fedmol keygen`.
+DEMO_KEY_HEX = hashlib.sha256(b"fedmol demo consortium key: public, for the demo data only").hexdigest()
 
 
 @dataclass(frozen=True)
@@ -40,8 +52,8 @@ class DemoOptions:
     n_bits: int = 2048  # a small consortium of small sets: ECFP4 at 2,048 bits (see README)
     hidden: str = "400"
     seed: int = 0
-    baseline_epochs: int = 25
     fresh: bool = True
+    key_file: Path | None = None  # None: the fixed demo key (DEMO_KEY_HEX)
 
 
 def site_frames(seed: int = 0) -> dict[str, pd.DataFrame]:
@@ -93,20 +105,27 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from fedmol.datasets.keys import generate_key_file
     from fedmol.config import FederationConfig
-    from fedmol.models.report import GainTable
-    from fedmol.models.baselines import train_baselines
+    from fedmol.datasets.keys import load_key
     from fedmol.deploy.launcher import LocalSuperLink, flwr_run
+    from fedmol.errors import InputError
+    from fedmol.models.baselines import federation_recipe, train_baselines
+    from fedmol.models.report import GainTable
 
     console = Console()
     out = opts.out.resolve()
+    if opts.key_file is not None:
+        key_path = opts.key_file.expanduser().resolve()
+        if opts.fresh and out in key_path.parents:
+            raise InputError(f"--key-file {key_path} lies inside --out {out}, which the demo recreates: "
+                             "keep the key elsewhere")
+        load_key(key_path)  # a bad key file fails here, before anything is removed
     if opts.fresh and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     opts = DemoOptions(**{**opts.__dict__, "out": out})
-    key_path = out / "consortium.key"
-    generate_key_file(key_path)
+    if opts.key_file is None:
+        key_path = write_demo_key(out / "consortium.key")
     t0 = time.perf_counter()
 
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -123,7 +142,7 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
             num_threads=1,
         )
         base = progress.add_task("2/4 local-only and pooled baselines", total=len(SITES) + 1)
-        baselines = train_baselines(stores, cfg, epochs=opts.baseline_epochs,
+        baselines = train_baselines(stores, cfg, recipe=federation_recipe(cfg),
                                     on_model=lambda name: progress.advance(base))
 
         fed = progress.add_task("3/4 federation (Flower simulation)", total=opts.rounds)
@@ -153,6 +172,12 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
 
     federated = GainTable.from_json(Path(outputs["table"]))
     table = baselines.merge(federated)
+    table.notes.update({
+        "key": "the public demo key" if opts.key_file is None else f"{key_path}",
+        "baselines": f"the federation's recipe ({cfg.optimizer}, lr {cfg.lr}, batch {cfg.batch_size}, "
+                     f"{cfg.num_server_rounds * cfg.local_epochs} epochs at most, early stopping on the "
+                     "validation fold)",
+    })
     table.to_json(out / "federation_gain.json")
     table.to_markdown(out / "federation_gain.md")
     table.print(console)
@@ -166,3 +191,13 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
                   f"--key-file {key_path} --out predictions.csv")
     console.print(f"Everything is in {out}")
     return {**outputs, "gain_table": str(out / "federation_gain.json")}
+
+
+def write_demo_key(path: Path) -> Path:
+    """Write the fixed, public demo key to ``path`` (mode 0600) with a comment saying what it is."""
+    text = ("# the fedmol demo key: public (it is in fedmol's source), for the demo data only; "
+            "make a real key with `fedmol keygen`\n" + DEMO_KEY_HEX + "\n")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    return path

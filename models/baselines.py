@@ -143,7 +143,8 @@ def train_baselines(store_paths: Mapping[str, Path], cfg: FederationConfig, *, e
     def add(approach: str, res: dict[str, dict[str, dict]]) -> None:
         for fold in folds:
             for site, per_task in res[fold].items():
-                targets[fold].add(approach, site, {t: _score(m) for t, m in per_task.items()})
+                targets[fold].add(approach, site, {t: _score(m) for t, m in per_task.items()},
+                                  {t: "roc_auc" if "roc_auc" in m else "r2" for t, m in per_task.items()})
 
     for site, store in stores.items():
         add("local", _train_and_test(store, consortium, cfg, epochs, {site: (store, lambda n: n)}, recipe, folds))

@@ -3,6 +3,10 @@ per site, per task. Baselines write it; the federation merges its results into t
 
 Means per site are taken over the tasks that *every* approach in the table scored at that site,
 so approaches are compared on the same tasks (the count is shown).
+
+A ``score`` table holds ROC-AUC for classification tasks and R² for regression tasks; it records
+which metric each (site, task) has (``task_metrics``), and when it holds both it is reported one
+metric at a time (`GainTable.by_metric`): a mean of R² and ROC-AUC is not a number to compare.
 """
 
 from __future__ import annotations
@@ -31,14 +35,21 @@ class GainTable:
     values: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     notes: dict[str, Any] = field(default_factory=dict)
     higher_is_better: bool = True
+    task_metrics: dict[str, dict[str, str]] = field(default_factory=dict)  # site -> task -> "roc_auc" | "r2"
 
     # -- building --------------------------------------------------------------------------
-    def add(self, approach: str, site: str, per_task: Mapping[str, float]) -> None:
-        """Record one approach's per-task values at one site (replaces earlier values of those tasks)."""
+    def add(self, approach: str, site: str, per_task: Mapping[str, float],
+            metrics: Mapping[str, str] | None = None) -> None:
+        """Record one approach's per-task values at one site (replaces earlier values of those tasks).
+
+        ``metrics``: task -> the metric its value is (``roc_auc``, ``r2``), for a ``score`` table.
+        """
         bucket = self.values.setdefault(approach, {}).setdefault(site, {})
         for task, value in per_task.items():
             if value is not None and math.isfinite(float(value)):
                 bucket[task] = float(value)
+        if metrics:
+            self.task_metrics.setdefault(site, {}).update({t: str(m) for t, m in metrics.items() if t in per_task})
 
     @classmethod
     def from_site_metrics(
@@ -56,8 +67,8 @@ class GainTable:
         """
         table = cls(dataset, metric, notes=dict(notes or {}))
         for site, tasks in rows.items():
-            table.add(approach, site, {t: v for t, m in tasks.items()
-                                       if (v := _pick(m, metric)) is not None})
+            table.add(approach, site, {t: v for t, m in tasks.items() if (v := _pick(m, metric)) is not None},
+                      metrics={t: _picked(m, metric) for t, m in tasks.items()})
         return table
 
     def merge(self, other: GainTable) -> GainTable:
@@ -72,8 +83,35 @@ class GainTable:
         for table in (self, other):
             for approach, sites in table.values.items():
                 for site, tasks in sites.items():
-                    merged.add(approach, site, tasks)
+                    merged.add(approach, site, tasks, table.task_metrics.get(site))
         return merged
+
+    @property
+    def metrics(self) -> list[str]:
+        """The metrics the table's values are: those recorded per task, else the table's ``metric``."""
+        found = sorted({m for tasks in self.task_metrics.values() for m in tasks.values()})
+        return found or [self.metric]
+
+    @property
+    def mixed(self) -> bool:
+        """True when the values are of more than one metric (ROC-AUC and R² in a ``score`` table)."""
+        return len(self.metrics) > 1
+
+    def by_metric(self) -> dict[str, GainTable]:
+        """One table per metric (a table of one metric: itself, by its ``metric``)."""
+        if not self.mixed:
+            return {self.metric: self}
+        out: dict[str, GainTable] = {}
+        for metric in self.metrics:
+            sub = GainTable(self.dataset, metric, notes=dict(self.notes), higher_is_better=self.higher_is_better)
+            for approach, sites in self.values.items():
+                for site, tasks in sites.items():
+                    kinds = self.task_metrics.get(site, {})
+                    picked = {t: v for t, v in tasks.items() if kinds.get(t) == metric}
+                    if picked:
+                        sub.add(approach, site, picked, {t: metric for t in picked})
+            out[metric] = sub
+        return out
 
     # -- views -----------------------------------------------------------------------------
     @property
@@ -97,13 +135,15 @@ class GainTable:
         return [t for t in per[0] if all(t in p for p in per[1:])]
 
     def site_mean(self, approach: str, site: str) -> float:
-        """Mean over the site's common tasks (NaN when there are none)."""
+        """Mean over the site's common tasks (NaN when there are none). In a mixed table that is a
+        mean of per-task scores of different metrics: reports take `by_metric` instead."""
         tasks = self.common_tasks(site)
         vals = [self.values[approach][site][t] for t in tasks]
         return sum(vals) / len(vals) if vals else float("nan")
 
     def summary(self) -> dict[str, dict[str, float]]:
-        """approach -> site -> mean over common tasks, plus ``mean_over_sites``."""
+        """approach -> site -> mean over common tasks, plus ``mean_over_sites`` (see `site_mean` for a
+        mixed table)."""
         out: dict[str, dict[str, float]] = {}
         for a in self.approaches:
             means = {s: self.site_mean(a, s) for s in self.sites}
@@ -114,16 +154,27 @@ class GainTable:
 
     # -- files -----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        summary = {a: {s: (v if math.isfinite(v) else None) for s, v in sites.items()}
-                   for a, sites in self.summary().items()}  # NaN is not JSON
-        return {"dataset": self.dataset, "metric": self.metric, "higher_is_better": self.higher_is_better,
-                "notes": self.notes, "values": self.values, "summary": summary}
+        """Values, per-task metrics and the means: ``summary`` for a table of one metric,
+        ``summary_by_metric`` (metric -> summary) instead for a mixed one."""
+        def finite(table: GainTable) -> dict[str, dict[str, float | None]]:
+            return {a: {s: (v if math.isfinite(v) else None) for s, v in sites.items()}
+                    for a, sites in table.summary().items()}  # NaN is not JSON
+
+        d: dict[str, Any] = {"dataset": self.dataset, "metric": self.metric,
+                             "higher_is_better": self.higher_is_better, "notes": self.notes, "values": self.values,
+                             "task_metrics": self.task_metrics}
+        if self.mixed:
+            d["summary_by_metric"] = {m: finite(t) for m, t in self.by_metric().items()}
+        else:
+            d["summary"] = finite(self)
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> GainTable:
         return cls(dataset=d["dataset"], metric=d["metric"], values={a: {s: dict(t) for s, t in v.items()}
                    for a, v in d.get("values", {}).items()}, notes=dict(d.get("notes", {})),
-                   higher_is_better=bool(d.get("higher_is_better", True)))
+                   higher_is_better=bool(d.get("higher_is_better", True)),
+                   task_metrics={s: dict(t) for s, t in d.get("task_metrics", {}).items()})
 
     def to_json(self, path: str | Path) -> Path:
         path = Path(path)
@@ -136,7 +187,10 @@ class GainTable:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
     def markdown(self) -> str:
-        """Overview (site means, approaches side by side) then one table per site (per task)."""
+        """Overview (site means, approaches side by side) then one table per site (per task); a
+        mixed table gives one such section per metric."""
+        if self.mixed:
+            return "\n".join(t.markdown() for t in self.by_metric().values())
         approaches = self.approaches
         lines = [f"# {self.metric} on {self.dataset}", ""]
         for key, value in self.notes.items():
@@ -168,6 +222,10 @@ class GainTable:
     def print(self, console: Console | None = None) -> None:
         """The per-site means as a rich table (approaches side by side)."""
         console = console or Console()
+        if self.mixed:
+            for sub in self.by_metric().values():
+                sub.print(console)
+            return
         summary = self.summary()
         table = Table(title=f"{self.metric} on {self.dataset} (mean over common tasks)")
         table.add_column("site")
@@ -190,6 +248,11 @@ class GainTable:
 
 def _fmt(v: float) -> str:
     return "–" if not math.isfinite(v) else f"{v:.3f}"
+
+
+def _picked(metrics: Mapping[str, float], metric: str) -> str:
+    """The name of the metric `_pick` takes."""
+    return ("roc_auc" if "roc_auc" in metrics else "r2") if metric == "score" else metric
 
 
 def _pick(metrics: Mapping[str, float], metric: str) -> float | None:
