@@ -200,9 +200,6 @@ def test_a_federation_runs_from_the_installed_copy(installed: Path, outside: Pat
     log = outside / "imports.jsonl"
     # Flower's processes (SuperLink, simulation, Ray workers) inherit this environment (launcher.flower_env).
     env = _clean_env(PYTHONPATH=os.pathsep.join([str(installed), str(hook)]), FEDMOL_TEST_IMPORT_LOG=str(log))
-    # On a loaded machine Ray's dashboard agent can take longer to start than the raylet waits for it, and
-    # the simulation runtime then crashes ("node timed out during startup"); that is not what this test is about.
-    env.setdefault("RAY_agent_register_timeout_ms", "120000")
     out = outside / "server"
     cmd = [PY, "-m", "fedmol.cli", "simulate", "stores", "--out", str(out),
            "--set", "num-server-rounds=1", "--set", "n-bits=256", "--set", "hidden=16", "--set", "num-threads=1",
