@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from fedmol.client.site import SiteNode
 from fedmol import wire
+from fedmol.client.site import SiteNode
 from fedmol.config import FederationConfig
 from fedmol.server.federation import initial_shared_arrays
 from tests.server.synthetic import write_sites
