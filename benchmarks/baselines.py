@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from fedmol.models.metrics import MetricThresholds
     from fedmol.models.network import MultiTaskNet
     from fedmol.models.report import GainTable
+    from fedmol.models.site_model import fold_rows
     from fedmol.models.spec import build_spec
     from fedmol.models.training import TrainConfig, evaluate, fit_target_scaling, train_epochs
 
@@ -136,12 +137,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     trainable_only = not args.all_labels
 
     def split(s: Any, which: str) -> np.ndarray:
-        f = s.folds
-        if which == "test":
-            return np.flatnonzero(f == args.test_fold)
-        if which == "valid":
-            return np.flatnonzero(f == args.valid_fold)
-        return np.flatnonzero((f != args.test_fold) & (f != args.valid_fold))
+        return fold_rows(s.folds, which, args.test_fold, args.valid_fold)
 
     def data(s: Any, which: str) -> TaskData:
         only = trainable_only and which == "train"

@@ -65,6 +65,7 @@ def train_check(stores: Path, device: str, amp: str, epochs: int) -> dict:
     from fedmol.datasets.store import SiteStore
     from fedmol.models.data import TaskData
     from fedmol.models.network import MultiTaskNet
+    from fedmol.models.site_model import fold_rows
     from fedmol.models.spec import build_spec
     from fedmol.models.training import TrainConfig, evaluate, train_epochs
 
@@ -73,8 +74,7 @@ def train_check(stores: Path, device: str, amp: str, epochs: int) -> dict:
     torch.manual_seed(0)
     spec = build_spec(store.n_features, [], tasks, hidden=(400,))
     model = MultiTaskNet(spec)
-    rows = {split: np.flatnonzero(mask) for split, mask in (
-        ("train", ~np.isin(store.folds, (0, 1))), ("valid", store.folds == 1), ("test", store.folds == 0))}
+    rows = {split: fold_rows(store.folds, split, test_fold=0, valid_fold=1) for split in ("train", "valid", "test")}
     data = {split: TaskData.from_store(store, spec, r) for split, r in rows.items()}
     cfg = TrainConfig(epochs=epochs, batch_size=128, optimizer="sgd", lr=0.05, device=device, amp=amp, seed=0,
                       lr_step_epoch=10**6, lr_gamma=1.0)

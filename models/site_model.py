@@ -38,15 +38,19 @@ def site_name(store: SiteStore, store_path: Path) -> str:
     return str(store.settings.get("site_name") or store_path.name)
 
 
-def split_rows(store: SiteStore, cfg: FederationConfig, split: str) -> np.ndarray:
-    """Row indices of ``split``: ``test`` and ``valid`` are the run config's folds, anything else
-    (``train``) every other fold."""
-    folds = store.folds
+def fold_rows(folds: np.ndarray, split: str, test_fold: int, valid_fold: int) -> np.ndarray:
+    """Row indices of ``split``: ``test`` and ``valid`` are those folds, anything else (``train``)
+    every other fold."""
     if split == "test":
-        return np.flatnonzero(folds == cfg.test_fold)
+        return np.flatnonzero(folds == test_fold)
     if split == "valid":
-        return np.flatnonzero(folds == cfg.valid_fold)
-    return np.flatnonzero((folds != cfg.test_fold) & (folds != cfg.valid_fold))
+        return np.flatnonzero(folds == valid_fold)
+    return np.flatnonzero((folds != test_fold) & (folds != valid_fold))
+
+
+def split_rows(store: SiteStore, cfg: FederationConfig, split: str) -> np.ndarray:
+    """Row indices of ``split`` with the run config's test and validation folds (`fold_rows`)."""
+    return fold_rows(store.folds, split, cfg.test_fold, cfg.valid_fold)
 
 
 def site_spec(store: SiteStore, cfg: FederationConfig, site: str) -> ModelSpec:
