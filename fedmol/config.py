@@ -19,14 +19,18 @@ from fedmol.errors import ConfigError
 
 # The closed choices of the run config. The types are what mypy checks; the run-time validation
 # (`FederationConfig.validate`) and the CLI's choices are derived from them, so they cannot drift.
-Strategy = Literal["fedavg", "fedprox", "fedadam", "fedyogi", "fedmedian", "trimmed-mean"]
+# fednesterov: FedAvg's weighted mean, then an outer SGD step with Nesterov momentum on the
+# server (DiLoCo's outer optimiser; `fedmol.server.strategies.FedNesterov`).
+Strategy = Literal["fedavg", "fednesterov", "fedprox", "fedadam", "fedyogi", "fedmedian", "trimmed-mean"]
 DPMode = Literal["off", "server-fixed", "server-adaptive"]
-Optimizer = Literal["sgd", "adam"]
+Optimizer = Literal["sgd", "adam", "adamw"]
 TransportDtype = Literal["float32", "float16"]  # float16 halves the bytes a site uploads per round
 InputTransform = Literal["binary", "log1p", "none"]  # stored feature values -> input weights
 TaskKind = Literal["classification", "regression"]
 
 STRATEGIES: tuple[Strategy, ...] = get_args(Strategy)
+# What works on the sum alone (secure aggregation): the mean, and an outer step applied to it.
+SECURE_STRATEGIES: tuple[Strategy, ...] = ("fedavg", "fednesterov")
 TASK_KINDS: tuple[TaskKind, ...] = get_args(TaskKind)
 # Not a closed set (cuda:N names a GPU), so a pattern rather than a Literal.
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
@@ -36,7 +40,11 @@ DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 class FederationConfig:
     """Every setting of a federation. Field names are the run-config keys with ``_`` for ``-``."""
 
-    num_server_rounds: int = 3
+    num_server_rounds: int = 3  # the most rounds; `patience` may stop the federation sooner
+    # Early stopping of the federation: stop after this many rounds without a better federated
+    # validation score (label-weighted over the sites); 0 runs exactly num-server-rounds. The
+    # best round's model is the one kept and registered either way.
+    patience: int = 0
     strategy: Strategy = "fedavg"
     min_sites: int = 2  # a round needs at least this many sites to answer
     fraction_train: float = 1.0
@@ -47,6 +55,10 @@ class FederationConfig:
     evaluate_in_train: bool = True
     # Server-side optimiser (FedAdam/FedYogi) and robust aggregation.
     server_lr: float = 0.01
+    # fednesterov's outer step: x <- x - outer-lr * (d + outer-momentum * m), m <- outer-momentum * m + d,
+    # d = x - mean of the sites' models (outer-lr 1 with outer-momentum 0 is FedAvg).
+    outer_lr: float = 0.7
+    outer_momentum: float = 0.9
     trimmed_beta: float = 0.2
     transport_dtype: TransportDtype = "float32"
     # Secure aggregation (Flower's SecAgg+, fedmol.server.secagg): the server sees only the sum of the
@@ -67,6 +79,9 @@ class FederationConfig:
     optimizer: Optimizer = "sgd"
     lr: float = 0.05
     lr_decay: float = 1.0  # local lr in server round r (1-based) is lr * lr_decay ** (r - 1)
+    # The site keeps its local optimiser's state (momentum, Adam moments) on disk between rounds
+    # instead of starting it afresh every round (DiLoCo's inner optimiser).
+    keep_optimizer_state: bool = False
     momentum: float = 0.9
     weight_decay: float = 0.0
     batch_size: int = 128
@@ -106,6 +121,9 @@ class FederationConfig:
     resume: str = ""  # a checkpoint directory (or "latest" in output_dir) to continue from
     table_name: str = "federation"  # the data-set name written in the federation-gain table
     report_task_names: bool = False  # sites report private tasks by name (else "private:<kind>:<i>")
+    # The federation-gain report: each site trains (once, cached in its store) a local-only model
+    # on the same folds and reports its scores beside the federated ones.
+    local_baseline: bool = True
 
     @classmethod
     def from_run_config(cls, run_config: dict[str, Any]) -> FederationConfig:
@@ -149,17 +167,21 @@ class FederationConfig:
             raise ConfigError(f"device {self.device!r} is not one of auto, cpu, cuda or cuda:N")
         if self.num_server_rounds < 1:
             raise ConfigError("num-server-rounds must be at least 1")
+        if self.patience < 0:
+            raise ConfigError("patience must be >= 0 (0: run every one of num-server-rounds)")
+        if self.outer_lr <= 0 or not 0 <= self.outer_momentum < 1:
+            raise ConfigError("outer-lr must be > 0 and outer-momentum in [0, 1)")
         if self.min_sites < 1:
             raise ConfigError("min-sites must be at least 1")
         if not 0 < self.lr_decay <= 1:
             raise ConfigError("lr-decay must be in (0, 1]")
         if self.finetune_epochs < 0 or self.finetune_lr <= 0 or self.finetune_patience < 1:
             raise ConfigError("finetune-epochs must be >= 0, finetune-lr > 0 and finetune-patience >= 1")
-        if self.secure_aggregation and (self.strategy != "fedavg" or self.dp != "off"
+        if self.secure_aggregation and (self.strategy not in SECURE_STRATEGIES or self.dp != "off"
                                         or self.transport_dtype != "float32"):
-            raise ConfigError("secure-aggregation=true needs strategy=\"fedavg\", dp=\"off\" and "
-                              "transport-dtype=\"float32\": the server never sees an individual update "
-                              "to take a median of, clip, or upcast")
+            raise ConfigError(f"secure-aggregation=true needs strategy in {SECURE_STRATEGIES}, dp=\"off\" "
+                              "and transport-dtype=\"float32\": the server sees only the sum of the updates, "
+                              "never an individual update to take a median of, clip, or upcast")
         if self.eval_min_labels < 1:
             raise ConfigError("eval-min-labels must be at least 1")
         if self.test_fold == self.valid_fold:

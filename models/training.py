@@ -142,14 +142,14 @@ class TrainResult:
 
 
 def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """Adam or SGD (with momentum) over all parameters, per ``config``."""
+    """Adam, AdamW (decoupled weight decay) or SGD (with momentum) over all parameters, per ``config``."""
     params = [p for p in model.parameters() if p.requires_grad]
     # The fused kernels update the 13M-weight input layer 4-5x faster than the default loop on
     # CPU (measured: Adam 15 ms vs 75 ms per step for 32768x400); the state_dict is the same.
     kwargs: dict[str, Any] = {"lr": config.lr, "weight_decay": config.weight_decay, "fused": True}
     if config.optimizer == "sgd":
         kwargs["momentum"] = config.momentum
-    cls = torch.optim.Adam if config.optimizer == "adam" else torch.optim.SGD
+    cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[config.optimizer]
     try:
         return cls(params, **kwargs)
     except (RuntimeError, TypeError, ValueError):  # fused not available for this device/dtype
