@@ -42,9 +42,10 @@ from fedmol.models.site_model import (
     split_rows,
 )
 from fedmol.models.spec import ModelSpec
-from fedmol.models.training import TrainConfig, evaluate, fit_target_scaling, train_epochs
+from fedmol.models.training import TrainConfig, evaluate, fit_target_scaling, make_optimizer, train_epochs
 
 log = logging.getLogger("fedmol.client")
+OPTIMIZER_STATE = "optimizer.pt"  # the site's local optimiser state between rounds (keep-optimizer-state)
 
 
 @dataclass
@@ -156,6 +157,33 @@ class SiteNode:
         tmp.replace(path)
         return path
 
+    def load_optimizer(self, model: MultiTaskNet, tc: TrainConfig, federation_id: str) -> torch.optim.Optimizer:
+        """The site's local optimiser for this round, with the state it kept after its last round
+        (`keep-optimizer-state`: DiLoCo's inner optimiser); a fresh one in its first round."""
+        optimizer = make_optimizer(model, tc)
+        path = self.private_dir(federation_id) / OPTIMIZER_STATE
+        if path.exists():
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            try:
+                optimizer.load_state_dict(state)
+            except (ValueError, KeyError) as exc:  # another model shape: start afresh, say so
+                log.warning("site %s: kept optimiser state does not fit the model (%s); starting afresh",
+                            self.name, exc)
+                optimizer = make_optimizer(model, tc)
+            for group in optimizer.param_groups:  # this round's lr, not the one saved
+                group["lr"] = tc.lr
+        return optimizer
+
+    def save_optimizer(self, optimizer: torch.optim.Optimizer, federation_id: str) -> Path:
+        """Keep the local optimiser's state at the site between rounds (never sent)."""
+        folder = self.private_dir(federation_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / OPTIMIZER_STATE
+        tmp = path.with_suffix(".tmp")
+        torch.save(optimizer.state_dict(), tmp)
+        tmp.replace(path)
+        return path
+
     def save_private(self, model: MultiTaskNet, federation_id: str, server_round: int, *, note: bool = True) -> Path:
         """Keep the private heads on disk; note their hash per training round in a site-local history."""
         state = save_private_heads(model, self.store_path, federation_id)
@@ -183,7 +211,7 @@ class SiteNode:
         if fresh:
             fit_target_scaling(model, train)  # private regression heads only
         tc = TrainConfig(
-            epochs=cfg.local_epochs, batch_size=cfg.batch_size, optimizer=cfg.optimizer,
+            epochs=local_epochs(cfg, train.n), batch_size=cfg.batch_size, optimizer=cfg.optimizer,
             lr=cfg.lr * cfg.lr_decay ** max(server_round - 1, 0),
             momentum=cfg.momentum, weight_decay=cfg.weight_decay, lr_step_epoch=10**6, lr_gamma=1.0,
             device=cfg.device, seed=cfg.seed * 100_003 + server_round, proximal_mu=proximal_mu,
@@ -192,7 +220,10 @@ class SiteNode:
         reference = None
         if proximal_mu > 0:
             reference = {k: torch.as_tensor(v) for k, v in shared.items() if k in dict(model.named_parameters())}
-        result = train_epochs(model, train, tc, prox_reference=reference)
+        optimizer = self.load_optimizer(model, tc, federation_id) if cfg.keep_optimizer_state else None
+        result = train_epochs(model, train, tc, optimizer=optimizer, prox_reference=reference)
+        if cfg.keep_optimizer_state:
+            self.save_optimizer(result.optimizer, federation_id)
         self.save_private(model, federation_id, server_round)
         out = self._inject_fault({k: v.detach().cpu().numpy() for k, v in model.shared_state_dict().items()})
         if cfg.transport_dtype == "float16":
@@ -357,6 +388,13 @@ def site_for(node_config: dict[str, Any], cfg: FederationConfig) -> SiteNode:
     node.report_task_names = report_task_names(node_config, cfg)
     node.fault = str(node_config.get("fault-drill", ""))
     return node
+
+
+def local_epochs(cfg: FederationConfig, n_train: int) -> int:
+    """Epochs of one round: ``local-epochs``, or more when ``local-steps`` asks for more optimiser
+    steps than that gives on ``n_train`` compounds (batches of ``batch-size``)."""
+    batches = max(math.ceil(n_train / cfg.batch_size), 1)
+    return max(cfg.local_epochs, math.ceil(cfg.local_steps / batches))
 
 
 def report_task_names(node_config: dict[str, Any], cfg: FederationConfig) -> bool:

@@ -76,6 +76,9 @@ class FederationConfig:
     dp_clipping_norm: float = 10.0
     # Local training on the sites.
     local_epochs: int = 1
+    # At least this many optimiser steps per round (0: off): a site whose training folds are small
+    # runs more epochs, ceil(local-steps / batches per epoch), so every round moves the model.
+    local_steps: int = 0
     optimizer: Optimizer = "sgd"
     lr: float = 0.05
     lr_decay: float = 1.0  # local lr in server round r (1-based) is lr * lr_decay ** (r - 1)
@@ -182,6 +185,8 @@ class FederationConfig:
             raise ConfigError(f"secure-aggregation=true needs strategy in {SECURE_STRATEGIES}, dp=\"off\" "
                               "and transport-dtype=\"float32\": the server sees only the sum of the updates, "
                               "never an individual update to take a median of, clip, or upcast")
+        if self.local_epochs < 1 or self.local_steps < 0:
+            raise ConfigError("local-epochs must be >= 1 and local-steps >= 0")
         if self.eval_min_labels < 1:
             raise ConfigError("eval-min-labels must be at least 1")
         if self.test_fold == self.valid_fold:

@@ -39,6 +39,7 @@ from fedmol import wire
 from fedmol.config import FederationConfig
 from fedmol.records import config_record, metric_record, split_metrics, to_array_record
 from fedmol.server.rounds import RoundBook, RoundOutcome, SiteReport
+from fedmol.server.strategies import outer_nesterov_step
 
 log = logging.getLogger("fedmol.server")
 
@@ -68,7 +69,8 @@ class SecureFedAvg(RoundBook, LegacyFedAvg):
         self.round_offset = round_offset
         self.total_rounds = cfg.num_server_rounds
         self.expected_fingerprint = expected_fingerprint
-        self.inner = self  # strategy_state() finds no server optimiser state: FedAvg has none
+        self.inner = self  # strategy_state() finds the outer momentum of fednesterov (m_t) here
+        self.m_t: dict[str, np.ndarray] = {}
         self.site_names: dict[int, str] = {}
         self.last_arrays: ArrayRecord | None = to_array_record(arrays)
         self.prep_settings: dict[str, Any] = {}
@@ -120,6 +122,11 @@ class SecureFedAvg(RoundBook, LegacyFedAvg):
                 rejected = [("aggregate", "NaN or infinite values in the secure aggregate: round discarded")]
             else:
                 arrays = dict(zip(self.names, summed, strict=True))
+                if self.cfg.strategy == "fednesterov" and self.last_arrays is not None:
+                    # The outer step needs only the mean, which is all the server sees here.
+                    current = {k: self.last_arrays[k].numpy() for k in self.names}
+                    arrays = outer_nesterov_step(current, arrays, self.m_t, lr=self.cfg.outer_lr,
+                                                 mu=self.cfg.outer_momentum)
         if rejected:
             log.warning("round %d: %s", rnd, rejected)
             self.discarded_rounds.append(rnd)
