@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from fedmol import wire
+from fedmol.client.site_registry import SiteRegistry, publish_site_model
 from fedmol.config import FederationConfig
 from fedmol.datasets.store import SiteStore, store_folders
 from fedmol.errors import ConfigError
@@ -68,6 +69,7 @@ class SiteNode:
         self._name = name
         self.report_task_names = report_task_names
         self.fault = fault
+        self.registry = SiteRegistry()  # the site's own MLflow registry (node config), `register_site_model`
 
     # -- data ------------------------------------------------------------------------------
     @cached_property
@@ -115,37 +117,79 @@ class SiteNode:
                 p.requires_grad_(True)
 
     def finetune(self, model: MultiTaskNet, cfg: FederationConfig, server_round: int) -> dict[str, Any]:
-        """Personalise ``model`` (trunk and every head) on this site's training folds, in place.
+        """Personalise ``model`` (trunk and every head) on this site's training folds, in place,
+        and only where it pays on the site's own validation fold.
 
         The sites' own optimiser (``optimizer``, ``momentum``, ``weight-decay``: local training
         continued) at ``finetune-lr`` for at most ``finetune-epochs`` epochs, early stopping on the
-        validation fold's loss (patience ``finetune-patience``) with the best epoch's weights
-        restored; when no epoch beats the received model on validation, the received model is
-        kept. The same advantages the local-only baseline gets. Nothing here leaves the site.
+        validation fold (patience ``finetune-patience``) with the best epoch's weights restored.
+        The decision is the site's: the fine-tuned model replaces the received one only when its
+        validation score (`EvalResult.score`: mean ROC-AUC / R² over the tasks that qualify) beats
+        the received model's; when no task qualifies, validation loss decides. Otherwise the
+        received model is kept, unchanged. Returns the summary: ``personalised`` (1/0),
+        ``finetune_decided_by`` (1: score, 0: loss), scores and losses before/after. The same
+        advantages the local-only baseline gets. Nothing here leaves the site, and the shared
+        arrays the model was built from are not touched (the model holds its own copy).
         """
         t0 = time.perf_counter()
         thresholds = MetricThresholds.at_least(cfg.eval_min_labels)
         train = TaskData.from_store(self.store, model.spec, self.rows(cfg, "train"))
         valid = TaskData.from_store(self.store, model.spec, self.rows(cfg, "valid"))
-        start_loss = evaluate(model, valid, device=cfg.device, thresholds=thresholds).loss
+        before = evaluate(model, valid, device=cfg.device, thresholds=thresholds)
+        by_score = before.score is not None
         start = copy.deepcopy(model.state_dict())
         tc = TrainConfig(epochs=cfg.finetune_epochs, batch_size=cfg.batch_size, lr=cfg.finetune_lr,
                          optimizer=cfg.optimizer,
                          momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                         lr_step_epoch=10**6, lr_gamma=1.0, patience=cfg.finetune_patience, monitor="loss",
+                         lr_step_epoch=10**6, lr_gamma=1.0, patience=cfg.finetune_patience,
+                         monitor="score" if by_score else "loss",
                          restore_best=True, device=cfg.device, seed=cfg.seed * 100_003 + server_round + 11,
                          num_threads=cfg.num_threads or None)
         result = train_epochs(model, train, tc, valid=valid, thresholds=thresholds)
-        losses = [r.valid_loss for r in result.history if r.valid_loss is not None]
-        best = min(losses) if losses else math.inf
-        kept = not best < start_loss
-        if kept:
+        after = evaluate(model, valid, device=cfg.device, thresholds=thresholds)  # the best epoch's weights
+        if by_score:
+            personalised = after.score is not None and after.score > float(before.score or 0.0)
+        else:
+            personalised = math.isfinite(after.loss) and after.loss < before.loss
+        if not personalised:
             model.load_state_dict(start)
-        return {"finetune_epochs_run": len(result.history),
-                "finetune_best_epoch": 0 if kept else int(result.best_epoch or 0) + 1,
-                "finetune_valid_loss_before": float(start_loss),
-                "finetune_valid_loss_after": float(min(best, start_loss)),
-                "finetune_seconds": time.perf_counter() - t0}
+            after = before
+        log.info("site %s: %s (validation %s %.4f -> %.4f)", self.name,
+                 "personalised: the fine-tuned model is better" if personalised
+                 else "not personalised: fine-tuning did not beat the federated model",
+                 "score" if by_score else "loss", *((before.score, after.score) if by_score
+                                                    else (before.loss, after.loss)))
+        out: dict[str, Any] = {
+            "personalised": int(personalised),
+            "finetune_decided_by": int(by_score),
+            "finetune_epochs_run": len(result.history),
+            "finetune_best_epoch": int(result.best_epoch or 0) + 1 if personalised else 0,
+            "finetune_valid_loss_before": float(before.loss),
+            "finetune_valid_loss_after": float(after.loss),
+            "finetune_seconds": time.perf_counter() - t0,
+        }
+        if by_score:
+            out["finetune_valid_score_before"] = float(before.score or 0.0)
+            out["finetune_valid_score_after"] = float(after.score or 0.0)
+        return out
+
+    def register_site_model(self, model: MultiTaskNet, cfg: FederationConfig, federation_id: str,
+                            server_round: int, facts: dict[str, Any]) -> str | None:
+        """Register this site's full model (as evaluated in the final round: personalised where the
+        site chose so) in the site's own MLflow registry (`fedmol.client.site_registry`); returns its
+        ``models:/`` URI, or None when the site registers nothing. A registry that fails is logged and
+        does not fail the round: the federation's other results do not depend on it."""
+        if not self.registry.enabled(cfg):
+            return None
+        try:
+            return publish_site_model(
+                model, store=self.store, store_path=self.store_path, site=self.name, cfg=cfg,
+                federation_id=federation_id, server_round=server_round, settings=self.registry,
+                prep_settings=public_settings(self.store.settings), facts=dict(facts))
+        except Exception as exc:  # MLflow, disk: the site's own registry, reported at the site
+            log.error("site %s: its model could not be registered in %s: %s: %s", self.name,
+                      self.registry.uri_for(self.store_path), type(exc).__name__, exc)
+            return None
 
     def save_personalised(self, model: MultiTaskNet, federation_id: str) -> Path:
         """The site's personalised model (trunk and heads after fine-tuning): kept at the site only."""
@@ -247,8 +291,12 @@ class SiteNode:
         the server's ``wire.CFG_FINAL`` says) with ``finetune-epochs > 0`` the site personalises a
         copy of the received model on its own training folds first (`finetune`) and reports that
         model's metrics as ``valid``/``test``; the received model's own metrics are reported too,
-        as ``valid-federated``/``test-federated`` (summary ``*_federated_*``). The fine-tuned
-        model stays at the site (``<federation dir>/personalised.pt``); nothing new is sent.
+        as ``valid-federated``/``test-federated`` (summary ``*_federated_*``). The site keeps the
+        fine-tuned model only when it beats the received one on its validation score (summary
+        ``personalised``: 1/0, in every final round); it then stays at the site
+        (``<federation dir>/personalised.pt``). In the final round the site also registers its full
+        model (personalised where it chose so, calibrated on its validation fold) in its own MLflow
+        registry (`register_site_model`). Nothing new is sent.
         """
         t0 = time.perf_counter()
         thresholds = MetricThresholds.at_least(cfg.eval_min_labels)
@@ -267,12 +315,18 @@ class SiteNode:
         summary: dict[str, Any] = {}
         if final and cfg.finetune_epochs > 0:
             plain = results
-            ft = self.finetune(model, cfg, server_round)
-            self.save_personalised(model, federation_id)
-            results = {split: evaluate(model, d, device=cfg.device, thresholds=thresholds)
-                       for split, d in data.items()}
+            ft = self.finetune(model, cfg, server_round)  # the site's own decision: personalised or not
+            if ft["personalised"]:
+                self.save_personalised(model, federation_id)
+                results = {split: evaluate(model, d, device=cfg.device, thresholds=thresholds)
+                           for split, d in data.items()}
+            else:
+                (self.private_dir(federation_id) / "personalised.pt").unlink(missing_ok=True)
+                results = dict(plain)
             results.update({f"{split}-federated": r for split, r in plain.items()})
             summary.update(ft)
+        elif final:
+            summary["personalised"] = 0
         names = self._task_labels(model.spec)
         task_metrics = {split: {names.get(t, t): m for t, m in r.per_task.items()} for split, r in results.items()}
         for split, r in results.items():
@@ -281,6 +335,8 @@ class SiteNode:
                 summary[f"{prefix}_{k}"] = v
             summary[f"{prefix}_score"] = r.score
         summary["eval_seconds"] = time.perf_counter() - t0
+        if final:  # the site's full model, in the site's own registry: nothing of it is sent
+            self.register_site_model(model, cfg, federation_id, server_round, summary)
         metrics = {
             wire.NUM_TRAIN_LABELS: float(max(results["test"].n_labels, 1)),
             wire.NUM_EVAL_LABELS: float(results["valid"].n_labels + results["test"].n_labels),
@@ -365,7 +421,8 @@ _NODES: dict[tuple[str, str], SiteNode] = {}
 def site_for(node_config: dict[str, Any], cfg: FederationConfig) -> SiteNode:
     """The SiteNode named by a SuperNode's node config (cached per process: data stays warm).
 
-    Deployment: ``--node-config 'site-store="/data/store" site-name="acme"'``.
+    Deployment: ``--node-config 'site-store="/data/store" site-name="acme"'``; the site's own model
+    registry: ``tracking-uri``, ``model-name``, ``register-model`` (`fedmol.client.site_registry`).
     Simulation: ``sim-store-dir`` in the run config and Flower's ``partition-id``: partition i is the
     i-th store of the folder (`fedmol.datasets.store.store_folders`: natural order of folder names).
     """
@@ -387,6 +444,7 @@ def site_for(node_config: dict[str, Any], cfg: FederationConfig) -> SiteNode:
     node = _NODES[key]  # a long-lived site runtime serves many runs: take this run's settings
     node.report_task_names = report_task_names(node_config, cfg)
     node.fault = str(node_config.get("fault-drill", ""))
+    node.registry = SiteRegistry.from_node_config(node_config)
     return node
 
 

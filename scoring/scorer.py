@@ -50,14 +50,21 @@ from fedmol.models.network import MultiTaskNet
 from fedmol.models.site_model import PRIVATE_HEADS, federation_dir, site_model, site_name, split_rows
 from fedmol.models.uncertainty import calibrate
 
-__all__ = ["KEY_ENV", "NO_CALIBRATION_NOTE", "PreparedBlock", "Scorer", "TaskInfo", "model_summary",
-           "resolve_key"]
+__all__ = ["KEY_ENV", "NO_CALIBRATION_NOTE", "NO_HEADS_MESSAGE", "PreparedBlock", "Scorer", "TaskInfo",
+           "model_summary", "resolve_key"]
 
 KEY_ENV = "FEDMOL_KEY_FILE"
 DEFAULT_MC_SAMPLES = 20
 NO_CALIBRATION_NOTE = (
     "no conformal calibration: the shared model carries no calibration data (no structure or label "
     "leaves a site); give --site-store to calibrate on your store's validation fold"
+)
+NO_HEADS_MESSAGE = (
+    "this is the consortium's shared model and it has no prediction heads: every task of its federation "
+    "is private to the sites, so the shared trunk alone predicts nothing. Use your site's own model, "
+    "registered at the end of the federation in your site's own MLflow registry: "
+    "models:/fedmol-site-<site name>/latest (tracking URI sqlite:///<site store>/mlflow.db unless the "
+    "site set its node-config tracking-uri)"
 )
 
 
@@ -115,11 +122,17 @@ class Scorer:
         False skips standardisation (faithful only when inputs are already standardised alike).
     canonical_smiles: False leaves the ``canonical_smiles`` column empty and skips writing it, the
         largest cost after parsing (RDKit's canonical SMILES writer).
+    allow_no_heads: accept a shared model without heads (every task private: it predicts nothing,
+        `headless`); otherwise such a model is refused with `NO_HEADS_MESSAGE`.
+
+    A site's own registered model (meta ``scope: site``, `fedmol.client.site_registry`) already holds
+    the site's private heads and its calibration: it scores as it is, without ``site_store``.
     """
 
     def __init__(self, model_dir: str | Path, key: bytes, *, mc_samples: int = DEFAULT_MC_SAMPLES,
                  site_store: str | Path | None = None, confidence: float = 0.8,
-                 standardize: bool | None = None, seed: int = 0, canonical_smiles: bool = True) -> None:
+                 standardize: bool | None = None, seed: int = 0, canonical_smiles: bool = True,
+                 allow_no_heads: bool = False) -> None:
         if not 0 < confidence < 1:
             raise InputError(f"confidence must be between 0 and 1, not {confidence}")
         self.model_dir = Path(model_dir)
@@ -144,8 +157,16 @@ class Scorer:
         self.canonical_smiles = canonical_smiles  # False: skip RDKit's SMILES writer (~1/4 of the time)
         self.site: str | None = None
         self.calibration = load_calibration(self.model_dir)
+        if self.meta.get("scope") == "site":
+            self.site = str(self.meta.get("site") or "") or None
+            if site_store is not None:
+                raise InputError(f"this is site {self.site}'s own model: its private heads and its calibration "
+                                 "are in it; score without --site-store")
         if site_store is not None:
             self._load_site(Path(site_store), key_fingerprint(key))
+        if self.headless and not allow_no_heads:
+            raise InputError(NO_HEADS_MESSAGE + ("" if site_store is not None else
+                                                 ", or give --site-store to add your site's private heads"))
         self._standardizer: Standardizer | None = None
         self._featurizer: Featurizer | None = None
 
@@ -177,6 +198,11 @@ class Scorer:
         self.calibration = calibrate(model, valid, fold=cfg.valid_fold) if valid.n else None
 
     # -- views --------------------------------------------------------------------------------
+    @property
+    def headless(self) -> bool:
+        """True for a model without heads (a trunk only): it predicts nothing."""
+        return not self.model.spec.heads
+
     @property
     def tasks(self) -> list[TaskInfo]:
         cal = self.calibration
