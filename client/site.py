@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from fedmol import wire
+from fedmol.client.local_only import LocalOnlyBaseline
 from fedmol.client.site_registry import SiteRegistry, publish_site_model
 from fedmol.config import FederationConfig
 from fedmol.datasets.store import SiteStore, store_folders
@@ -82,6 +83,11 @@ class SiteNode:
 
     def rows(self, cfg: FederationConfig, split: str) -> np.ndarray:
         return split_rows(self.store, cfg, split)
+
+    @cached_property
+    def local_only_baseline(self) -> LocalOnlyBaseline:
+        """The site's local-only model (trained once, cached in the store) for the federation-gain report."""
+        return LocalOnlyBaseline(self.store_path, self.name)
 
     # -- model -----------------------------------------------------------------------------
     def spec(self, cfg: FederationConfig) -> ModelSpec:
@@ -297,6 +303,11 @@ class SiteNode:
         (``<federation dir>/personalised.pt``). In the final round the site also registers its full
         model (personalised where it chose so, calibrated on its validation fold) in its own MLflow
         registry (`register_site_model`). Nothing new is sent.
+
+        With ``local-baseline`` (default) the site also reports its local-only model's metrics
+        (`fedmol.client.local_only`: trained at its first evaluation, then cached in the store) as
+        ``valid-local``/``test-local`` (summary ``valid_local_*``, ``test_local_*``), under the same
+        task labels: the federation-gain report.
         """
         t0 = time.perf_counter()
         thresholds = MetricThresholds.at_least(cfg.eval_min_labels)
@@ -327,6 +338,10 @@ class SiteNode:
             summary.update(ft)
         elif final:
             summary["personalised"] = 0
+        if cfg.local_baseline:  # the site's local-only model beside it: valid-local, test-local
+            local, extra = self.local_only_baseline.results(self.store, cfg)
+            results.update(local)
+            summary.update(extra)
         names = self._task_labels(model.spec)
         task_metrics = {split: {names.get(t, t): m for t, m in r.per_task.items()} for split, r in results.items()}
         for split, r in results.items():

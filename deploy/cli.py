@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -59,7 +61,9 @@ def simulate(
     simulated site each, named after its subfolder (or the store's site_name setting), taken in
     the natural order of the names. Other files and folders in STORES are ignored.
 
-    Every KEY is a key of \\[tool.flwr.app.config] in pyproject.toml.
+    Every KEY is a key of \\[tool.flwr.app.config] in pyproject.toml. At the end it prints the
+    federation-gain table: per site, each site's local-only model against the federated one (and
+    its personalised one, where it chose so) on its test fold, and the (site, task) pairs won.
 
     Example: fedmol simulate sites/ --set num-server-rounds=10 --set consortium-tasks="NR-AR:classification"
     """
@@ -77,7 +81,36 @@ def simulate(
     print(f"{len(sites)} sites: {', '.join(p.name for p in sites)}", flush=True)
     cfg = FederationConfig(sim_store_dir=str(stores.resolve()), output_dir=str(out.resolve()),
                            min_sites=len(sites)).with_overrides(run_config)
+    started = time.time()
     with LocalSuperLink(out.resolve() / "flower") as link:
         code = flwr_run(link, cfg.to_run_config(), on_line=print,
                         federation_config={"num-supernodes": len(sites), "client-resources-num-cpus": 1})
+    if code == 0:
+        print_gain_report(cfg.output_path, since=started)
     raise typer.Exit(code)
+
+
+def print_gain_report(output_dir: Path, *, since: float = 0.0) -> Path | None:
+    """Print the federation-gain table of the federation that ended in ``output_dir`` (its
+    ``last_federation.json``, written after ``since``); return the table's path (None: no table)."""
+    from rich.console import Console
+
+    from fedmol.models.report import GainTable
+
+    console = Console()
+    last = Path(output_dir) / "last_federation.json"
+    if not last.exists() or last.stat().st_mtime < since:
+        console.print(f"no federation-gain table: the server wrote no results in {output_dir}")
+        return None
+    outputs = json.loads(last.read_text())
+    if "table" not in outputs or not Path(outputs["table"]).exists():
+        console.print("no federation-gain table: no site evaluated the final model")
+        return None
+    path = Path(outputs["table"])
+    table = GainTable.from_json(path)
+    console.print("[bold]Federation gain[/] (test fold; local = each site's own local-only model)")
+    table.print(console)
+    if "local" not in table.values:
+        console.print("no local-only scores: the sites did not report any (local-baseline=false?)")
+    console.print(f"table: {path} (.md and .png beside it); MLflow run {outputs.get('mlflow_run_id', '?')}")
+    return path

@@ -152,13 +152,18 @@ def run(
     workdir: Annotated[Path, typer.Argument(help="The running consortium's folder.")],
     run_config: Annotated[list[str], typer.Option("--set", help="Run-config KEY=VALUE (repeatable).")] = [],  # noqa: B006
 ) -> None:
-    """Start a federation on the running consortium and stream its log.
+    """Start a federation on the running consortium, stream its log, and print the federation-gain
+    table at the end (each site's local-only model against the federated one, pairs won).
 
     Example: fedmol consortium run ops/ --set num-server-rounds=10 --set consortium-tasks="logS:regression"
     """
+    import time
+
     from fedmol.config import FederationConfig
+    from fedmol.deploy.cli import print_gain_report
     from fedmol.deploy.launcher import CONNECTION, Stopped, flwr_run, stop_on_signals
 
+    started = time.time()
     workdir = _absolute(workdir)
     state = _state(workdir)
     cfg = FederationConfig(output_dir=state["output_dir"], tracking_uri=state["mlflow"] or "",
@@ -171,6 +176,8 @@ def run(
         typer.echo(f"{stop}: stopped following the run; it goes on at the SuperLink "
                    f"(FLWR_HOME={link.flwr_home} flwr stop RUN_ID {CONNECTION})", err=True)
         raise typer.Exit(128 + stop.signum) from None
+    if code == 0:
+        print_gain_report(cfg.output_path, since=started)
     raise typer.Exit(code)
 
 

@@ -1,8 +1,11 @@
-"""The federation-gain table: one metric, per approach ("local", "pooled", "federated", ...),
-per site, per task. Baselines write it; the federation merges its results into the same table.
+"""The federation-gain table: one metric, per approach ("local", "federated", "personalised",
+"pooled", ...), per site, per task. Baselines write it; every federation writes one too (its sites'
+local-only models beside the federated one: `fedmol.server.federation.write_federated_table`).
 
-Means per site are taken over the tasks that *every* approach in the table scored at that site,
-so approaches are compared on the same tasks (the count is shown).
+Means per site are taken over the tasks that *every* approach scored at that site (an approach
+with no value at a site, such as "personalised" where the site kept the federated model, is left
+out there), so approaches are compared on the same tasks (the count is shown). `GainTable.pairs`
+counts the (site, task) pairs an approach won against local-only.
 
 A ``score`` table holds ROC-AUC for classification tasks and R² for regression tasks; it records
 which metric each (site, task) has (``task_metrics``), and when it holds both it is reported one
@@ -116,7 +119,7 @@ class GainTable:
     # -- views -----------------------------------------------------------------------------
     @property
     def approaches(self) -> list[str]:
-        order = ["local", "federated", "pooled"]
+        order = ["local", "federated", "personalised", "pooled"]
         names = list(self.values)
         return sorted(names, key=lambda a: (order.index(a) if a in order else len(order), names.index(a)))
 
@@ -128,8 +131,8 @@ class GainTable:
         return seen
 
     def common_tasks(self, site: str) -> list[str]:
-        """Tasks scored at ``site`` by every approach, in first-seen order."""
-        per = [self.values[a].get(site, {}) for a in self.approaches]
+        """Tasks scored at ``site`` by every approach that has values there, in first-seen order."""
+        per = [self.values[a][site] for a in self.approaches if site in self.values[a]]
         if not per:
             return []
         return [t for t in per[0] if all(t in p for p in per[1:])]
@@ -137,6 +140,8 @@ class GainTable:
     def site_mean(self, approach: str, site: str) -> float:
         """Mean over the site's common tasks (NaN when there are none). In a mixed table that is a
         mean of per-task scores of different metrics: reports take `by_metric` instead."""
+        if site not in self.values.get(approach, {}):
+            return float("nan")
         tasks = self.common_tasks(site)
         vals = [self.values[approach][site][t] for t in tasks]
         return sum(vals) / len(vals) if vals else float("nan")
@@ -152,6 +157,47 @@ class GainTable:
             out[a] = means
         return out
 
+    def pairs(self, approach: str = "federated", against: str = "local", *,
+              fill_from: str | None = None, site: str | None = None) -> dict[str, int]:
+        """(site, task) pairs both approaches scored: how many, and how many ``approach`` won, lost,
+        tied against ``against``. ``fill_from``: the approach taken at a site where ``approach`` has
+        no values (the sites' own models: "personalised" where chosen, else "federated"); ``site``:
+        that site's pairs only."""
+        won = lost = tied = 0
+        ours = self.values.get(approach, {})
+        fill = self.values.get(fill_from, {}) if fill_from else {}
+        for name, theirs in self.values.get(against, {}).items():
+            if site is not None and name != site:
+                continue
+            mine = ours.get(name, fill.get(name, {}))
+            for task, b in theirs.items():
+                if task not in mine:
+                    continue
+                a = mine[task] if self.higher_is_better else -mine[task]
+                b = b if self.higher_is_better else -b
+                won += a > b
+                lost += a < b
+                tied += a == b
+        return {"pairs": won + lost + tied, "won": won, "lost": lost, "tied": tied}
+
+    def pair_counts(self) -> dict[str, dict[str, int]]:
+        """`pairs` of every approach against "local" (empty without local-only values); with
+        "personalised", also "site model": personalised where a site chose it, else federated."""
+        if "local" not in self.values:
+            return {}
+        out = {a: self.pairs(a) for a in self.approaches if a != "local"}
+        if "personalised" in self.values and "federated" in self.values:
+            out["site model"] = self.pairs("personalised", fill_from="federated")
+        return out
+
+    def pairs_line(self) -> str:
+        """One sentence on the pairs won against local-only ("" without local-only values)."""
+        counts = self.pair_counts()
+        parts = [f"{a} {c['won']}/{c['pairs']}" for a, c in counts.items() if c["pairs"]]
+        if counts.get("site model", {}).get("pairs"):
+            parts[-1] += " (personalised where a site chose it, else federated)"
+        return ("(site, task) pairs won against local-only: " + ", ".join(parts)) if parts else ""
+
     # -- files -----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """Values, per-task metrics and the means: ``summary`` for a table of one metric,
@@ -162,7 +208,7 @@ class GainTable:
 
         d: dict[str, Any] = {"dataset": self.dataset, "metric": self.metric,
                              "higher_is_better": self.higher_is_better, "notes": self.notes, "values": self.values,
-                             "task_metrics": self.task_metrics}
+                             "task_metrics": self.task_metrics, "pairs_against_local": self.pair_counts()}
         if self.mixed:
             d["summary_by_metric"] = {m: finite(t) for m, t in self.by_metric().items()}
         else:
@@ -204,8 +250,10 @@ class GainTable:
         for site in self.sites:
             cells = [_fmt(summary[a][site]) for a in approaches]
             lines.append(f"| {site} | {len(self.common_tasks(site))} | " + " | ".join(cells) + " |")
-        cells = [_fmt(summary[a]["mean_over_sites"]) for a in approaches]
+        cells = [self._overall(a, summary) for a in approaches]
         lines.append("| **mean over sites** | | " + " | ".join(f"**{c}**" for c in cells) + " |")
+        if line := self.pairs_line():
+            lines += ["", line + "."]
         for site in self.sites:
             lines += ["", f"## {site}", "", "| task | " + " | ".join(approaches) + " |",
                       "|---|" + "---:|" * len(approaches)]
@@ -232,17 +280,73 @@ class GainTable:
         table.add_column("tasks", justify="right")
         for a in self.approaches:
             table.add_column(a, justify="right")
+        won = "local" in self.values and "federated" in self.values
+        if won:
+            table.add_column("federated won", justify="right")
         for site in self.sites:
             cells = [_fmt(summary[a][site]) for a in self.approaches]
+            if won:
+                p = self.pairs(site=site)
+                cells.append(f"{p['won']}/{p['pairs']}")
             table.add_row(site, str(len(self.common_tasks(site))), *cells)
-        table.add_row("mean over sites", "", *[_fmt(summary[a]["mean_over_sites"]) for a in self.approaches],
-                      style="bold")
+        last = [self._overall(a, summary) for a in self.approaches]
+        if won:
+            p = self.pairs()
+            last.append(f"{p['won']}/{p['pairs']}")
+        table.add_row("mean over sites", "", *last, style="bold")
         console.print(table)
+        if line := self.pairs_line():
+            console.print(line)
+
+    def _overall(self, approach: str, summary: dict[str, dict[str, float]]) -> str:
+        """The mean over sites as text, saying over how many sites when the approach lacks some."""
+        text = _fmt(summary[approach]["mean_over_sites"])
+        n = sum(math.isfinite(summary[approach][s]) for s in self.sites)
+        return text if n == len(self.sites) or n == 0 else f"{text} ({n} of {len(self.sites)} sites)"
 
     def to_markdown(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(self.markdown())
+        return path
+
+    def plot(self, path: str | Path) -> Path | None:
+        """The per-site means of every approach as bars, one panel per metric, in a PNG.
+
+        Needs matplotlib (installed with mlflow); returns None, and writes nothing, without it.
+        """
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            return None
+        colours = {"local": "#9e9e9e", "federated": "#1f77b4", "personalised": "#ff7f0e", "pooled": "#2ca02c"}
+        tables = list(self.by_metric().items())
+        fig, axes = plt.subplots(1, len(tables), figsize=(max(5.0, 1.6 * len(self.sites) + 2) * len(tables), 4),
+                                 squeeze=False)
+        for ax, (metric, table) in zip(axes[0], tables, strict=True):
+            summary, sites, approaches = table.summary(), table.sites, table.approaches
+            width = 0.8 / max(len(approaches), 1)
+            for k, a in enumerate(approaches):
+                xs = [i + (k - (len(approaches) - 1) / 2) * width for i in range(len(sites))]
+                ax.bar(xs, [summary[a][s] for s in sites], width, label=a, color=colours.get(a))
+            ax.set_xticks(range(len(sites)), [f"{s}\n({len(table.common_tasks(s))} tasks)" for s in sites])
+            ax.set_ylabel(f"mean test {metric}")
+            finite = [v for a in approaches for s in sites if math.isfinite(v := summary[a][s])] or [0.0]
+            low = min(0.5, min(finite) - 0.05) if metric == "roc_auc" else min(0.0, min(finite) - 0.05)
+            ax.set_ylim(low, max(finite) + 0.08)
+            p = table.pairs()
+            ax.set_title(metric + (f"\nfederated won {p['won']} of {p['pairs']} (site, task) pairs against local-only"
+                                   if p["pairs"] else ""), fontsize=9)
+            ax.legend(loc="upper left", ncol=len(approaches), fontsize=8)
+        fig.suptitle(f"{self.dataset}: mean test score per site", fontsize=10)
+        fig.tight_layout()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
         return path
 
 

@@ -40,14 +40,40 @@ def initial_shared_arrays(cfg: FederationConfig) -> tuple[dict[str, np.ndarray],
 
 @dataclass
 class FinalReport:
-    """Collects the last round's per-site test metrics for the federation-gain table."""
+    """Collects the last evaluation's per-site metrics for the federation-gain table.
 
-    rows: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # site -> task -> metrics
+    ``rows``: site -> task -> metrics on the test fold (the model each site reports as ``test``);
+    ``splits``: site -> split (``test``, ``test-local``, ``test-federated``, ...) -> task -> metrics;
+    ``personalised``: site -> whether it kept its fine-tuned model (summary ``personalised``).
+    """
+
+    rows: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    splits: dict[str, dict[str, dict[str, dict[str, float]]]] = field(default_factory=dict)
+    personalised: dict[str, bool] = field(default_factory=dict)
 
     def on_round(self, outcome: RoundOutcome, strategy: RoundBook) -> None:
         if outcome.phase != "evaluate":
             return
         self.rows = {r.site: r.task_metrics.get("test", {}) for r in outcome.reports}
+        self.splits = {r.site: dict(r.task_metrics) for r in outcome.reports}
+        self.personalised = {r.site: bool(r.summary.get("personalised", False)) for r in outcome.reports}
+
+    def table(self, dataset: str) -> GainTable:
+        """Per site and task on the test fold: ``local`` (the site's local-only model, when it
+        reported one), ``federated`` (the shared model with the site's private heads) and
+        ``personalised`` (where the site kept its fine-tuned model)."""
+        table = GainTable(dataset, "score")
+        for site, splits in self.splits.items():
+            plain = splits.get("test-federated", splits.get("test", {}))
+            parts = {"local": splits.get("test-local", {}), "federated": plain}
+            if self.personalised.get(site) and "test-federated" in splits:
+                parts["personalised"] = splits.get("test", {})
+            for approach, per_task in parts.items():
+                picked = {t: v for t, m in per_task.items() if (v := _score_of(m)) is not None}
+                if picked:
+                    table.add(approach, site, picked, {t: "roc_auc" if "roc_auc" in per_task[t] else "r2"
+                                                       for t in picked})
+        return table
 
 
 def run_federation(grid: Grid, context: Context) -> dict[str, Any]:
@@ -106,9 +132,11 @@ def run_federation(grid: Grid, context: Context) -> dict[str, Any]:
                                "tracking_uri": tracker.uri}
     out_dir = cfg.output_path / "federations" / federation_id
     out_dir.mkdir(parents=True, exist_ok=True)
-    if final.rows:
-        table_path = write_federated_table(cfg, final.rows, out_dir)
-        tracker.log_artifact(table_path, "tables")
+    if final.splits:
+        table_path = write_federated_table(cfg, final, out_dir)
+        for path in sorted(out_dir.glob("federated_table.*")):
+            tracker.log_artifact(path, "tables")
+        tracker.log_metrics(gain_metrics(GainTable.from_json(table_path)), step=cfg.num_server_rounds)
         outputs["table"] = str(table_path)
     model_dir = out_dir / "model"
     save_shared_model(model_dir, spec, {k: v.numpy() for k, v in result_arrays.items()},
@@ -127,11 +155,33 @@ def run_federation(grid: Grid, context: Context) -> dict[str, Any]:
     return outputs
 
 
-def write_federated_table(cfg: FederationConfig, rows: dict[str, dict[str, dict[str, float]]],
-                          out_dir: Path) -> Path:
-    """The final round's per-site, per-task test metrics, in the baselines' table format."""
-    table = GainTable.from_site_metrics(cfg.table_name, "federated", rows, metric="score")
+def write_federated_table(cfg: FederationConfig, final: FinalReport, out_dir: Path) -> Path:
+    """The federation-gain table of the last evaluation (`FinalReport.table`: local-only, federated
+    and personalised per site and task on the test fold, in the baselines' table format) as
+    ``federated_table.json`` (returned), ``.md`` and ``.png`` (when matplotlib is there)."""
+    table = final.table(cfg.table_name)
     path = out_dir / "federated_table.json"
     table.to_json(path)
     table.to_markdown(path.with_suffix(".md"))
+    try:
+        table.plot(path.with_suffix(".png"))
+    except Exception as exc:  # noqa: BLE001 - a picture is never worth failing the federation for
+        log.warning("federation-gain plot not written: %s", exc)
     return path
+
+
+def gain_metrics(table: GainTable) -> dict[str, float]:
+    """MLflow metrics of the gain table: mean over sites per approach (and metric), pairs won."""
+    out: dict[str, float] = {}
+    for sub in table.by_metric().values():
+        for approach, means in sub.summary().items():
+            out[f"gain/{sub.metrics[0]}/{approach}"] = means["mean_over_sites"]
+    for approach, counts in table.pair_counts().items():
+        out[f"gain/pairs-won/{approach.replace(' ', '-')}"] = counts["won"]
+        out[f"gain/pairs/{approach.replace(' ', '-')}"] = counts["pairs"]
+    return out
+
+
+def _score_of(metrics: dict[str, float]) -> float | None:
+    value = metrics.get("roc_auc", metrics.get("r2"))
+    return None if value is None else float(value)
