@@ -4,6 +4,8 @@ Modules (import them directly; nothing is imported here):
 
 - `fedmol.client.site`: `SiteNode`, a site's side of a federation free of Flower (its store, the
   private heads on disk, train/evaluate/fine-tune rounds, the outbox ledger)
+- `fedmol.client.site_registry`: the site's own full model, registered in its own MLflow registry at
+  the end of a federation (node config ``tracking-uri``, ``model-name``, ``register-model``)
 - `fedmol.client.client_app`: the Flower ClientApp (decode the message, let the site work, encode the reply)
 - `fedmol.client.worker`: the site runtime, ``fedmol site worker`` (runs the ClientApp warm for its SuperNode)
 - `fedmol.client.supernode`: ``fedmol-supernode``, Flower's SuperNode with a shorter idle wait

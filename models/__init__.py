@@ -12,6 +12,7 @@ Modules (import them directly; this package imports nothing heavy so ``fedmol --
 - `fedmol.models.metrics`: per-task ROC-AUC, AUC-PR, Brier, ECE, RMSE, R², Pearson r, and summaries
 - `fedmol.models.uncertainty`: split-conformal calibration (`calibrate`, p-values, intervals)
 - `fedmol.models.io`: `save_model`/`load_model` (``spec.json`` + ``weights.pt`` + ``meta.json``)
+- `fedmol.models.registry`: a model folder as an MLflow pyfunc and a registry version (server and sites)
 - `fedmol.models.site_model`: a site's full model in a federation (shared part + private heads in its store)
 - `fedmol.models.report`: `GainTable`, the local / pooled / federated comparison
 - `fedmol.models.baselines`: local-only and pooled baselines on the same sites, folds and model shape
