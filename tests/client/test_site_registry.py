@@ -168,3 +168,31 @@ def test_a_broken_site_registry_does_not_fail_the_final_round(private_site, tmp_
                                 final=True)
     assert reply.metrics  # the round's reply still goes to the server
     assert "could not be registered" in caplog.text
+
+
+def test_the_clientapps_final_evaluate_registers_where_the_node_config_says(private_site, tmp_path):
+    import time
+
+    from flwr.app import ConfigRecord, Context, Metadata, RecordDict
+    from flwr.app.message.message import make_message
+    from mlflow.tracking import MlflowClient
+
+    from fedmol.client import client_app
+    from fedmol.records import to_array_record
+    from fedmol.server.federation import initial_shared_arrays
+
+    cfg, store = private_site["cfg"].replace(finetune_epochs=0), private_site["store"]
+    own_uri = f"sqlite:///{tmp_path / 'own' / 'registry.db'}"
+    shared, _ = initial_shared_arrays(cfg)
+    meta = Metadata(run_id=1, message_id="m1", src_node_id=0, dst_node_id=5, reply_to_message_id="",
+                    group_id="1", created_at=time.time(), ttl=3600, message_type="evaluate")
+    config = ConfigRecord({wire.CFG_ROUND: 1, wire.CFG_FEDERATION_ID: "fed3", wire.CFG_FINAL: True})
+    message = make_message(meta, RecordDict({wire.ARRAYS: to_array_record(shared), wire.CONFIG: config}))
+    context = Context(run_id=1, node_id=5, state=RecordDict(), run_config=cfg.to_run_config(),
+                      node_config={"site-store": str(store), "tracking-uri": own_uri, "model-name": "acme-adme"})
+
+    reply = client_app.evaluate(message, context)
+
+    assert not reply.has_error()
+    versions = MlflowClient(tracking_uri=own_uri).search_model_versions("name='acme-adme'")
+    assert [v.tags["federation_id"] for v in versions] == ["fed3"]
