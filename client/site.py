@@ -349,6 +349,7 @@ class SiteNode:
             for k, v in r.summary.items():
                 summary[f"{prefix}_{k}"] = v
             summary[f"{prefix}_score"] = r.score
+            summary[f"{prefix}_n_labels"] = r.n_labels  # valid_n_labels: the site's weight in best-round selection
         summary["eval_seconds"] = time.perf_counter() - t0
         if final:  # the site's full model, in the site's own registry: nothing of it is sent
             self.register_site_model(model, cfg, federation_id, server_round, summary)

@@ -4,9 +4,11 @@ Flower does not restart a killed ServerApp (its run is marked failed), so resumi
 Flower run with ``resume=<dir>`` (or ``resume=latest``) loads the last checkpoint and continues
 at the next round, logging into the same MLflow run.
 
-Layout: ``<output_dir>/checkpoints/<federation_id>/`` with ``state.json`` (round, ids),
-``global.npz`` (the shared model) and ``strategy.npz`` (server optimiser state). Files are
-written to a temporary name and renamed, so a crash mid-write leaves the previous round intact.
+Layout: ``<output_dir>/checkpoints/<federation_id>/`` with ``state.json`` (round, ids, the
+best-round selection's state), ``global.npz`` (the shared model), ``strategy.npz`` (server
+optimiser state) and ``best-round-<r>.npz`` (the best round's shared model, written when the best
+round changes). Files are written to a temporary name and renamed, and ``state.json`` last, so a
+crash mid-write leaves the previous round intact.
 """
 
 from __future__ import annotations
@@ -31,16 +33,32 @@ class Checkpoint:
     sites: list[str] = field(default_factory=list)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     strategy_state: dict[str, np.ndarray] = field(default_factory=dict)
+    # `fedmol.server.selection.BestRound.state()`: scores per round, best round, early stop
+    selection: dict[str, Any] = field(default_factory=dict)
+    # The best round's model. On save: written when given; when None, the file an earlier save
+    # wrote for the same best round is kept. On load: read back when the selection names a best round.
+    best_arrays: dict[str, np.ndarray] | None = None
 
     def save(self, root: Path) -> Path:
         folder = root / "checkpoints" / self.federation_id
         folder.mkdir(parents=True, exist_ok=True)
         _atomic_npz(folder / "global.npz", self.arrays)
         _atomic_npz(folder / "strategy.npz", self.strategy_state)
-        meta = {k: v for k, v in asdict(self).items() if k not in ("arrays", "strategy_state")}
+        best = self.best_file()
+        if best and self.best_arrays is not None:
+            _atomic_npz(folder / best, self.best_arrays)
+        meta = {k: v for k, v in asdict(self).items() if k not in ("arrays", "strategy_state", "best_arrays")}
         _atomic_write(folder / "state.json", json.dumps(meta, indent=2).encode())
         _atomic_write(root / "checkpoints" / "LATEST", self.federation_id.encode())
+        for old in folder.glob("best-round-*.npz"):  # earlier best rounds, no longer named by state.json
+            if old.name != best:
+                old.unlink(missing_ok=True)
         return folder
+
+    def best_file(self) -> str:
+        """The file name of the best round's model, "" when there is no best round."""
+        best_round = self.selection.get("best_round")
+        return "" if best_round is None else f"best-round-{int(best_round)}.npz"
 
     @classmethod
     def load(cls, folder: Path) -> Checkpoint:
@@ -51,7 +69,12 @@ class Checkpoint:
         with np.load(folder / "global.npz") as g, np.load(folder / "strategy.npz") as s:
             arrays = {k: g[k] for k in g.files}
             strategy_state = {k: s[k] for k in s.files}
-        return cls(**meta, arrays=arrays, strategy_state=strategy_state)
+        ckpt = cls(**meta, arrays=arrays, strategy_state=strategy_state)
+        best = ckpt.best_file()
+        if best and (folder / best).exists():
+            with np.load(folder / best) as b:
+                ckpt.best_arrays = {k: b[k] for k in b.files}
+        return ckpt
 
 
 def resolve_resume(resume: str, output_dir: Path) -> Path:

@@ -18,11 +18,12 @@ from fedmol.config import FederationConfig
 from fedmol.models.network import MultiTaskNet
 from fedmol.models.report import GainTable
 from fedmol.models.spec import ModelSpec, build_spec
-from fedmol.records import to_array_record
+from fedmol.records import from_array_record, to_array_record
 from fedmol.server.checkpoint import Checkpoint, resolve_resume
 from fedmol.server.registry import register_model, save_shared_model
-from fedmol.server.rounds import HookedStrategy, RoundBook, RoundHook, RoundOutcome
+from fedmol.server.rounds import FederationStopped, HookedStrategy, RoundBook, RoundHook, RoundOutcome
 from fedmol.server.secagg import run_secure_rounds
+from fedmol.server.selection import BestRound
 from fedmol.server.strategies import make_strategy, restore_strategy_state
 from fedmol.server.tracking import Checkpointer, MlflowTracker
 
@@ -100,47 +101,49 @@ def run_federation(grid: Grid, context: Context) -> dict[str, Any]:
     inner = make_strategy(cfg)
     if ckpt is not None:
         restore_strategy_state(inner, ckpt.strategy_state)
+    # Best-round selection: the best round's model is the one evaluated last, saved and registered;
+    # with `patience` it also stops the federation early.
+    selection = BestRound(cfg.patience)
+    if ckpt is not None:
+        selection.restore(ckpt.selection, ckpt.best_arrays)
     final = FinalReport()
-    hooks: list[RoundHook] = [tracker, Checkpointer(cfg, federation_id, tracker.run_id), final]
+    checkpointer = Checkpointer(cfg, federation_id, tracker.run_id, selection=selection)
+    hooks: list[RoundHook] = [selection, tracker, checkpointer, final]
     hooked = HookedStrategy(inner, hooks, round_offset=start_round, total_rounds=cfg.num_server_rounds,
-                            expected_fingerprint=reference, evaluate_in_train=cfg.evaluate_in_train)
-    strategy: RoundBook = hooked  # what ran the rounds (SecureFedAvg with secure aggregation)
-    remaining = cfg.num_server_rounds - start_round
-    result_arrays = to_array_record(arrays)
-    if remaining > 0:
-        round_config = ConfigRecord({wire.CFG_FEDERATION_ID: federation_id})
-        try:
-            if cfg.secure_aggregation:  # Flower's SecAgg+ on its legacy path; the same hooks
-                tracker.set_tag("fedmol.secure-aggregation", "SecAgg+: the server saw only the sum of the updates")
-                strategy = run_secure_rounds(grid, context, cfg, arrays, hooks, federation_id=federation_id,
-                                             round_offset=start_round, expected_fingerprint=reference)
-                if strategy.last_arrays is not None:
-                    result_arrays = strategy.last_arrays
-            else:
-                result = hooked.start(
-                    grid=grid, initial_arrays=result_arrays, num_rounds=remaining, timeout=cfg.round_timeout,
-                    train_config=round_config, evaluate_config=ConfigRecord(dict(round_config)),
-                )
-                result_arrays = result.arrays if len(result.arrays) else result_arrays
-        except BaseException:
-            tracker.finish("FAILED")  # a resume (resume="latest") reopens the same run
-            raise
-    else:
-        log.info("nothing to do: the checkpoint already has all %d rounds", cfg.num_server_rounds)
+                            expected_fingerprint=reference, evaluate_in_train=cfg.evaluate_in_train,
+                            should_stop=lambda: selection.should_stop)
+    hooked.last_arrays = to_array_record(arrays)
+    try:
+        strategy, discarded = _run_rounds(grid, context, cfg, hooked, selection, hooks, arrays,
+                                          start_round=start_round, federation_id=federation_id,
+                                          reference=reference, tracker=tracker)
+        checkpointer.write(strategy, strategy.last_round)  # the selection's last state (a stop included)
+    except BaseException:
+        tracker.finish("FAILED")  # a resume (resume="latest") reopens the same run
+        raise
+    assert strategy.last_arrays is not None
+    chosen_round, chosen = selection.chosen(strategy.last_round, from_array_record(strategy.last_arrays))
+    reason = selection.reason(cfg.num_server_rounds, discarded_round=discarded)
+    tracker.log_selection(selection, rounds_run=strategy.last_round, reason=reason)
+    log.info("federation %s: %s", federation_id, reason)
 
     outputs: dict[str, Any] = {"federation_id": federation_id, "mlflow_run_id": tracker.run_id,
-                               "tracking_uri": tracker.uri}
+                               "tracking_uri": tracker.uri, "best_round": selection.best_round,
+                               "rounds_run": strategy.last_round, "stop_reason": reason}
     out_dir = cfg.output_path / "federations" / federation_id
     out_dir.mkdir(parents=True, exist_ok=True)
     if final.splits:
         table_path = write_federated_table(cfg, final, out_dir)
         for path in sorted(out_dir.glob("federated_table.*")):
             tracker.log_artifact(path, "tables")
-        tracker.log_metrics(gain_metrics(GainTable.from_json(table_path)), step=cfg.num_server_rounds)
+        tracker.log_metrics(gain_metrics(GainTable.from_json(table_path)), step=strategy.last_round)
         outputs["table"] = str(table_path)
     model_dir = out_dir / "model"
-    save_shared_model(model_dir, spec, {k: v.numpy() for k, v in result_arrays.items()},
-                      meta={"federation_id": federation_id, "rounds": cfg.num_server_rounds,
+    save_shared_model(model_dir, spec, chosen,  # the best round's model, not the last round's
+                      meta={"federation_id": federation_id, "rounds": strategy.last_round,
+                            "max_rounds": cfg.num_server_rounds, "rounds_run": strategy.last_round,
+                            "best_round": chosen_round, "best_valid_score": selection.best_score,
+                            "selection": reason,
                             "reference_hash": strategy.expected_fingerprint,
                             "key_fingerprint": strategy.key_fingerprint,
                             "prep_settings": strategy.prep_settings,
@@ -153,6 +156,50 @@ def run_federation(grid: Grid, context: Context) -> dict[str, Any]:
     (cfg.output_path / "last_federation.json").write_text(json.dumps(outputs, indent=2))
     log.info("federation %s done: %s", federation_id, outputs)
     return outputs
+
+
+def _run_rounds(grid: Grid, context: Context, cfg: FederationConfig, hooked: HookedStrategy,
+                selection: BestRound, hooks: list[RoundHook], arrays: dict[str, np.ndarray], *,
+                start_round: int, federation_id: str, reference: str,
+                tracker: MlflowTracker) -> tuple[RoundBook, int | None]:
+    """The rounds, until the last one or an early stop (`BestRound.should_stop`), then the final
+    evaluation (``wire.CFG_FINAL``: the sites personalise) of the chosen round's model, once.
+    Returns what ran the rounds (``hooked``, or `SecureFedAvg` with secure aggregation) and the
+    round whose training was discarded by an early stop (evaluate-in-train), if any."""
+    remaining = cfg.num_server_rounds - start_round
+    if selection.stopped_at is not None:
+        log.info("the federation stopped early after round %d: no more rounds", selection.stopped_at)
+        remaining = 0
+    elif remaining <= 0:
+        log.info("nothing to do: the checkpoint already has all %d rounds", cfg.num_server_rounds)
+    if cfg.secure_aggregation:  # Flower's SecAgg+ on its legacy path; the same hooks
+        if remaining <= 0:  # its final evaluation runs inside Flower's legacy loop, which has no round left
+            log.warning("a finished secure-aggregation federation: the final evaluation is not repeated")
+            return hooked, None
+        tracker.set_tag("fedmol.secure-aggregation", "SecAgg+: the server saw only the sum of the updates")
+        return run_secure_rounds(grid, context, cfg, arrays, hooks, federation_id=federation_id,
+                                 round_offset=start_round, expected_fingerprint=reference, selection=selection), None
+    round_config = ConfigRecord({wire.CFG_FEDERATION_ID: federation_id})
+    discarded = None
+    assert hooked.last_arrays is not None
+    if remaining > 0:
+        try:
+            hooked.start(grid=grid, initial_arrays=hooked.last_arrays, num_rounds=remaining, timeout=cfg.round_timeout,
+                         train_config=round_config, evaluate_config=ConfigRecord(dict(round_config)))
+        except FederationStopped as stop:
+            selection.stop()
+            discarded = stop.discarded_round
+            log.info("round %d: no better federated validation score for %d rounds: the federation stops",
+                     stop.evaluated_round, selection.patience)
+    if selection.stopped_at is None and selection.last_evaluated < hooked.last_round:
+        # A resumed federation whose last round was trained but never evaluated.
+        hooked.evaluate_model(grid, hooked.last_arrays, model_round=hooked.last_round,
+                              config=ConfigRecord(dict(round_config)), timeout=cfg.round_timeout)
+    chosen_round, chosen = selection.chosen(hooked.last_round, from_array_record(hooked.last_arrays))
+    log.info("final evaluation of round %d's model", chosen_round)
+    hooked.final_evaluation(grid, to_array_record(chosen), model_round=chosen_round,
+                            config=ConfigRecord(dict(round_config)), timeout=cfg.round_timeout)
+    return hooked, discarded
 
 
 def write_federated_table(cfg: FederationConfig, final: FinalReport, out_dir: Path) -> Path:

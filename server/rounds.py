@@ -9,8 +9,13 @@ FedAdam, ...) and, around it:
 * hands each round's site reports to hooks (tracking, checkpoints, the final table);
 * with ``evaluate_in_train``, asks the sites to evaluate the model they receive in the train
   message and splits that evaluation off the train replies: one round trip per round, and the
-  hooks still see an evaluate outcome for every round (round r-1's, during round r; the final
-  round's from a separate evaluate message).
+  hooks still see an evaluate outcome for every round (round r-1's, during round r; the last
+  round's from a separate evaluate message);
+* stops the federation early when ``should_stop`` says so after a round's evaluation (best-round
+  selection with ``patience``, `fedmol.server.selection.BestRound`), by raising `FederationStopped`
+  out of Flower's loop;
+* evaluates a chosen model one last time (`final_evaluation`, ``wire.CFG_FINAL``: the sites
+  personalise it), after the rounds.
 
 Flower's own round loop (`Strategy.start`) runs unchanged: nothing of it is copied here.
 """
@@ -20,7 +25,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -80,11 +85,31 @@ class RoundOutcome:
     rejected: list[tuple[str, str]]  # (site, reason) of replies dropped by validation
     missing: list[str]  # sites sampled that did not answer (error or timeout)
     metrics: MetricRecord | None
-    arrays: ArrayRecord | None = None  # the new global model (train only)
+    # train: the new global model (None when the round's aggregation failed); evaluate: the
+    # global model that was evaluated
+    arrays: ArrayRecord | None = None
+    # The final evaluation (wire.CFG_FINAL) of the chosen model, after the rounds: phase
+    # "evaluate", server_round the chosen model's round. Never a candidate for best-round selection.
+    final: bool = False
 
 
 class RoundHook(Protocol):
     def on_round(self, outcome: RoundOutcome, strategy: RoundBook) -> None: ...
+
+
+class FederationStopped(Exception):  # noqa: N818 - a signal, not an error
+    """Raised out of Flower's round loop (`Strategy.start`) to end the federation early.
+
+    ``evaluated_round``: the round whose evaluation decided it; ``discarded_round``: with
+    evaluate-in-train, the round whose training replies carried that evaluation (trained by the
+    sites, never aggregated), else None. tests/server/test_rounds.py checks that Flower's loop
+    lets it through unchanged.
+    """
+
+    def __init__(self, evaluated_round: int, discarded_round: int | None = None) -> None:
+        super().__init__(f"federation stopped after the evaluation of round {evaluated_round}")
+        self.evaluated_round = evaluated_round
+        self.discarded_round = discarded_round
 
 
 def validate_update(msg: Message, expected: dict[str, tuple[tuple[int, ...], str]]) -> str | None:
@@ -134,8 +159,9 @@ class RoundBook:
     (Message API) and `fedmol.server.secagg.SecureFedAvg` (Flower's legacy path, for SecAgg+): the sites'
     names, the reference hash and preparation settings they must share, and the hooks to call.
     The class using it sets ``hooks``, ``expected_fingerprint``, ``site_names``, ``prep_settings``
-    and ``key_fingerprint``, and what the hooks read: ``evaluate_in_train``, ``last_arrays`` and
-    ``inner`` (the strategy whose server-optimiser state a checkpoint keeps)."""
+    and ``key_fingerprint``, and what the hooks read: ``evaluate_in_train``, ``last_arrays`` (the
+    current global model), ``last_round`` (the last round trained, as the consortium numbers them)
+    and ``inner`` (the strategy whose server-optimiser state a checkpoint keeps)."""
 
     hooks: list[RoundHook]
     expected_fingerprint: str
@@ -144,6 +170,7 @@ class RoundBook:
     key_fingerprint: str
     evaluate_in_train: bool
     last_arrays: ArrayRecord | None
+    last_round: int
     inner: object
 
     def _check_fingerprint(self, report: SiteReport) -> str | None:
@@ -169,6 +196,8 @@ class RoundBook:
         return report
 
     def _fire(self, outcome: RoundOutcome) -> None:
+        if outcome.phase == "train":
+            self.last_round = outcome.server_round
         if outcome.missing:
             log.warning("round %d %s: no reply from %s", outcome.server_round, outcome.phase, outcome.missing)
         for hook in self.hooks:
@@ -187,10 +216,13 @@ class HookedStrategy(RoundBook, Strategy):
         total_rounds: int | None = None,
         expected_fingerprint: str = "",
         evaluate_in_train: bool = False,
+        should_stop: Callable[[], bool] | None = None,
     ) -> None:
         self.inner: Strategy = inner
         self.evaluate_in_train = evaluate_in_train
+        self.should_stop = should_stop  # asked after each round's evaluation
         self._evaluate_round: int | None = None  # the round evaluated inside this round's train replies
+        self._evaluated: ArrayRecord | None = None  # the global model sent for evaluation
         self._skip_evaluate = False
         self.hooks = list(hooks)
         self.round_offset = round_offset
@@ -200,6 +232,7 @@ class HookedStrategy(RoundBook, Strategy):
         self._expected: dict[str, tuple[tuple[int, ...], str]] = {}
         self._sampled: dict[str, list[int]] = {"train": [], "evaluate": []}
         self.last_arrays: ArrayRecord | None = None
+        self.last_round = round_offset
         self.prep_settings: dict[str, Any] = {}  # the sites' standardisation/featurisation settings
         self.key_fingerprint = ""
 
@@ -217,6 +250,7 @@ class HookedStrategy(RoundBook, Strategy):
         self._expected = {k: (tuple(a.shape), a.dtype) for k, a in arrays.items()}
         self._evaluate_round = rnd - 1 if self.evaluate_in_train and rnd > 1 else None
         if self._evaluate_round is not None:
+            self._evaluated = arrays  # the last aggregate: what the sites evaluate before training
             config = ConfigRecord({**dict(config), wire.CFG_EVALUATE_FIRST: True,
                                    wire.CFG_EVALUATE_ROUND: self._evaluate_round})
         messages = list(self.inner.configure_train(rnd, arrays, config, grid))
@@ -254,27 +288,60 @@ class HookedStrategy(RoundBook, Strategy):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        """The round's evaluation, never the final one (see `final_evaluation`). With
+        evaluate-in-train only the last round has an evaluate message; the others' evaluations
+        come with the next round's train replies."""
         rnd = self._round(server_round)
-        config = ConfigRecord(dict(config))
-        config[wire.CFG_FINAL] = self.total_rounds is not None and rnd >= self.total_rounds
-        self._skip_evaluate = self.evaluate_in_train and not config[wire.CFG_FINAL]
+        last = self.total_rounds is not None and rnd >= self.total_rounds
+        self._skip_evaluate = self.evaluate_in_train and not last
         if self._skip_evaluate:  # the next round's train replies carry this evaluation
             self._sampled["evaluate"] = []
             return []
-        messages = list(self.inner.configure_evaluate(rnd, arrays, config, grid))
-        self._sampled["evaluate"] = [m.metadata.dst_node_id for m in messages]
-        return messages
+        return self._configure_evaluation(rnd, arrays, config, grid, final=False)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         if self._skip_evaluate:
             return None
         rnd = self._round(server_round)
+        metrics = self._aggregate_evaluation(rnd, replies, final=False)
+        if self.should_stop is not None and self.should_stop():
+            discarded = self._round(server_round + 1) if self._evaluate_round == rnd else None
+            raise FederationStopped(rnd, discarded)
+        return metrics
+
+    def final_evaluation(self, grid: Grid, arrays: ArrayRecord, *, model_round: int, config: ConfigRecord,
+                         timeout: float) -> MetricRecord | None:
+        """Send ``arrays`` (the chosen global model, of round ``model_round``) to the sites for the
+        final evaluation (``wire.CFG_FINAL``: they may personalise it) and fire its outcome
+        (``final=True``). Called once, after the rounds, outside Flower's loop."""
+        messages = self._configure_evaluation(model_round, arrays, config, grid, final=True)
+        replies = list(grid.send_and_receive(messages, timeout=timeout))
+        return self._aggregate_evaluation(model_round, replies, final=True)
+
+    def evaluate_model(self, grid: Grid, arrays: ArrayRecord, *, model_round: int, config: ConfigRecord,
+                       timeout: float) -> MetricRecord | None:
+        """One plain (not final) evaluation of ``arrays`` as round ``model_round``'s model, outside
+        Flower's loop: for a resumed federation whose last round was trained but never evaluated."""
+        messages = self._configure_evaluation(model_round, arrays, config, grid, final=False)
+        replies = list(grid.send_and_receive(messages, timeout=timeout))
+        return self._aggregate_evaluation(model_round, replies, final=False)
+
+    def _configure_evaluation(self, rnd: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid, *,
+                              final: bool) -> list[Message]:
+        config = ConfigRecord({**dict(config), wire.CFG_FINAL: final})
+        self._evaluated = arrays
+        messages = list(self.inner.configure_evaluate(rnd, arrays, config, grid))
+        self._sampled["evaluate"] = [m.metadata.dst_node_id for m in messages]
+        return messages
+
+    def _aggregate_evaluation(self, rnd: int, replies: Iterable[Message], *, final: bool) -> MetricRecord | None:
         replies = [m for m in replies if not m.has_error()]
         missing = self._missing("evaluate", replies)
         good = [m for m in replies if len(m.content.metric_records) == 1]
         metrics = self.inner.aggregate_evaluate(rnd, good) if good else None
         reports = [self._remember(SiteReport.from_message(m)) for m in good]
-        self._fire(RoundOutcome(rnd, "evaluate", reports, [], missing, metrics, self.last_arrays))
+        evaluated = self._evaluated if self._evaluated is not None else self.last_arrays
+        self._fire(RoundOutcome(rnd, "evaluate", reports, [], missing, metrics, evaluated, final=final))
         return metrics
 
     def _aggregate_embedded_evaluation(self, server_round: int, replies: list[Message]) -> None:

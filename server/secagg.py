@@ -19,7 +19,13 @@ What changes for the consortium:
   the server tightens it to 1.5x the largest weight the sites reported (in clear, like every
   count they report);
 * what the sites report besides the update (losses, counts, per-task metrics) travels as before
-  and is tracked per site, with the same hooks (MLflow, checkpoints, the final table).
+  and is tracked per site, with the same hooks (MLflow, checkpoints, the final table);
+* best-round selection and early stopping (`fedmol.server.selection.BestRound`) as on the
+  Message-API path: every round has its own (plain) evaluation, and after the last round, or the
+  round after which ``patience`` ran out, the chosen round's model gets the final evaluation
+  (``wire.CFG_FINAL``) inside Flower's legacy loop (`run_secure_rounds` wraps its public
+  ``fit_workflow``/``evaluate_workflow``). Flower's loop cannot end early: after a stop its
+  remaining rounds do nothing but log their ``[ROUND k]`` header.
 """
 
 from __future__ import annotations
@@ -37,8 +43,9 @@ from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
 from fedmol import wire
 from fedmol.config import FederationConfig
-from fedmol.records import config_record, metric_record, split_metrics, to_array_record
+from fedmol.records import config_record, from_array_record, metric_record, split_metrics, to_array_record
 from fedmol.server.rounds import RoundBook, RoundOutcome, SiteReport
+from fedmol.server.selection import BestRound
 from fedmol.server.strategies import outer_nesterov_step
 
 log = logging.getLogger("fedmol.server")
@@ -73,15 +80,24 @@ class SecureFedAvg(RoundBook, LegacyFedAvg):
         self.m_t: dict[str, np.ndarray] = {}
         self.site_names: dict[int, str] = {}
         self.last_arrays: ArrayRecord | None = to_array_record(arrays)
+        self.last_round = round_offset
+        self.finished = False  # the final evaluation was sent: the legacy loop's remaining rounds do nothing
+        self.final: tuple[int, dict[str, np.ndarray]] | None = None  # (round, model) of the final evaluation
         self.prep_settings: dict[str, Any] = {}
         self.key_fingerprint = ""
         self.discarded_rounds: list[int] = []
         self.workflow: Any = None  # the SecAggPlusWorkflow, whose max_weight is tightened per round
 
     def _config(self, server_round: int) -> dict[str, Any]:
-        rnd = server_round + self.round_offset
+        rnd = server_round + self.round_offset if self.final is None else self.final[0]
         return {wire.CFG_ROUND: rnd, wire.CFG_FEDERATION_ID: self.federation_id,
-                wire.CFG_FINAL: rnd >= self.total_rounds, wire.CFG_ARRAY_NAMES: json.dumps(self.names)}
+                wire.CFG_FINAL: self.final is not None, wire.CFG_ARRAY_NAMES: json.dumps(self.names)}
+
+    def configure_evaluate(self, server_round: int, parameters: Any, client_manager: Any) -> list:
+        """The round's evaluation; during the final evaluation the chosen round's model instead."""
+        if self.final is not None:
+            parameters = ndarrays_to_parameters([self.final[1][k] for k in self.names])
+        return super().configure_evaluate(server_round, parameters, client_manager)
 
     def _reports(self, results: list[tuple[Any, Any]]) -> list[SiteReport]:
         reports = []
@@ -146,15 +162,22 @@ class SecureFedAvg(RoundBook, LegacyFedAvg):
         rnd = server_round + self.round_offset
         reports = self._reports(results)
         metrics = self._mean(reports, wire.NUM_EVAL_LABELS)
-        self._fire(RoundOutcome(rnd, "evaluate", reports, [], self._missing(failures), metrics, self.last_arrays))
+        if self.final is not None:
+            rnd, chosen = self.final
+            self._fire(RoundOutcome(rnd, "evaluate", reports, [], self._missing(failures), metrics,
+                                    to_array_record(chosen), final=True))
+        else:
+            self._fire(RoundOutcome(rnd, "evaluate", reports, [], self._missing(failures), metrics, self.last_arrays))
         loss = None if metrics is None else metrics.get(wire.VALID_LOSS)
         return loss, {}
 
 
 def run_secure_rounds(grid: Any, context: Any, cfg: FederationConfig, arrays: dict[str, np.ndarray],
                       hooks: list[Any], *, federation_id: str, round_offset: int,
-                      expected_fingerprint: str) -> SecureFedAvg:
-    """Run the remaining rounds with SecAgg+; returns the strategy (its ``last_arrays`` is the model)."""
+                      expected_fingerprint: str, selection: BestRound | None = None) -> SecureFedAvg:
+    """Run the remaining rounds with SecAgg+ (until the last, or an early stop by ``selection``,
+    which should be one of ``hooks``), then the final evaluation of the chosen round's model; returns
+    the strategy (its ``last_arrays`` is the last round's model, ``selection`` says the chosen one)."""
     strategy = SecureFedAvg(cfg, arrays, hooks, federation_id=federation_id, round_offset=round_offset,
                             expected_fingerprint=expected_fingerprint)
     legacy = LegacyContext(context=context, strategy=strategy,
@@ -163,5 +186,36 @@ def run_secure_rounds(grid: Any, context: Any, cfg: FederationConfig, arrays: di
     strategy.workflow = SecAggPlusWorkflow(
         num_shares=cfg.secagg_num_shares, reconstruction_threshold=cfg.secagg_threshold,
         max_weight=cfg.secagg_max_weight, clipping_range=cfg.secagg_clipping_range, timeout=cfg.round_timeout)
-    DefaultWorkflow(fit_workflow=strategy.workflow)(grid, legacy)
+    workflow = DefaultWorkflow(fit_workflow=strategy.workflow)
+    fit, evaluate = workflow.fit_workflow, workflow.evaluate_workflow
+    chooser = selection if selection is not None else BestRound()  # no scores: the last model
+    rounds = iter(range(round_offset + 1, cfg.num_server_rounds + 1))
+
+    def fit_step(grid: Any, context: Any) -> None:
+        if not strategy.finished:
+            fit(grid, context)
+
+    def evaluate_step(grid: Any, context: Any) -> None:
+        if strategy.finished:
+            return
+        rnd = next(rounds)
+        evaluate(grid, context)  # the round's own evaluation (best-round selection sees it)
+        stop = selection if selection is not None and selection.should_stop else None
+        if stop is None and rnd < cfg.num_server_rounds:
+            return
+        if stop is not None:
+            stop.stop()
+            log.info("round %d: no better federated validation score for %d rounds: the federation stops",
+                     rnd, stop.patience)
+        assert strategy.last_arrays is not None
+        strategy.final = chooser.chosen(strategy.last_round, from_array_record(strategy.last_arrays))
+        strategy.finished = True
+        log.info("final evaluation of round %d's model", strategy.final[0])
+        try:
+            evaluate(grid, context)  # configure_evaluate sends the chosen model, with CFG_FINAL
+        finally:
+            strategy.final = None
+
+    workflow.fit_workflow, workflow.evaluate_workflow = fit_step, evaluate_step
+    workflow(grid, legacy)
     return strategy

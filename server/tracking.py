@@ -3,6 +3,15 @@
 One MLflow run per federation. A resumed federation reopens the same run (its id is in the
 checkpoint). Only aggregates are logged: per-round means, per-site means and counts, under the
 sites' names; never a structure or a per-compound value.
+
+Per round (step = round): ``train/*`` and ``evaluate/*`` (the aggregated metrics), ``site/<site>/...``,
+``consortium/<summary key>`` (mean over sites) and ``federated-valid-score`` (the label-weighted
+validation score that best-round selection ranks rounds by, `fedmol.server.selection`). The final
+evaluation of the chosen model (personalised at the sites) is logged once, at the chosen round's
+step, under ``final/*``, ``site/<site>/final/...`` and ``consortium/final/<summary key>``
+(``final/federated-valid-score``: with personalisation off, the chosen round's score again). Tags
+``fedmol.best-round``, ``fedmol.best-valid-score``, ``fedmol.rounds-run`` and ``fedmol.stop-reason``
+say which round's model was kept and why.
 """
 
 from __future__ import annotations
@@ -14,12 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from fedmol.config import FederationConfig
 from fedmol.server.checkpoint import Checkpoint
 from fedmol.server.rounds import RoundBook, RoundOutcome
+from fedmol.server.selection import BestRound, federated_valid_score
 from fedmol.server.strategies import strategy_state
 
 log = logging.getLogger("fedmol.server")
@@ -90,7 +100,9 @@ class MlflowTracker:
 
     # -- the round hook ----------------------------------------------------------------------
     def on_round(self, outcome: RoundOutcome, strategy: RoundBook) -> None:
-        rnd, phase = outcome.server_round, outcome.phase
+        rnd = outcome.server_round
+        phase = "final" if outcome.final else outcome.phase  # the final evaluation has keys of its own
+        summary = ("final",) if outcome.final else ()  # site/<site>/final/<key>, consortium/final/<key>
         metrics: dict[str, float] = {}
         if outcome.metrics is not None:
             for k, v in outcome.metrics.items():
@@ -100,6 +112,10 @@ class MlflowTracker:
             now = time.monotonic()
             metrics["round-wall-seconds"] = now - self._last_aggregation
             self._last_aggregation = now
+        if outcome.phase == "evaluate":  # final/federated-valid-score: the chosen model's, evaluated again
+            score = federated_valid_score(outcome.reports).score
+            if score is not None:
+                metrics[metric_key(*(("final",) if outcome.final else ()), "federated-valid-score")] = score
         metrics[metric_key(phase, "sites-answered")] = len(outcome.reports)
         metrics[metric_key(phase, "sites-missing")] = len(outcome.missing)
         metrics[metric_key(phase, "updates-rejected")] = len(outcome.rejected)
@@ -108,20 +124,31 @@ class MlflowTracker:
                 metrics[metric_key("site", rep.site, phase, k)] = v
             for k, v in rep.summary.items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool):
-                    metrics[metric_key("site", rep.site, k)] = float(v)
+                    metrics[metric_key("site", rep.site, *summary, k)] = float(v)
         # Consortium-level means over the sites' own means (each site a vote).
         for key in _summary_keys(outcome):
             vals = [float(r.summary[key]) for r in outcome.reports
                     if isinstance(r.summary.get(key), (int, float)) and math.isfinite(float(r.summary[key]))]
             if vals:
-                metrics[metric_key("consortium", key)] = sum(vals) / len(vals)
+                metrics[metric_key("consortium", *summary, key)] = sum(vals) / len(vals)
         self.log_metrics(metrics, step=rnd)
         if outcome.missing:
             self.set_tag(f"fedmol.missing.round-{rnd}.{phase}", ",".join(outcome.missing))
         if outcome.rejected:
             self.set_tag(f"fedmol.rejected.round-{rnd}",
                          "; ".join(f"{s}: {r}" for s, r in outcome.rejected)[:4900])
-        self.set_tag("fedmol.last-round", str(rnd))
+        if not outcome.final:
+            self.set_tag("fedmol.last-round", str(rnd))
+
+    def log_selection(self, selection: BestRound, *, rounds_run: int, reason: str) -> None:
+        """Which round's model the federation kept, and why (tags: a resumed run may change them)."""
+        self.client.log_batch(self.run_id, tags=[
+            RunTag("fedmol.best-round", str(selection.best_round if selection.best_round is not None else "")),
+            RunTag("fedmol.best-valid-score",
+                   "" if selection.best_score is None else f"{selection.best_score:.6g}"),
+            RunTag("fedmol.rounds-run", str(rounds_run)),
+            RunTag("fedmol.stop-reason", reason[:4900]),
+        ])
 
 
 def _summary_keys(outcome: RoundOutcome) -> list[str]:
@@ -133,27 +160,46 @@ def _summary_keys(outcome: RoundOutcome) -> list[str]:
 
 
 class Checkpointer:
-    """Saves the global model and server-optimiser state after each completed round."""
+    """Saves the global model, server-optimiser state and best-round selection after each
+    completed round. Put ``selection`` before this hook, so that a round's score is in its checkpoint."""
 
-    def __init__(self, cfg: FederationConfig, federation_id: str, mlflow_run_id: str) -> None:
+    def __init__(self, cfg: FederationConfig, federation_id: str, mlflow_run_id: str, *,
+                 selection: BestRound | None = None) -> None:
         self.root = cfg.output_path
         self.federation_id = federation_id
         self.mlflow_run_id = mlflow_run_id
+        self.selection = selection
+        # The best round whose model is on disk (a resumed run finds its predecessor's file there).
+        self._best_written = None if selection is None else selection.best_round
         self.last_path: Path | None = None
 
     def on_round(self, outcome: RoundOutcome, strategy: RoundBook) -> None:
         # After the evaluation when it has its own message; with evaluate-in-train right after
         # aggregation (round r's evaluation then comes with round r+1, also after a resume).
-        if outcome.phase != ("train" if strategy.evaluate_in_train else "evaluate") or strategy.last_arrays is None:
+        if outcome.final or outcome.phase != ("train" if strategy.evaluate_in_train else "evaluate"):
             return
+        self.write(strategy, outcome.server_round)
+
+    def write(self, strategy: RoundBook, server_round: int) -> None:
+        """A checkpoint of ``strategy``'s global model as the state after ``server_round``."""
+        if strategy.last_arrays is None:
+            return
+        selection = self.selection
+        best = None
+        if selection is not None and selection.best_round != self._best_written:
+            best = selection.best_arrays  # a new best round: its model is written once
         ckpt = Checkpoint(
             federation_id=self.federation_id,
-            server_round=outcome.server_round,
+            server_round=server_round,
             mlflow_run_id=self.mlflow_run_id,
             reference_hash=strategy.expected_fingerprint,
             sites=sorted(set(strategy.site_names.values())),
             arrays={k: v.numpy() for k, v in strategy.last_arrays.items()},
             strategy_state=strategy_state(strategy.inner),
+            selection={} if selection is None else selection.state(),
+            best_arrays=best,
         )
         self.last_path = ckpt.save(self.root)
-        log.info("round %d: checkpoint written to %s", outcome.server_round, self.last_path)
+        if selection is not None:
+            self._best_written = selection.best_round
+        log.info("round %d: checkpoint written to %s", server_round, self.last_path)

@@ -163,6 +163,7 @@ def test_evaluate_in_train_asks_for_the_evaluation_and_splits_it_off_the_train_r
     agg, _ = s.aggregate_train(2, replies)
     evaluation, training = rec.outcomes[-2:]
     assert (evaluation.phase, evaluation.server_round) == ("evaluate", 1)
+    np.testing.assert_array_equal(evaluation.arrays["trunk.w"].numpy(), GLOBAL["trunk.w"])  # what was evaluated
     assert [r.site for r in evaluation.reports] == ["site1", "site2"]
     assert evaluation.metrics[wire.VALID_LOSS] == pytest.approx(1.5)  # weighted by the eval weight (5 and 5)
     assert evaluation.missing == ["node-3"]  # sampled for round 2, never answered
@@ -170,5 +171,7 @@ def test_evaluate_in_train_asks_for_the_evaluation_and_splits_it_off_the_train_r
     assert all(wire.EVAL_METRICS not in m.content.config_records for m in replies)
     np.testing.assert_allclose(agg["trunk.w"].numpy(), 1.5)
 
-    final = list(s.configure_evaluate(3, to_array_record(GLOBAL), cfg, Grid()))
-    assert len(final) == 3 and final[0].content[wire.CONFIG][wire.CFG_FINAL] is True
+    # The last round has its own evaluation, a plain one: the final evaluation (CFG_FINAL) is sent
+    # after the rounds, with the chosen round's model (tests/server/test_selection.py).
+    last = list(s.configure_evaluate(3, to_array_record(GLOBAL), cfg, Grid()))
+    assert len(last) == 3 and last[0].content[wire.CONFIG][wire.CFG_FINAL] is False
