@@ -206,8 +206,9 @@ def run_set(name: str, args: argparse.Namespace, seed: int) -> dict[str, Any]:
 
 def _federated_variants(cfg: Any, run_id: str | None) -> dict[str, float | None]:
     """The consortium means (over sites of each site's mean over its scored tasks) the server logged
-    for the final round: ``test_score`` (what the site reports: personalised when finetune-epochs > 0)
-    and ``test_federated_score`` (the received federated model before fine-tuning)."""
+    for the final evaluation (of the best round's model, ``consortium/final/*``): ``test_score``
+    (what the site reports: personalised when finetune-epochs > 0) and ``test_federated_score``
+    (the received federated model before fine-tuning)."""
     if not run_id:
         return {}
     try:
@@ -217,7 +218,7 @@ def _federated_variants(cfg: Any, run_id: str | None) -> dict[str, float | None]
     except Exception as exc:  # noqa: BLE001 - an extra figure, never worth failing the benchmark
         log(f"could not read the final round's metrics from MLflow: {exc}")
         return {}
-    return {k: metrics.get(f"consortium/{k}") for k in ("test_score", "test_federated_score", "valid_score",
+    return {k: metrics.get(f"consortium/final/{k}") for k in ("test_score", "test_federated_score", "valid_score",
                                                          "valid_federated_score")}
 
 
