@@ -13,7 +13,14 @@ Two models can score:
   heads plus the site's private heads from ``<store>/federations/<federation-id>/``, split-conformal
   calibrated on the store's validation fold (``valid-fold`` of the federation's run config), so
   every task with enough validation labels gets p-values (classification) or intervals
-  (regression). Nothing leaves the site: the store and the heads are read locally.
+  (regression). Nothing leaves the site: the store and the heads are read locally;
+* a **site's own registered model** (``models:/fedmol-site-<site>/...`` in the site's own registry,
+  `fedmol.client.site_registry`): the same full model, personalised where the site chose so, with
+  its calibration inside (``calibration.json``), so it scores as it is.
+
+A shared model without heads (every task private to the sites) predicts nothing: the scorer
+refuses it with `NO_HEADS_MESSAGE`, which points to the site's own model (``allow_no_heads`` for
+the MLflow pyfunc, which warns on load and fails on predict instead).
 
 Output columns, per task ``T`` (in spec order):
 
