@@ -4,7 +4,7 @@ The same preparation as at the sites (standardisation, then the key-permuted fin
 the model sees molecules exactly as in training. Molecules that cannot be prepared are returned
 with their reason in ``error`` and empty predictions: none is dropped.
 
-Two models can score:
+Three models can score:
 
 * the **shared model** (trunk + consortium heads) as registered by the federation. It carries no
   calibration data (no structure or label ever reaches the server), so it gives MC-dropout
