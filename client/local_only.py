@@ -112,9 +112,9 @@ class LocalOnlyBaseline:
                     log.info("site %s: local-only model trained in %.1f s (recipe %s; validation score per "
                              "recipe %s), cached in %s", self.site, result.seconds, result.recipe,
                              result.validation, where)
-        result = self._known[key]
-        if result is None:
+        known = self._known[key]
+        if known is None:
             return {}, {}
         summary: dict[str, Any] = {"local_only_seconds": time.perf_counter() - t0,
-                                   "local_only_recipe": result.recipe}
-        return {f"{split}-local": r for split, r in result.results.items()}, summary
+                                   "local_only_recipe": known.recipe}
+        return {f"{split}-local": r for split, r in known.results.items()}, summary

@@ -9,6 +9,7 @@ Modules (import them directly; nothing is imported here):
   SuperNode authentication, an ``mlflow server``, one SuperNode and site runtime per store)
 - `fedmol.deploy.consortium_cli`: ``fedmol consortium init | add-site | up | admit | sites | run | status``
 - `fedmol.deploy.demo`: ``fedmol demo``, a small consortium from the data that ships with fedmol
+- `fedmol.deploy.report`: the federation-gain table printed at the end of a federation
 - `fedmol.deploy.cli`: ``fedmol demo``, ``fedmol simulate`` and the ``fedmol consortium`` group
 
 Files: ``systemd/`` and ``compose/`` (service templates), ``README.md`` (the exact commands).

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Annotated
@@ -86,31 +85,8 @@ def simulate(
         code = flwr_run(link, cfg.to_run_config(), on_line=print,
                         federation_config={"num-supernodes": len(sites), "client-resources-num-cpus": 1})
     if code == 0:
+        from fedmol.deploy.report import print_gain_report
+
         print_gain_report(cfg.output_path, since=started)
     raise typer.Exit(code)
 
-
-def print_gain_report(output_dir: Path, *, since: float = 0.0) -> Path | None:
-    """Print the federation-gain table of the federation that ended in ``output_dir`` (its
-    ``last_federation.json``, written after ``since``); return the table's path (None: no table)."""
-    from rich.console import Console
-
-    from fedmol.models.report import GainTable
-
-    console = Console()
-    last = Path(output_dir) / "last_federation.json"
-    if not last.exists() or last.stat().st_mtime < since:
-        console.print(f"no federation-gain table: the server wrote no results in {output_dir}")
-        return None
-    outputs = json.loads(last.read_text())
-    if "table" not in outputs or not Path(outputs["table"]).exists():
-        console.print("no federation-gain table: no site evaluated the final model")
-        return None
-    path = Path(outputs["table"])
-    table = GainTable.from_json(path)
-    console.print("[bold]Federation gain[/] (test fold; local = each site's own local-only model)")
-    table.print(console)
-    if "local" not in table.values:
-        console.print("no local-only scores: the sites did not report any (local-baseline=false?)")
-    console.print(f"table: {path} (.md and .png beside it); MLflow run {outputs.get('mlflow_run_id', '?')}")
-    return path

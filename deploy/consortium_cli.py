@@ -160,8 +160,8 @@ def run(
     import time
 
     from fedmol.config import FederationConfig
-    from fedmol.deploy.cli import print_gain_report
     from fedmol.deploy.launcher import CONNECTION, Stopped, flwr_run, stop_on_signals
+    from fedmol.deploy.report import print_gain_report
 
     started = time.time()
     workdir = _absolute(workdir)

@@ -14,7 +14,8 @@ Modules (import them directly; this package imports nothing heavy so ``fedmol --
 - `fedmol.models.io`: `save_model`/`load_model` (``spec.json`` + ``weights.pt`` + ``meta.json``)
 - `fedmol.models.registry`: a model folder as an MLflow pyfunc and a registry version (server and sites)
 - `fedmol.models.site_model`: a site's full model in a federation (shared part + private heads in its store)
-- `fedmol.models.report`: `GainTable`, the local / pooled / federated comparison
-- `fedmol.models.baselines`: local-only and pooled baselines on the same sites, folds and model shape
+- `fedmol.models.report`: `GainTable`, the local / federated / personalised / pooled comparison, pairs won, plot
+- `fedmol.models.baselines`: local-only (`local_only`: a site's own model, recipe chosen on its validation
+  fold) and pooled baselines on the same sites, folds and model shape
 - `fedmol.models.cli`: ``fedmol train``
 """

@@ -307,10 +307,10 @@ def train_baselines(store_paths: Mapping[str, Path], cfg: FederationConfig, *, e
 
     chosen: dict[str, str] = {}
     for site, store in stores.items():
-        res = local_only(store, cfg, recipes=recipes, consortium=consortium)
-        chosen[f"local:{site}"] = res.recipe
+        local = local_only(store, cfg, recipes=recipes, consortium=consortium)
+        chosen[f"local:{site}"] = local.recipe
         for fold in ("test", "valid"):
-            add("local", fold, site, res.results[fold].per_task)
+            add("local", fold, site, local.results[fold].per_task)
         if on_model:
             on_model(f"local:{site}")
     pooled = pooled_store(stores, consortium)

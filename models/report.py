@@ -275,7 +275,7 @@ class GainTable:
                 sub.print(console)
             return
         summary = self.summary()
-        table = Table(title=f"{self.metric} on {self.dataset} (mean over common tasks)")
+        table = Table(title=f"{self.metrics[0]} on {self.dataset} (mean over common tasks)")
         table.add_column("site")
         table.add_column("tasks", justify="right")
         for a in self.approaches:

@@ -54,6 +54,27 @@ def test_simulate_help_names_the_run_config_table(capsys: pytest.CaptureFixture[
     assert "Every KEY is a key of [tool.flwr.app.config] in pyproject.toml." in capsys.readouterr().out
 
 
+def test_the_gain_report_prints_local_only_against_federated_per_site(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from fedmol.deploy.report import print_gain_report
+    from fedmol.models.report import GainTable
+
+    table = GainTable("unit", "score")
+    for site, (local, fed) in {"acme": (0.60, 0.70), "zeta": (0.72, 0.68)}.items():
+        table.add("local", site, {"c1": local, "c2": local}, {"c1": "roc_auc", "c2": "roc_auc"})
+        table.add("federated", site, {"c1": fed, "c2": local}, {"c1": "roc_auc", "c2": "roc_auc"})
+    path = table.to_json(tmp_path / "federations" / "f1" / "federated_table.json")
+    (tmp_path / "last_federation.json").write_text(json.dumps({"table": str(path), "mlflow_run_id": "r1"}))
+    assert print_gain_report(tmp_path) == path
+    printed = capsys.readouterr().out
+    for text in ("roc_auc", "local", "federated", "federated won", "acme", "zeta", "0.660", "0.675", "1/2",
+                 "pairs won against local-only: federated 1/4"):
+        assert text in printed, text
+    # A run that wrote nothing new: the last federation's table is not passed off as this one's.
+    assert print_gain_report(tmp_path, since=(tmp_path / "last_federation.json").stat().st_mtime + 10) is None
+    assert "no federation-gain table" in capsys.readouterr().out
+
+
 @pytest.mark.slow
 def test_simulate_names_sites_after_their_folders(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _stores(tmp_path / "stores", ["zeta-pharma", "acme"])
@@ -68,3 +89,12 @@ def test_simulate_names_sites_after_their_folders(tmp_path: Path, capsys: pytest
     outputs = json.loads((out / "last_federation.json").read_text())
     table = json.loads(Path(outputs["table"]).read_text())
     assert set(table["values"]["federated"]) == {"acme", "zeta-pharma"}
+    # The federation-gain report: each site's local-only model (trained once, cached in its store) beside
+    # the federated model, per site and task, printed at the end.
+    assert set(table["values"]["local"]) == {"acme", "zeta-pharma"}
+    assert set(table["values"]["local"]["acme"]) == set(table["values"]["federated"]["acme"])
+    assert table["pairs_against_local"]["federated"]["pairs"] >= 2
+    assert Path(outputs["table"]).with_suffix(".png").exists()
+    assert "Federation gain" in printed and "federated won" in printed and "pairs won against local-only" in printed
+    for site in ("acme", "zeta-pharma"):
+        assert len(list((tmp_path / "stores" / site / "local_only").glob("*/meta.json"))) == 1

@@ -31,3 +31,28 @@ def test_federation_recipe_follows_the_run_config():
     tc = federation_recipe(cfg, monitor="score")
     assert (tc.epochs, tc.optimizer, tc.lr, tc.lr_step_epoch, tc.lr_gamma, tc.monitor) == (8, "adam", 0.02, 2, 0.5,
                                                                                            "score")
+
+
+def test_local_only_keeps_the_recipe_better_on_the_validation_fold(tmp_path):
+    from fedmol.datasets.store import SiteStore
+    from fedmol.models.baselines import adam_recipe, local_only
+    from fedmol.models.training import TrainConfig
+
+    store = SiteStore.load(write_sites(tmp_path, n_sites=1, n=200, n_bits=128)[0])
+    cfg = FederationConfig(n_bits=128, hidden="16", consortium_tasks="c1:classification", eval_min_labels=5,
+                           device="cpu", num_threads=1)
+    untrained = TrainConfig(epochs=0, seed=cfg.seed)  # the initial weights: a poor model
+    res = local_only(store, cfg, recipes={"untrained": untrained, "adam": adam_recipe(cfg, epochs=8)})
+    assert res.recipe == "adam" and res.validation["adam"] > res.validation["untrained"]
+    assert res.results["valid"].score == res.validation["adam"] and res.model is not None
+    assert set(res.results["test"].per_task) == {"c1", "c2", "p_reg"}  # the site's model shape
+
+
+def test_baselines_with_recipe_selection_say_which_recipe_each_model_kept(tmp_path):
+    paths = write_sites(tmp_path, n_sites=2, n=120, n_bits=64)
+    cfg = FederationConfig(n_bits=64, hidden="8", consortium_tasks="c1:classification", eval_min_labels=5,
+                           device="cpu", num_threads=1, num_server_rounds=2, local_epochs=1)
+    table = train_baselines({"site0": paths[0], "site1": paths[1]}, cfg, epochs=2, select=True)
+    note = table.notes["baseline recipes (chosen on the validation fold)"]
+    assert all(f"{m}: " in note for m in ("local:site0", "local:site1", "pooled"))
+    assert set(table.approaches) == {"local", "pooled"}
