@@ -75,6 +75,28 @@ def test_run_resolves_the_workdir_once_and_exits_with_the_runs_code(tmp_path, mo
                     "output_dir": str(tmp_path / "ops" / "server")}
 
 
+def test_a_finished_run_prints_the_federation_gain_table(tmp_path, monkeypatch, capsys):
+    from fedmol.models.report import GainTable
+
+    monkeypatch.chdir(tmp_path)
+    _write_state(tmp_path / "ops", port=1, connection=True)
+
+    def fake_flwr_run(link, run_config, **kw):  # the server's outputs, as run_federation writes them
+        out = Path(run_config["output-dir"])
+        table = GainTable("federation", "score")
+        table.add("local", "acme", {"c1": 0.61}, {"c1": "roc_auc"})
+        table.add("federated", "acme", {"c1": 0.67}, {"c1": "roc_auc"})
+        path = table.to_json(out / "federations" / "f1" / "federated_table.json")
+        (out / "last_federation.json").write_text(json.dumps({"table": str(path), "mlflow_run_id": "r1"}))
+        return 0
+
+    monkeypatch.setattr(launcher, "flwr_run", fake_flwr_run)
+    assert main(["consortium", "run", "ops"]) == 0
+    printed = capsys.readouterr().out
+    assert "Federation gain" in printed and "acme" in printed and "0.610" in printed and "0.670" in printed
+    assert "pairs won against local-only: federated 1/1" in printed
+
+
 def test_a_superlink_made_with_a_relative_path_holds_absolute_paths(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     link = LocalSuperLink(Path("ops/flower"), simulation=False, tls_dir=Path("ops/pki"))
@@ -214,6 +236,7 @@ def test_up_and_run_with_relative_paths_then_sigterm_leaves_no_process(operator_
                              cwd=cwd, capture_output=True, text=True, timeout=600)
         assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
         assert (cwd / "ops" / "server" / "last_federation.json").exists()
+        assert "Federation gain" in run.stdout  # the table printed at the end
         assert not (cwd / "ops" / "flower" / "ops").exists()  # the path joined twice, once
         pids = _descendants(up.pid)
         assert len(pids) >= 6, pids  # MLflow, SuperLink, 2 x (SuperNode + site worker)
