@@ -85,6 +85,10 @@ def test_secure_run_is_tracked_per_site_and_marked(runs):
     # both rounds, and never in the plain run.
     assert sum("Secure aggregation completed" in line for line in runs["secure"]["log"]) == 2
     assert not any("Secure aggregation" in line for line in runs["plain"]["log"])
+    # Best-round selection on the legacy path too: the final evaluation, once, after round 2's own.
+    assert run.data.tags["fedmol.stop-reason"].endswith("ran all 2 rounds")
+    assert run.data.metrics["final/sites-answered"] == N_SITES
+    assert run.data.tags["fedmol.rounds-run"] == "2"
 
 
 def test_config_refuses_secure_aggregation_with_per_update_defences():
