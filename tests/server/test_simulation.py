@@ -83,6 +83,7 @@ def federation(tmp_path_factory):
         consortium_tasks=",".join(f"{t}:classification" for t in CONSORTIUM),
         sim_store_dir=str(root / "sites"), output_dir=str(root / "server"), num_threads=1,
         model_name="fedmol-test", experiment="fedmol-test",
+        eval_min_labels=3,  # folds of ~90 compounds: a quorum the tasks meet, so the table has scores
     )
     sim = {"num-supernodes": N_SITES, "client-resources-num-cpus": 1}
     lines: list[str] = []
@@ -181,3 +182,18 @@ def test_final_table_has_federated_scores_per_site(federation):
     table = json.loads(Path(federation["outputs"]["table"]).read_text())
     sites = table["values"]["federated"]
     assert set(sites) == {f"site{i}" for i in range(N_SITES)}
+    assert all(sites.values()), sites  # every site has scored tasks
+
+
+def test_the_saved_model_is_the_best_round_of_the_resumed_federation(federation):
+    """Best-round selection across the kill and the resume: round 1's score was recorded after the
+    resume (its evaluation travels with round 2's training), round 2's by its own evaluation."""
+    from mlflow.tracking import MlflowClient
+
+    outputs = federation["outputs"]
+    scores = {m.step: m.value for m in MlflowClient(outputs["tracking_uri"]).get_metric_history(
+        outputs["mlflow_run_id"], "federated-valid-score")}
+    assert sorted(scores) == [1, 2]
+    best = 1 if scores[1] >= scores[2] else 2
+    meta = json.loads((Path(outputs["model_dir"]) / "meta.json").read_text())
+    assert (outputs["best_round"], meta["best_round"], meta["rounds_run"]) == (best, best, 2)
