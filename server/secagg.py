@@ -140,8 +140,8 @@ class SecureFedAvg(RoundBook, LegacyFedAvg):
                 arrays = dict(zip(self.names, summed, strict=True))
                 if self.cfg.strategy == "fednesterov" and self.last_arrays is not None:
                     # The outer step needs only the mean, which is all the server sees here.
-                    current = {k: self.last_arrays[k].numpy() for k in self.names}
-                    arrays = outer_nesterov_step(current, arrays, self.m_t, lr=self.cfg.outer_lr,
+                    previous = {k: self.last_arrays[k].numpy() for k in self.names}
+                    arrays = outer_nesterov_step(previous, arrays, self.m_t, lr=self.cfg.outer_lr,
                                                  mu=self.cfg.outer_momentum)
         if rejected:
             log.warning("round %d: %s", rnd, rejected)
