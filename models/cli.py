@@ -12,8 +12,13 @@ from typing import Annotated, Any, get_args
 import click
 import typer
 
-from fedmol.config import Optimizer
+from fedmol.config import FederationConfig, Optimizer
 from fedmol.errors import InputError
+
+# One recipe for a site's own model and for the federation's local training: the same optimiser,
+# lr, momentum, batch size and model as the federation's defaults (fedmol.config), so `fedmol train`
+# with no flag gets what the measurements chose (benchmarks/results/recipes.md).
+_RECIPE = FederationConfig()
 
 __all__ = ["register", "train_command", "parse_hidden"]
 
@@ -36,18 +41,23 @@ def train_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the model to.")],
     test_fold: Annotated[int, typer.Option(help="Fold held out for the final test metrics.")] = 0,
     valid_fold: Annotated[int, typer.Option(help="Fold for early stopping and conformal calibration.")] = 1,
-    epochs: Annotated[int, typer.Option(help="Maximum number of epochs.")] = 20,
-    hidden: Annotated[str, typer.Option(help="Hidden sizes, e.g. 400,400 (first is sparse).")] = "400",
-    dropout: Annotated[float, typer.Option(help="Dropout after every hidden layer.")] = 0.2,
-    lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-3,
-    batch_size: Annotated[int, typer.Option(help="Mini-batch size (compounds).")] = 256,
+    epochs: Annotated[int, typer.Option(help="Maximum number of epochs (early stopping usually ends sooner).")] = 40,
+    hidden: Annotated[str, typer.Option(help="Hidden sizes, e.g. 400,400 (first is sparse).")] = _RECIPE.hidden,
+    dropout: Annotated[float, typer.Option(help="Dropout after every hidden layer.")] = _RECIPE.dropout,
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = _RECIPE.lr,
+    batch_size: Annotated[int, typer.Option(help="Mini-batch size (compounds).")] = _RECIPE.batch_size,
     optimizer: Annotated[Optimizer, typer.Option(click_type=click.Choice(get_args(Optimizer)),
-                                                 help="Local optimiser.")] = "adam",
-    weight_decay: Annotated[float, typer.Option(help="L2 weight decay.")] = 0.0,
-    lr_step_epoch: Annotated[int, typer.Option(help="Multiply lr by --lr-gamma every N epochs.")] = 10,
-    lr_gamma: Annotated[float, typer.Option(help="Step decay factor of the learning rate.")] = 0.3,
+                                                 help="Local optimiser.")] = _RECIPE.optimizer,
+    momentum: Annotated[float, typer.Option(help="SGD momentum.")] = _RECIPE.momentum,
+    weight_decay: Annotated[float, typer.Option(help="Weight decay.")] = _RECIPE.weight_decay,
+    lr_step_epoch: Annotated[int, typer.Option(help="Multiply lr by --lr-gamma every N epochs.")] = 1,
+    lr_gamma: Annotated[float, typer.Option(help="Step decay factor of the learning rate (1: constant).")] = 1.0,
     patience: Annotated[int, typer.Option(help="Stop after this many epochs without validation improvement "
-                                          "(0: never stop early).")] = 5,
+                                          "(0: never stop early); the best epoch's weights are kept.")] = 5,
+    monitor: Annotated[str, typer.Option(click_type=click.Choice(["score", "loss"]),
+                                         help="What early stopping watches on the validation fold: score "
+                                              "(mean ROC-AUC / R², the loss when no task qualifies) or loss.")
+                       ] = "score",
     min_pos: Annotated[int, typer.Option(help="Positives a task needs for test metrics.")] = 25,
     min_neg: Annotated[int, typer.Option(help="Negatives a task needs for test metrics.")] = 25,
     device: Annotated[str, typer.Option(help="auto (CUDA if present), cpu, cuda or cuda:N.")] = "auto",
@@ -57,8 +67,9 @@ def train_command(
     """Train a multi-task model on one site's store and save it with conformal calibration.
 
     Trains on every fold except --test-fold and --valid-fold, early-stops on the validation
-    fold's loss (restoring the best epoch), prints per-task test metrics and writes
-    spec.json, weights.pt, meta.json and calibration.json to --out.
+    fold's score (restoring the best epoch), prints per-task test metrics and writes
+    spec.json, weights.pt, meta.json and calibration.json to --out. The defaults are the
+    federation's recipe (SGD with momentum on sparse fingerprints), chosen by measurement.
     """
     from rich.console import Console
 
@@ -67,6 +78,7 @@ def train_command(
         store, out, test_fold=test_fold, valid_fold=valid_fold, epochs=epochs, hidden=parse_hidden(hidden),
         dropout=dropout, lr=lr, batch_size=batch_size, optimizer=optimizer, weight_decay=weight_decay,
         lr_step_epoch=lr_step_epoch, lr_gamma=lr_gamma, patience=patience, min_pos=min_pos, min_neg=min_neg,
+        momentum=momentum, monitor=monitor,
         device=device, seed=seed, threads=threads, console=console,
     )
     _print_metrics(console, result["test"], result["kinds"])
@@ -76,7 +88,8 @@ def train_command(
 def run_training(store_path: Path, out: Path, *, test_fold: int, valid_fold: int, epochs: int,
                  hidden: tuple[int, ...], dropout: float, lr: float, batch_size: int, optimizer: Optimizer,
                  weight_decay: float, lr_step_epoch: int, lr_gamma: float, patience: int, min_pos: int,
-                 min_neg: int, device: str, seed: int, threads: int, console: Any) -> dict[str, Any]:
+                 min_neg: int, device: str, seed: int, threads: int, console: Any, momentum: float = 0.9,
+                 monitor: str = "score") -> dict[str, Any]:
     """The work behind ``fedmol train``; returns test metrics, kinds, history and the output path."""
     import numpy as np
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -110,9 +123,10 @@ def run_training(store_path: Path, out: Path, *, test_fold: int, valid_fold: int
     test = TaskData.from_store(store, spec, np.flatnonzero(store.folds == test_fold), trainable_only=False)
 
     config = TrainConfig(
-        epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
+        epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum,
         weight_decay=weight_decay, lr_step_epoch=lr_step_epoch, lr_gamma=lr_gamma,
-        patience=patience or None, device=device, seed=seed, num_threads=threads or None,
+        patience=patience or None, monitor="score" if monitor == "score" else "loss",
+        device=device, seed=seed, num_threads=threads or None,
     )
     model = MultiTaskNet(spec, seed=seed)
     fit_target_scaling(model, train)

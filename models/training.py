@@ -50,7 +50,8 @@ class TrainConfig:
     patience: stop when the validation monitor has not improved for this many epochs (None: no
         early stopping). With ``restore_best`` the best epoch's weights are put back at the end.
     monitor: ``loss`` (validation loss, lower is better) or ``score`` (mean ROC-AUC over
-        classification tasks plus mean R² over regression tasks that qualify, higher is better).
+        classification tasks plus mean R² over regression tasks that qualify, higher is better; the
+        loss when no validation task qualifies).
     proximal_mu: FedProx term mu/2 * ||w - w_ref||² over the parameters in ``prox_reference``.
     num_threads: torch intra-op threads on CPU (None: leave torch's setting).
     """
@@ -289,8 +290,9 @@ def _train_epochs(
         if valid is not None:
             ev = evaluate(model, valid, batch_size=max(config.batch_size, 1024), thresholds=thresholds)
             record = EpochRecord(epoch, lr, record.train_loss, n_labels, ev.loss, ev.score)
-            value = ev.loss if config.monitor == "loss" else ev.score
-            lower_is_better = config.monitor == "loss"
+            # score: when no validation task qualifies the score is None at every epoch; the loss decides.
+            lower_is_better = config.monitor == "loss" or ev.score is None
+            value = ev.loss if lower_is_better else ev.score
             better = (
                 value is not None and math.isfinite(value)
                 and (best_value is None or (value < best_value if lower_is_better else value > best_value))

@@ -82,6 +82,27 @@ def test_early_stopping_restores_the_best_epoch_and_optimizer_is_returned():
     assert isinstance(result.optimizer, torch.optim.Adam) and result.optimizer.state
 
 
+def test_score_monitor_picks_the_best_score_and_falls_back_to_the_loss_when_nothing_qualifies():
+    from fedmol.models.metrics import MetricThresholds
+
+    spec, X, Y, censor = _data(300, hidden=(256,))
+    names = [t for t, _ in TASKS]
+    train = TaskData.from_arrays(spec, X, Y, censor, names, np.arange(100))
+    valid = TaskData.from_arrays(spec, X, Y, censor, names, np.arange(100, 300))
+    config = TrainConfig(epochs=12, batch_size=32, lr=1e-2, patience=3, monitor="score", device="cpu")
+    model = MultiTaskNet(spec, seed=0)
+    fit_target_scaling(model, train)
+    result = train_epochs(model, train, config, valid=valid, thresholds=MetricThresholds.at_least(5))
+    best = max(result.history, key=lambda r: r.valid_score)
+    assert result.best_epoch == best.epoch
+    # No validation task reaches 10,000 labels: the score is None every epoch, the loss decides.
+    model = MultiTaskNet(spec, seed=0)
+    fit_target_scaling(model, train)
+    result = train_epochs(model, train, config, valid=valid, thresholds=MetricThresholds.at_least(10_000))
+    assert all(r.valid_score is None for r in result.history)
+    assert result.best_epoch == min(result.history, key=lambda r: r.valid_loss).epoch
+
+
 def test_step_decay_and_continued_optimizer():
     config = TrainConfig(lr=1e-3, lr_step_epoch=10, lr_gamma=0.3)
     assert config.lr_at(9) == pytest.approx(1e-3) and config.lr_at(10) == pytest.approx(3e-4)
