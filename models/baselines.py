@@ -280,7 +280,7 @@ def pooled_store(stores: Mapping[str, SiteStore], consortium: list[tuple[str, Ta
 def train_baselines(store_paths: Mapping[str, Path], cfg: FederationConfig, *, epochs: int = ADAM_EPOCHS,
                     dataset: str | None = None, on_model: Callable[[str], None] | None = None,
                     recipe: TrainConfig | None = None, validation: GainTable | None = None,
-                    select: bool = False) -> GainTable:
+                    select: bool = False, local: bool = True) -> GainTable:
     """Local-only (per site, `local_only`) and pooled models, each tested on every site's test fold.
 
     Recipe: `adam_recipe` with at most ``epochs`` epochs, or ``recipe`` when given; with ``select``
@@ -288,7 +288,8 @@ def train_baselines(store_paths: Mapping[str, Path], cfg: FederationConfig, *, e
     its site's validation fold, the pooled model the one better on the mean over sites of the
     validation scores (the table's notes say which). Tasks are scored with
     `MetricThresholds.at_least` of run-config ``eval-min-labels``. ``validation``, when given,
-    receives the same models' scores on each site's validation fold.
+    receives the same models' scores on each site's validation fold. ``local=False``: the pooled
+    model only (the local-only models come from elsewhere, e.g. a federation's own table).
     """
     stores = {site: SiteStore.load(p) for site, p in store_paths.items()}
     consortium = cfg.consortium_task_list
@@ -306,11 +307,11 @@ def train_baselines(store_paths: Mapping[str, Path], cfg: FederationConfig, *, e
                           {t: "roc_auc" if "roc_auc" in m else "r2" for t, m in per_task.items()})
 
     chosen: dict[str, str] = {}
-    for site, store in stores.items():
-        local = local_only(store, cfg, recipes=recipes, consortium=consortium)
-        chosen[f"local:{site}"] = local.recipe
+    for site, store in (stores if local else {}).items():
+        alone = local_only(store, cfg, recipes=recipes, consortium=consortium)
+        chosen[f"local:{site}"] = alone.recipe
         for fold in ("test", "valid"):
-            add("local", fold, site, local.results[fold].per_task)
+            add("local", fold, site, alone.results[fold].per_task)
         if on_model:
             on_model(f"local:{site}")
     pooled = pooled_store(stores, consortium)

@@ -56,3 +56,14 @@ def test_baselines_with_recipe_selection_say_which_recipe_each_model_kept(tmp_pa
     note = table.notes["baseline recipes (chosen on the validation fold)"]
     assert all(f"{m}: " in note for m in ("local:site0", "local:site1", "pooled"))
     assert set(table.approaches) == {"local", "pooled"}
+
+
+def test_pooled_only_baselines_train_no_local_only_model(tmp_path):
+    paths = write_sites(tmp_path, n_sites=2, n=120, n_bits=64)
+    cfg = FederationConfig(n_bits=64, hidden="8", consortium_tasks="c1:classification", eval_min_labels=5,
+                           device="cpu", num_threads=1, num_server_rounds=2, local_epochs=1)
+    seen: list[str] = []
+    table = train_baselines({"site0": paths[0], "site1": paths[1]}, cfg, epochs=2, select=True, local=False,
+                            on_model=seen.append)
+    assert seen == ["pooled"] and table.approaches == ["pooled"] and set(table.sites) == {"site0", "site1"}
+    assert "local:" not in table.notes["baseline recipes (chosen on the validation fold)"]
