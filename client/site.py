@@ -5,8 +5,11 @@
 aggregate metrics and a report. The Flower adapter (`fedmol.client.client_app`) only converts records.
 
 Private heads live in ``<store>/federations/<federation-id>/private_heads.pt`` between rounds
-(Flower's ``context.state`` lasts only one run, and is serialised with every message); the
-outbox ledger ``<store>/outbox.jsonl`` records every array and metric name that left the site.
+(Flower's ``context.state`` lasts only one run, and is serialised with every message), and each
+training round's heads as ``private_heads-r<r>.pt`` (the newest rounds only), so that the final
+evaluation of the server's chosen round pairs its shared model with that round's heads
+(`fedmol.models.site_model` documents the layout); the outbox ledger ``<store>/outbox.jsonl``
+records every array and metric name that left the site.
 """
 
 from __future__ import annotations
@@ -35,8 +38,10 @@ from fedmol.models.data import TaskData
 from fedmol.models.metrics import MetricThresholds
 from fedmol.models.network import MultiTaskNet
 from fedmol.models.site_model import (
+    KEPT_HEAD_ROUNDS,
     PRIVATE_HEADS,
     federation_dir,
+    kept_head_rounds,
     save_private_heads,
     site_model,
     site_name,
@@ -96,10 +101,12 @@ class SiteNode:
     def private_dir(self, federation_id: str) -> Path:
         return federation_dir(self.store_path, federation_id)
 
-    def build_model(self, cfg: FederationConfig, shared: dict[str, np.ndarray],
-                    federation_id: str) -> tuple[MultiTaskNet, bool]:
-        """The site's model: the received shared parameters plus its own private heads (`site_model`)."""
-        return site_model(self.store, self.store_path, cfg, shared, federation_id, site=self.name)
+    def build_model(self, cfg: FederationConfig, shared: dict[str, np.ndarray], federation_id: str,
+                    heads_round: int | None = None) -> tuple[MultiTaskNet, bool]:
+        """The site's model: the received shared parameters plus its own private heads (`site_model`):
+        the current ones, or with ``heads_round`` those kept from that training round."""
+        return site_model(self.store, self.store_path, cfg, shared, federation_id, site=self.name,
+                          heads_round=heads_round)
 
     def refit_private_heads(self, model: MultiTaskNet, cfg: FederationConfig, server_round: int,
                             epochs: int) -> None:
@@ -234,9 +241,13 @@ class SiteNode:
         tmp.replace(path)
         return path
 
-    def save_private(self, model: MultiTaskNet, federation_id: str, server_round: int, *, note: bool = True) -> Path:
-        """Keep the private heads on disk; note their hash per training round in a site-local history."""
-        state = save_private_heads(model, self.store_path, federation_id)
+    def save_private(self, model: MultiTaskNet, federation_id: str, server_round: int, *, note: bool = True,
+                     keep: int = KEPT_HEAD_ROUNDS) -> Path:
+        """Keep the private heads on disk as the current ones. ``note`` (a training round's heads):
+        also keep them as that round's (``private_heads-r<r>.pt``, the newest ``keep`` rounds) and
+        note their hash in a site-local history."""
+        state = save_private_heads(model, self.store_path, federation_id,
+                                   server_round=server_round if note else None, keep=keep)
         folder = self.private_dir(federation_id)
         path = folder / PRIVATE_HEADS
         if not note:
@@ -274,7 +285,7 @@ class SiteNode:
         result = train_epochs(model, train, tc, optimizer=optimizer, prox_reference=reference)
         if cfg.keep_optimizer_state:
             self.save_optimizer(result.optimizer, federation_id)
-        self.save_private(model, federation_id, server_round)
+        self.save_private(model, federation_id, server_round, keep=kept_head_rounds(cfg))
         out = self._inject_fault({k: v.detach().cpu().numpy() for k, v in model.shared_state_dict().items()})
         if cfg.transport_dtype == "float16":
             out = {k: v.astype(np.float16) if v.dtype == np.float32 else v for k, v in out.items()}
@@ -304,6 +315,12 @@ class SiteNode:
         model (personalised where it chose so, calibrated on its validation fold) in its own MLflow
         registry (`register_site_model`). Nothing new is sent.
 
+        The final evaluation's ``server_round`` is the round the server chose (best-round selection),
+        and its shared model is that round's: the site pairs it with the private heads it kept from
+        that training round (`fedmol.models.site_model.private_heads_file`; the latest, with a
+        warning, when they are no longer kept), refitted as in that round's own evaluation. These
+        heads are the ones personalised, registered, and kept as the current ``private_heads.pt``.
+
         With ``local-baseline`` (default) the site also reports its local-only model's metrics
         (`fedmol.client.local_only`: trained at its first evaluation, then cached in the store) as
         ``valid-local``/``test-local`` (summary ``valid_local_*``, ``test_local_*``), under the same
@@ -313,12 +330,16 @@ class SiteNode:
         thresholds = MetricThresholds.at_least(cfg.eval_min_labels)
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
-        model, fresh = self.build_model(cfg, shared, federation_id)
-        if model.private_head_names() and (cfg.head_epochs > 0 or fresh):
-            self.refit_private_heads(model, cfg, server_round, max(cfg.head_epochs, 1))
-            self.save_private(model, federation_id, server_round, note=False)
         if final is None:
             final = server_round >= cfg.num_server_rounds
+        # The final evaluation carries the server's chosen round: its shared model goes with the
+        # private heads of that round, not the latest ones (trained on a later trunk).
+        model, fresh = self.build_model(cfg, shared, federation_id, heads_round=server_round if final else None)
+        refit = bool(model.private_head_names()) and (cfg.head_epochs > 0 or fresh)
+        if refit:  # the same refit (and seed) as this round's own evaluation: the same heads
+            self.refit_private_heads(model, cfg, server_round, max(cfg.head_epochs, 1))
+        if refit or (final and model.private_head_names()):  # after the final: the chosen round's heads
+            self.save_private(model, federation_id, server_round, note=False)
         data = {split: TaskData.from_store(self.store, model.spec, self.rows(cfg, split), trainable_only=False)
                 for split in ("valid", "test")}
         results = {split: evaluate(model, d, device=cfg.device, thresholds=thresholds)
