@@ -34,9 +34,12 @@ def demo(
 
     Four simulated sites (two sharing the consortium task logS, one with a private solubility class,
     one with private hydration free energies) prepare their stores with a shared consortium key,
-    federate in Flower's simulation engine, and are compared with local-only and pooled models
-    trained with the federation's recipe; R² and ROC-AUC are reported apart. The demo key is fixed
-    and public (the table is reproducible); --key-file uses yours.
+    federate in Flower's simulation engine, and the federated model is compared with each site's
+    local-only model (trained by the site in the federation) and a pooled model, both with the same
+    recipe selection (Adam or the federation's recipe, the better on validation); R² and ROC-AUC
+    are reported apart. It prints the round whose model the federation kept, and the registered
+    models: the shared one and each site's own. The demo key is fixed and public (the table is
+    reproducible); --key-file uses yours.
 
     Example: fedmol demo --rounds 10 --out /tmp/demo
     """
@@ -61,6 +64,7 @@ def simulate(
     the natural order of the names. Other files and folders in STORES are ignored.
 
     Every KEY is a key of \\[tool.flwr.app.config] in pyproject.toml. At the end it prints the
+    round whose model the federation kept (the best validation round) and why, and the
     federation-gain table: per site, each site's local-only model against the federated one (and
     its personalised one, where it chose so) on its test fold, and the (site, task) pairs won.
 

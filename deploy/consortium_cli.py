@@ -152,8 +152,9 @@ def run(
     workdir: Annotated[Path, typer.Argument(help="The running consortium's folder.")],
     run_config: Annotated[list[str], typer.Option("--set", help="Run-config KEY=VALUE (repeatable).")] = [],  # noqa: B006
 ) -> None:
-    """Start a federation on the running consortium, stream its log, and print the federation-gain
-    table at the end (each site's local-only model against the federated one, pairs won).
+    """Start a federation on the running consortium, stream its log, and print at the end the round
+    whose model the federation kept (and why) and the federation-gain table (each site's local-only
+    model against the federated one, pairs won).
 
     Example: fedmol consortium run ops/ --set num-server-rounds=10 --set consortium-tasks="logS:regression"
     """

@@ -9,15 +9,18 @@ Four simulated sites built from the demo sets embedded in fedmol (``fedmol.datas
 * ``institute-d`` owns a private regression task, ``hydration_free_energy`` (FreeSolv).
 
 Each site prepares its own store with the shared consortium key; the federation runs in
-Flower's simulation engine; local-only and pooled baselines are trained on the same folds; the
-federation-gain table is printed; the MLflow run and the registered model are shown.
+Flower's simulation engine, where each site also trains its local-only model (cached in its store)
+and the server writes the federation-gain table (local-only, federated and, where a site kept it,
+personalised, per site and task); the demo adds the pooled model, trained on every site's training
+folds, and prints the table, the round whose model the federation kept, the MLflow run and the
+registered models (the shared one, and each site's own, `fedmol.client.site_registry`).
 
 Reproducible: the key decides the folds and the feature positions, so the demo uses a fixed,
 public demo key (`DEMO_KEY_HEX`, written to ``out/consortium.key``) unless it is given one; with
-the same options two runs print the same table. The baselines train with the federation's own
-recipe (`fedmol.models.baselines.federation_recipe`: its optimiser, learning rate, batch size,
-schedule and number of epochs), so that local-only and pooled get no weaker a recipe than the
-federated model. The table reports R² (regression tasks) and ROC-AUC (classification) apart.
+the same options two runs print the same table. Local-only and pooled use the same recipe selection
+(`fedmol.models.baselines.baseline_recipes`: Adam, or the federation's own recipe, whichever is
+better on the validation fold), so no side gets a choice the other does not. The table reports R²
+(regression tasks) and ROC-AUC (classification) apart.
 """
 
 from __future__ import annotations
@@ -29,10 +32,13 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    from fedmol.config import FederationConfig
 
 SITES = ("pharma-a", "pharma-b", "biotech-c", "institute-d")
 CONSORTIUM_TASKS = "logS:regression"
@@ -109,7 +115,7 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
     from fedmol.datasets.keys import load_key
     from fedmol.deploy.launcher import LocalSuperLink, flwr_run
     from fedmol.errors import InputError
-    from fedmol.models.baselines import federation_recipe, train_baselines
+    from fedmol.models.baselines import train_baselines
     from fedmol.models.report import GainTable
 
     console = Console()
@@ -141,11 +147,11 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
             report_task_names=True, experiment="fedmol-demo", model_name="fedmol-demo",
             num_threads=1,
         )
-        base = progress.add_task("2/4 local-only and pooled baselines", total=len(SITES) + 1)
-        baselines = train_baselines(stores, cfg, recipe=federation_recipe(cfg),
-                                    on_model=lambda name: progress.advance(base))
+        # The pooled reference only: the sites train their local-only models in the federation.
+        base = progress.add_task("2/4 pooled baseline", total=1)
+        pooled = train_baselines(stores, cfg, select=True, local=False, on_model=lambda name: progress.advance(base))
 
-        fed = progress.add_task("3/4 federation (Flower simulation)", total=opts.rounds)
+        fed = progress.add_task("3/4 federation (Flower simulation, local-only at each site)", total=opts.rounds)
         sites_task = progress.add_task("    sites answered this round", total=len(SITES))
         log_lines: list[str] = []
 
@@ -170,27 +176,81 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
         progress.update(fed, completed=opts.rounds)
         progress.add_task("4/4 federation-gain table", total=1, completed=1)
 
-    federated = GainTable.from_json(Path(outputs["table"]))
-    table = baselines.merge(federated)
-    table.notes.update({
-        "key": "the public demo key" if opts.key_file is None else f"{key_path}",
-        "baselines": f"the federation's recipe ({cfg.optimizer}, lr {cfg.lr}, batch {cfg.batch_size}, "
-                     f"{cfg.num_server_rounds * cfg.local_epochs} epochs at most, early stopping on the "
-                     "validation fold)",
-    })
+    if not outputs.get("table"):
+        raise RuntimeError(f"the federation wrote no federation-gain table (no site evaluated the final model); "
+                           f"see {out / 'flower' / 'run.log'}")
+    federated = GainTable.from_json(Path(outputs["table"]))  # local-only, federated, personalised
+    table = pooled.merge(federated)
+    table.notes.update(table_notes(cfg, outputs, key_path if opts.key_file is not None else None,
+                                   personalised="personalised" in table.values))
     table.to_json(out / "federation_gain.json")
     table.to_markdown(out / "federation_gain.md")
     table.print(console)
-    uri = outputs.get("tracking_uri", "")
     console.print(f"\n[bold]Done in {time.perf_counter() - t0:.0f} s.[/]")
-    console.print(f"MLflow run:        {outputs['mlflow_run_id']} in {uri}")
-    if outputs.get("model_uri"):
-        console.print(f"Registered model:  {outputs['model_uri']}")
-    console.print(f"Open the MLflow UI: mlflow ui --backend-store-uri {uri} --port 5000")
-    console.print(f"Score molecules:   fedmol score INPUT.csv --model {outputs['model_dir']} "
-                  f"--key-file {key_path} --out predictions.csv")
+    for line in next_steps(cfg, outputs, stores, key_path):
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
     console.print(f"Everything is in {out}")
     return {**outputs, "gain_table": str(out / "federation_gain.json")}
+
+
+def table_notes(cfg: FederationConfig, outputs: dict[str, Any], key_path: Path | None, *,
+                personalised: bool = False) -> dict[str, str]:
+    """What the demo's table rests on, in words: the key (None: the demo key), where each column
+    comes from, the recipes."""
+    from fedmol.models.baselines import baseline_recipes
+
+    recipes = "; ".join(f"{name}: {tc.optimizer}, lr {tc.lr:g}, batch {tc.batch_size}, at most {tc.epochs} epochs"
+                        for name, tc in baseline_recipes(cfg).items())
+    notes = {
+        "key": "the public demo key" if key_path is None else str(key_path),
+        "local": "each site's local-only model on its own folds, trained by the site in the federation "
+                 "(cached in its store) and reported by the federation",
+        "federated": "the shared model of the round the federation kept (best federated validation score), "
+                     "with each site's private heads of that round",
+        "pooled": "one model on every site's training folds, trained by the demo",
+        "baselines": "local-only and pooled each keep the recipe better on the validation fold of "
+                     f"[{recipes}] (early stopping on the validation fold)",
+        "federation": str(outputs.get("stop_reason", "")),
+    }
+    if personalised:
+        notes["personalised"] = ("where a site kept its fine-tuned copy of the federated model (chosen on its "
+                                 "validation fold)")
+    return notes
+
+
+def next_steps(cfg: FederationConfig, outputs: dict[str, Any], stores: dict[str, Path], key_path: Path) -> list[str]:
+    """The lines printed at the end of the demo: the round kept, MLflow, the registered models, how
+    to score. A shared model without heads (every task private) predicts nothing, so scoring then
+    points to a site's own model (`fedmol.client.site_registry`: ``models:/fedmol-site-<site>``)."""
+    from fedmol.client.site_registry import SITE_MODEL_RECORD
+    from fedmol.deploy.report import selection_line
+    from fedmol.models.site_model import federation_dir
+
+    uri = outputs.get("tracking_uri", "")
+    lines = [line] if (line := selection_line(outputs)) else []
+    lines.append(f"MLflow run:        {outputs.get('mlflow_run_id', '?')} in {uri}")
+    if outputs.get("model_uri"):
+        lines.append(f"Registered model:  {outputs['model_uri']} (the shared model)")
+    lines.append(f"Open the MLflow UI: mlflow ui --backend-store-uri {uri} --port 5000")
+    site_models: dict[str, dict[str, Any]] = {}
+    for site, store in stores.items():
+        record = federation_dir(store, str(outputs.get("federation_id", ""))) / SITE_MODEL_RECORD
+        if record.exists():
+            site_models[site] = json.loads(record.read_text())
+    for site, rec in site_models.items():
+        lines.append(f"{site}'s own model: {rec['model_uri']} in {rec['tracking_uri']}")
+    key = f"--key-file {key_path} --out predictions.csv"
+    if cfg.consortium_task_list:
+        lines.append(f"Score molecules:   fedmol score INPUT.csv --model {outputs['model_dir']} {key}")
+    else:
+        lines.append("The shared model has no heads (every task is private): it predicts nothing on its own; "
+                     + ("score with a site's own model" if site_models
+                        else "no site registered its own model (register-model=false)"))
+    if site_models:
+        site, rec = next(iter(site_models.items()))
+        lines.append(f"Score with {site}'s own model (its private tasks too): fedmol score INPUT.csv "
+                     f"--model {rec['model_uri']} --tracking-uri {rec['tracking_uri']} {key}")
+    return lines
 
 
 def write_demo_key(path: Path) -> Path:

@@ -87,7 +87,9 @@ def test_a_finished_run_prints_the_federation_gain_table(tmp_path, monkeypatch, 
         table.add("local", "acme", {"c1": 0.61}, {"c1": "roc_auc"})
         table.add("federated", "acme", {"c1": 0.67}, {"c1": "roc_auc"})
         path = table.to_json(out / "federations" / "f1" / "federated_table.json")
-        (out / "last_federation.json").write_text(json.dumps({"table": str(path), "mlflow_run_id": "r1"}))
+        (out / "last_federation.json").write_text(json.dumps({
+            "table": str(path), "mlflow_run_id": "r1", "best_round": 2, "rounds_run": 3,
+            "stop_reason": "best federated validation score 0.6700 at round 2; ran all 3 rounds"}))
         return 0
 
     monkeypatch.setattr(launcher, "flwr_run", fake_flwr_run)
@@ -95,6 +97,7 @@ def test_a_finished_run_prints_the_federation_gain_table(tmp_path, monkeypatch, 
     printed = capsys.readouterr().out
     assert "Federation gain" in printed and "acme" in printed and "0.610" in printed and "0.670" in printed
     assert "pairs won against local-only: federated 1/1" in printed
+    assert "Model kept: round 2 of 3 rounds run (best federated validation score 0.6700 at round 2" in printed
 
 
 def test_a_superlink_made_with_a_relative_path_holds_absolute_paths(tmp_path, monkeypatch):

@@ -64,9 +64,13 @@ def test_the_gain_report_prints_local_only_against_federated_per_site(tmp_path: 
         table.add("local", site, {"c1": local, "c2": local}, {"c1": "roc_auc", "c2": "roc_auc"})
         table.add("federated", site, {"c1": fed, "c2": local}, {"c1": "roc_auc", "c2": "roc_auc"})
     path = table.to_json(tmp_path / "federations" / "f1" / "federated_table.json")
-    (tmp_path / "last_federation.json").write_text(json.dumps({"table": str(path), "mlflow_run_id": "r1"}))
+    reason = "best federated validation score 0.6900 at round 3; stopped at round 5 after 2 rounds without improvement"
+    (tmp_path / "last_federation.json").write_text(json.dumps({"table": str(path), "mlflow_run_id": "r1",
+                                                               "best_round": 3, "rounds_run": 5,
+                                                               "stop_reason": reason}))
     assert print_gain_report(tmp_path) == path
     printed = capsys.readouterr().out
+    assert f"Model kept: round 3 of 5 rounds run ({reason})" in printed  # one line, not wrapped
     for text in ("roc_auc", "local", "federated", "federated won", "acme", "zeta", "0.660", "0.675", "1/2",
                  "pairs won against local-only: federated 1/4"):
         assert text in printed, text
