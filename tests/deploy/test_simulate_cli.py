@@ -100,5 +100,6 @@ def test_simulate_names_sites_after_their_folders(tmp_path: Path, capsys: pytest
     assert table["pairs_against_local"]["federated"]["pairs"] >= 2
     assert Path(outputs["table"]).with_suffix(".png").exists()
     assert "Federation gain" in printed and "federated won" in printed and "pairs won against local-only" in printed
+    assert f"Model kept: round 1 of 1 rounds run ({outputs['stop_reason']})" in printed
     for site in ("acme", "zeta-pharma"):
         assert len(list((tmp_path / "stores" / site / "local_only").glob("*/meta.json"))) == 1
