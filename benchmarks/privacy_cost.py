@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import DATA_DIR, RESULTS, log, quiet_warnings, run_flower
-from benchmarks.sets import MODEL, SETS, federation_config, prepared_store, save_sites, split_sites
+from benchmarks.sets import FEATURES, SETS, federation_config, prepared_store, save_sites, split_sites
 
 VARIANTS = {
     "float32": {},
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     spec = SETS["tox21"]
     quick = spec["quick"] if args.quick else {}
-    store = prepared_store(DATA_DIR / spec["file"], args.work, radius=2, n_bits=MODEL["n_bits"],
+    store = prepared_store(DATA_DIR / spec["file"], args.work, **FEATURES,
                            nrows=quick.get("nrows"), id_col=spec["id_col"])
     work = args.work / ("quick" if args.quick else "full") / "privacy-cost"
     sites = save_sites(split_sites(store, spec, 0), work / "sites")

@@ -1,12 +1,14 @@
-"""The public data sets the benchmarks run on: the key, each set's spec, preparation, site splits.
+"""The public data sets the benchmarks run on: the key, each set's data facts, preparation, site splits.
 
 * `BENCHMARK_KEY_TEXT` / `benchmark_key`: the fixed, **public** consortium key of every benchmark.
   It only decides the bit permutation and the fold hash; a benchmark must be reproducible, and
   no real data is protected by it. Never use it for a real consortium (`fedmol keygen` makes one).
-* `TOX21_TASKS`, `MODEL`, `SETS`: the sets of the federation benchmarks (file, id column, how
-  many sites and how they are split, metric, consortium tasks, the federation settings each set
-  runs with, and the sizes and trunk of its ``--quick`` smoke run); `federation_config` turns one into a
-  `fedmol.config.FederationConfig`.
+* `TOX21_TASKS`, `SETS`: the sets of the federation benchmarks, data facts only (file, id column,
+  how many sites and how they are split, metric, consortium tasks) and the sizes of each set's
+  ``--quick`` smoke run. No set has a recipe or a model size of its own: `federation_config` is
+  `fedmol.config.FederationConfig`'s defaults plus what is not a recipe (`RUN_KEYS`: the sites,
+  seed, folders, names, reporting and MELLODDY's scoring quorum `EVAL_MIN_LABELS`).
+* `FEATURES`: `fedmol prepare`'s default featurisation (ECFP6, 32,768 bits), the defaults' input width.
 * `prepared_store`: prepare a CSV once with the benchmark key and cache the store under
   ``--work`` (preparation is the slow part: ~1 min for Tox21, ~5 min for chembl_5thresh).
 * `split_sites`: one set's store split into its sites; `save_sites` writes them as
@@ -27,25 +29,33 @@ BENCHMARK_KEY_TEXT = b"fedmol public benchmark key - not a secret, never use for
 
 TOX21_TASKS = ["NR-AR", "NR-AR-LBD", "NR-AhR", "NR-Aromatase", "NR-ER", "NR-ER-LBD", "NR-PPAR-gamma",
                "SR-ARE", "SR-ATAD5", "SR-HSE", "SR-MMP", "SR-p53"]
-MODEL = {"n_bits": 2048, "hidden": "1000", "dropout": 0.5, "input_transform": "binary"}
-# Why these settings: benchmarks/results/federation_gain_notes.md.
+# `fedmol prepare`'s default featurisation (FeaturizeSettings: ECFP6 = radius 3, 32,768 bits), the
+# width of run-config n-bits' default.
+FEATURES = {"radius": 3, "n_bits": 32768}
+EVAL_MIN_LABELS = 10  # MELLODDY's per-fold scoring quorum, the same for every approach
+QUICK_HIDDEN = "64"  # --quick only: a small trunk for a smoke run, never a result
+# Data facts per set. "quick": the smoke run's first rows of the file and its most rounds.
 SETS: dict[str, dict[str, Any]] = {
     "tox21": {
         "file": "tox21.csv.gz", "id_col": "mol_id", "sites": 4, "split": "by_scaffold", "metric": "ROC-AUC",
         "consortium": ",".join(f"{t}:classification" for t in TOX21_TASKS),
-        "federation": {"strategy": "fedavg", "optimizer": "sgd", "lr": 1.0, "lr_decay": 0.92, "momentum": 0.9,
-                       "local_epochs": 2, "batch_size": 128, "num_server_rounds": 24},
-        "quick": {"nrows": 2500, "num_server_rounds": 3, "baseline_epochs": 4, "model": {"hidden": "64"}},
+        "quick": {"nrows": 2500, "num_server_rounds": 3},
     },
     "chembl_5thresh": {
         "file": "chembl_5thresh.csv.gz", "id_col": None, "sites": 5, "split": "by_task", "metric": "R²",
-        "consortium": "", "model": {"hidden": "2000"},
-        "federation": {"strategy": "fedavg", "optimizer": "sgd", "lr": 0.1, "lr_decay": 1.0, "momentum": 0.9,
-                       "local_epochs": 2, "batch_size": 128, "num_server_rounds": 20, "head_epochs": 0,
-                       "finetune_epochs": 20, "finetune_lr": 0.03, "finetune_patience": 5},
-        "quick": {"nrows": 2000, "num_server_rounds": 2, "baseline_epochs": 3, "model": {"hidden": "64"}},
+        "consortium": "",
+        "quick": {"nrows": 2000, "num_server_rounds": 2},
+    },
+    "sider": {  # 27 side-effect classes of 1,427 drugs, no missing label; 3 sites of 9 private classes each
+        "file": "sider.csv.gz", "id_col": None, "sites": 3, "split": "by_task", "metric": "ROC-AUC",
+        "consortium": "",
+        "quick": {"nrows": 700, "num_server_rounds": 2},
     },
 }
+# The run-config keys `federation_config` sets (none is a recipe); every other key keeps its default
+# (--quick: also num-server-rounds and hidden).
+RUN_KEYS = ("consortium-tasks", "min-sites", "seed", "sim-store-dir", "output-dir", "experiment", "run-name",
+            "table-name", "report-task-names", "register-model", "num-threads", "eval-min-labels")
 
 
 def benchmark_key() -> bytes:
@@ -53,7 +63,7 @@ def benchmark_key() -> bytes:
     return hashlib.sha256(BENCHMARK_KEY_TEXT).digest()
 
 
-def prepared_store(data: Path, work: Path, *, radius: int = 2, n_bits: int = 2048, nrows: int | None = None,
+def prepared_store(data: Path, work: Path, *, radius: int = 3, n_bits: int = 32768, nrows: int | None = None,
                    id_col: str | None = None, workers: int = 2) -> Any:
     """The file (its first ``nrows`` rows) as one SiteStore (scaffold folds, permuted bits), cached in ``work``."""
     quiet_warnings()
@@ -106,18 +116,25 @@ def save_sites(parts: list[Any], out: Path) -> dict[str, Path]:
 
 def federation_config(name: str, n_sites: int, sites_dir: Path, output_dir: Path, *, quick: bool, seed: int,
                       experiment: str, run_name: str) -> Any:
-    """The federation of set ``name`` as the benchmarks run it (model, rounds, optimiser, quorum)."""
+    """The federation of set ``name``: `FederationConfig`'s defaults (whatever fedmol/config.py says
+    today) with only `RUN_KEYS` set. ``quick``: a smoke run's fewer rounds and `QUICK_HIDDEN` trunk too."""
     from fedmol.config import FederationConfig
 
     spec = SETS[name]
-    fed = dict(spec["federation"])
-    model = {**MODEL, **spec.get("model", {})}
-    if quick:  # the smoke run: fewer rounds, a small trunk
-        if "num_server_rounds" in spec["quick"]:
-            fed["num_server_rounds"] = spec["quick"]["num_server_rounds"]
-        model.update(spec["quick"].get("model", {}))
-    return FederationConfig(
-        **model, **fed, consortium_tasks=spec["consortium"], min_sites=n_sites,
-        seed=seed, eval_min_labels=10, num_threads=1, sim_store_dir=str(sites_dir), output_dir=str(output_dir),
-        table_name=name, report_task_names=True, register_model=False, experiment=experiment, run_name=run_name,
+    cfg = FederationConfig().replace(
+        consortium_tasks=spec["consortium"], min_sites=n_sites, seed=seed, sim_store_dir=str(sites_dir),
+        output_dir=str(output_dir), experiment=experiment, run_name=run_name, table_name=name,
+        report_task_names=True, register_model=False, num_threads=1, eval_min_labels=EVAL_MIN_LABELS,
     )
+    if quick:
+        cfg = cfg.replace(num_server_rounds=min(cfg.num_server_rounds, spec["quick"]["num_server_rounds"]),
+                          hidden=QUICK_HIDDEN)
+    return cfg
+
+
+def changed_keys(cfg: Any) -> dict[str, Any]:
+    """The run-config keys of ``cfg`` that differ from `FederationConfig`'s defaults."""
+    from fedmol.config import FederationConfig
+
+    default = FederationConfig().to_run_config()
+    return {k: v for k, v in cfg.to_run_config().items() if v != default[k]}
