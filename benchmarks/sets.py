@@ -46,7 +46,7 @@ SETS: dict[str, dict[str, Any]] = {
         "consortium": "",
         "quick": {"nrows": 2000, "num_server_rounds": 2},
     },
-    "sider": {  # 27 side-effect classes of 1,427 drugs, no missing label; 3 sites of 9 private classes each
+    "sider": {  # side-effect classes of 1,427 drugs, no missing label: 3 sites of private classes
         "file": "sider.csv.gz", "id_col": None, "sites": 3, "split": "by_task", "metric": "ROC-AUC",
         "consortium": "",
         "quick": {"nrows": 700, "num_server_rounds": 2},
