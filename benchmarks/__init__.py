@@ -7,7 +7,7 @@ Benchmarks (results in benchmarks/results/, ``*_quick.*`` for a ``--quick`` smok
 * `featurize`: featurisation speed against raw RDKit, one and two processes.
 * `train_speed`: the sparse input layer against a dense ``nn.Linear``, samples per second.
 * `baselines`: local-only and pooled models on a public set split into scaffold sites.
-* `federation_gain`: local-only vs federated vs pooled on Tox21 and chembl_5thresh.
+* `federation_gain`: local-only vs federated vs pooled with the defaults, on Tox21, chembl_5thresh and SIDER.
 * `privacy_cost`: what float16 transport, SecAgg+ and central DP cost on Tox21.
 * `scale`: time per round and memory of the simulated federation with many sites.
 * `rounds`: the deployment engine's round overhead and bytes per site per round.
