@@ -17,7 +17,8 @@ best round on). Reported per recipe and set: the validation curve, the best roun
 test scores of the best round's model (plain, and personalised when ``finetune-epochs`` > 0).
 Recipes are chosen on the validation fold only; the test column is for the notes.
 
-Results: ``recipes.json`` under ``--out`` (default benchmarks/results), merged with earlier runs.
+Results: ``recipes.json`` and ``recipes.md`` under ``--out`` (default benchmarks/results), merged
+with earlier runs; the choice and its reasons are in benchmarks/results/recipes_notes.md.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--set", nargs="+", default=["tox21"], choices=sorted(SITES), dest="sets")
-    p.add_argument("--recipe", nargs="+", default=list(RECIPES), dest="recipes",
+    p.add_argument("--recipe", nargs="*", default=list(RECIPES), dest="recipes",
                    help=f"recipes to run (default: all): {', '.join(RECIPES)}")
     p.add_argument("--extra", action="append", default=[], metavar="NAME=KEY=V,KEY=V",
                    help="an ad-hoc recipe: NAME then comma-separated overrides (repeatable)")
@@ -77,6 +78,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--patience", type=int, default=6, help="stop after this many rounds without a better "
                                                            "federated validation score (default 6)")
     p.add_argument("--nrows", type=int, default=None, help="first rows of each file only (smoke run)")
+    p.add_argument("--quick", action="store_true",
+                   help="a smoke run: Tox21's first 1,500 rows, the defaults, 2 rounds, hidden 64 (~1 min); "
+                        "results as recipes_quick.*")
     p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "fedmol-bench")
     p.add_argument("--out", type=Path, default=RESULTS)
     return p.parse_args(argv)
@@ -165,15 +169,38 @@ def _mean(xs: list[Any]) -> float | None:
     return round(float(np.mean(vals)), 4) if vals else None
 
 
+def write_markdown(results: dict[str, Any], path: Path) -> None:
+    """One row per (set, seed, recipe, rows): the validation score that chose, and the test score."""
+    lines = ["# Federation recipes (`python -m benchmarks.recipes`)", "",
+             "In-process emulation of the federation (`SiteNode` + FedAvg's mean / the outer Nesterov step); "
+             "the federated validation score is label-weighted over the sites; the best round's model is "
+             "tested (personalised where `finetune-epochs` > 0 and the site chose it). Notes: recipes_notes.md.",
+             "", "| set | seed | recipe | best valid | best round / run / max | test (site model) | test (plain) "
+                 "| seconds | date |", "|---|---:|---|---:|---|---:|---:|---:|---|"]
+    for key in sorted(results):
+        r = results[key]
+        rows = f" ({r['nrows']} rows)" if r.get("nrows") else ""
+        lines.append(f"| {r['set']}{rows} | {r['seed']} | {r['recipe']} | {r['best_valid']} | {r['best_round']} / "
+                     f"{r['rounds_run']} / {r['max_rounds']} | {r['mean_test']} | {r['mean_test_plain']} | "
+                     f"{r['seconds']} | {r['date']} |")
+    lines += ["", "Recipes (run-config overrides on the defaults of the day):", ""]
+    seen: dict[str, list[str]] = {r["recipe"]: r["overrides"] for r in results.values()}
+    lines += [f"- **{name}**: `{' '.join(ov) or '(the defaults)'}`" for name, ov in sorted(seen.items())]
+    path.write_text("\n".join(lines) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     quiet_warnings()
+    if args.quick:
+        args.sets, args.recipes, args.seeds, args.nrows, args.rounds = ["tox21"], ["defaults"], [0], 1500, 2
+        RECIPES["defaults"] = ["hidden=64"]
     recipes = {k: RECIPES[k] for k in args.recipes}
     for item in args.extra:
         name, _, rest = item.partition("=")
         recipes[name] = [x for x in rest.split(",") if x]
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "recipes.json"
+    path = args.out / ("recipes_quick.json" if args.quick else "recipes.json")
     results: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
     for set_name in args.sets:
         for seed in args.seeds:
@@ -187,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
                             "date": time.strftime("%Y-%m-%d")})
                 results[f"{set_name}/{seed}/{name}/{args.nrows or 'all'}"] = res
                 path.write_text(json.dumps(results, indent=1))
+                write_markdown(results, path.with_suffix(".md"))
                 log(f"{set_name} seed {seed} {name}: best valid {res['best_valid']} at round {res['best_round']}"
                     f" of {res['rounds_run']}; test {res['mean_test']} (plain {res['mean_test_plain']}),"
                     f" {res['seconds']} s")

@@ -152,7 +152,7 @@ class SiteNode:
         by_score = before.score is not None
         start = copy.deepcopy(model.state_dict())
         tc = TrainConfig(epochs=cfg.finetune_epochs, batch_size=cfg.batch_size, lr=cfg.finetune_lr,
-                         optimizer=cfg.optimizer,
+                         optimizer=cfg.optimizer, regression_weight=cfg.regression_weight,
                          momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                          lr_step_epoch=10**6, lr_gamma=1.0, patience=cfg.finetune_patience,
                          monitor="score" if by_score else "loss",
@@ -275,6 +275,7 @@ class SiteNode:
             epochs=local_epochs(cfg, train.n), batch_size=cfg.batch_size, optimizer=cfg.optimizer,
             lr=cfg.lr * cfg.lr_decay ** max(server_round - 1, 0),
             momentum=cfg.momentum, weight_decay=cfg.weight_decay, lr_step_epoch=10**6, lr_gamma=1.0,
+            regression_weight=cfg.regression_weight,
             device=cfg.device, seed=cfg.seed * 100_003 + server_round, proximal_mu=proximal_mu,
             num_threads=cfg.num_threads or None,
         )

@@ -40,11 +40,11 @@ DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 class FederationConfig:
     """Every setting of a federation. Field names are the run-config keys with ``_`` for ``-``."""
 
-    num_server_rounds: int = 3  # the most rounds; `patience` may stop the federation sooner
+    num_server_rounds: int = 40  # the most rounds; `patience` may stop the federation sooner
     # Early stopping of the federation: stop after this many rounds without a better federated
     # validation score (label-weighted over the sites); 0 runs exactly num-server-rounds. The
     # best round's model is the one kept and registered either way.
-    patience: int = 0
+    patience: int = 5
     strategy: Strategy = "fedavg"
     min_sites: int = 2  # a round needs at least this many sites to answer
     fraction_train: float = 1.0
@@ -75,28 +75,31 @@ class FederationConfig:
     dp_noise_multiplier: float = 0.1
     dp_clipping_norm: float = 10.0
     # Local training on the sites.
-    local_epochs: int = 1
+    local_epochs: int = 2
     # At least this many optimiser steps per round (0: off): a site whose training folds are small
     # runs more epochs, ceil(local-steps / batches per epoch), so every round moves the model.
     local_steps: int = 0
     optimizer: Optimizer = "sgd"
-    lr: float = 0.05
-    lr_decay: float = 1.0  # local lr in server round r (1-based) is lr * lr_decay ** (r - 1)
+    lr: float = 1.0
+    lr_decay: float = 0.95  # local lr in server round r (1-based) is lr * lr_decay ** (r - 1)
     # The site keeps its local optimiser's state (momentum, Adam moments) on disk between rounds
     # instead of starting it afresh every round (DiLoCo's inner optimiser).
     keep_optimizer_state: bool = False
     momentum: float = 0.9
+    # Factor on the regression heads' loss in local training (one lr for both task kinds: the
+    # squared error of standardised values has ~10x the gradient of the cross-entropy).
+    regression_weight: float = 0.1
     weight_decay: float = 0.0
     batch_size: int = 128
     proximal_mu: float = 0.01  # FedProx only
-    head_epochs: int = 1  # private heads refitted on the received trunk before each evaluation
+    head_epochs: int = 0  # private heads refitted on the received trunk before each evaluation
     # Personalisation in the final evaluation (0: off): each site fine-tunes a copy of the final
     # model (trunk and its heads) on its training folds with its local optimiser at finetune-lr,
     # early stopping on its validation fold (patience finetune-patience), and reports that model's
     # metrics. The fine-tuned model never leaves the site.
-    finetune_epochs: int = 0
-    finetune_lr: float = 0.001
-    finetune_patience: int = 3
+    finetune_epochs: int = 20
+    finetune_lr: float = 0.3
+    finetune_patience: int = 5
     device: str = "auto"  # auto (CUDA when present), cpu, cuda or cuda:N
     num_threads: int = 0  # torch CPU threads per site process (0: torch's default)
     seed: int = 0
@@ -185,6 +188,8 @@ class FederationConfig:
             raise ConfigError(f"secure-aggregation=true needs strategy in {SECURE_STRATEGIES}, dp=\"off\" "
                               "and transport-dtype=\"float32\": the server sees only the sum of the updates, "
                               "never an individual update to take a median of, clip, or upcast")
+        if self.regression_weight <= 0:
+            raise ConfigError("regression-weight must be > 0")
         if self.local_epochs < 1 or self.local_steps < 0:
             raise ConfigError("local-epochs must be >= 1 and local-steps >= 0")
         if self.eval_min_labels < 1:

@@ -60,7 +60,7 @@ def federation_recipe(cfg: FederationConfig, epochs: int | None = None, patience
     """
     epochs = cfg.num_server_rounds * cfg.local_epochs if epochs is None else epochs
     return TrainConfig(epochs=epochs, batch_size=cfg.batch_size, lr=cfg.lr, optimizer=cfg.optimizer,
-                       momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                       momentum=cfg.momentum, weight_decay=cfg.weight_decay, regression_weight=cfg.regression_weight,
                        lr_step_epoch=max(cfg.local_epochs, 1), lr_gamma=cfg.lr_decay,
                        patience=patience, monitor=monitor, seed=cfg.seed, device=cfg.device,
                        num_threads=cfg.num_threads or None)

@@ -124,6 +124,7 @@ def run_training(store_path: Path, out: Path, *, test_fold: int, valid_fold: int
 
     config = TrainConfig(
         epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum,
+        regression_weight=_RECIPE.regression_weight,
         weight_decay=weight_decay, lr_step_epoch=lr_step_epoch, lr_gamma=lr_gamma,
         patience=patience or None, monitor="score" if monitor == "score" else "loss",
         device=device, seed=seed, num_threads=threads or None,

@@ -73,12 +73,18 @@ class TrainConfig:
     proximal_mu: float = 0.0
     num_threads: int | None = None
     grad_clip: float | None = None
+    # Factor on the regression heads' loss while training: the squared error of standardised
+    # values has ~10x the gradient of a (mostly negative) cross-entropy, so one SGD lr can serve
+    # both kinds (benchmarks/results/recipes_notes.md). 1.0: the plain sum.
+    regression_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.optimizer not in get_args(Optimizer):
             raise ConfigError(f"optimizer {self.optimizer!r}: use {' or '.join(get_args(Optimizer))}")
         if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
             raise ConfigError("epochs must be >= 0, batch_size >= 1 and lr > 0")
+        if self.regression_weight <= 0:
+            raise ConfigError("regression_weight must be > 0")
         if self.lr_step_epoch < 1:
             raise ConfigError("lr_step_epoch must be >= 1")
         if self.monitor not in get_args(Monitor):
@@ -173,9 +179,13 @@ def fit_target_scaling(model: MultiTaskNet, data: TaskData, heads: list[str] | N
 
 def compute_loss(
     model: MultiTaskNet, outputs: Mapping[str, Tensor], labels: Mapping[str, Any],
-    task_weights: Mapping[str, Tensor] | None = None,
+    task_weights: Mapping[str, Tensor] | None = None, regression_weight: float = 1.0,
 ) -> LossSum:
-    """Sum of per-label losses over all heads (hybrid sets train together) and the label count."""
+    """Sum of per-label losses over all heads (hybrid sets train together) and the label count.
+
+    regression_weight: factor on the regression heads' loss in the training objective (see
+    `TrainConfig.regression_weight`); evaluation always reports the plain loss (1.0).
+    """
     total: Tensor | None = None
     count: Tensor | None = None
     for name, out in outputs.items():
@@ -187,6 +197,8 @@ def compute_loss(
             part = masked_bce(out32, lab.values, lab.mask, w)
         else:
             part = censored_mse(out32, head.standardise(lab.values), lab.mask, lab.censor, w)
+            if regression_weight != 1.0:
+                part = LossSum(part.total * regression_weight, part.count)
         total = part.total if total is None else total + part.total
         count = part.count if count is None else count + part.count
     assert total is not None and count is not None
@@ -270,7 +282,7 @@ def _train_epochs(
             optimizer.zero_grad(set_to_none=False)
             with _autocast(device, use_amp):
                 outputs = model(batch)
-            parts = compute_loss(model, outputs, labels, weights)
+            parts = compute_loss(model, outputs, labels, weights, config.regression_weight)
             count = float(parts.count.item())
             if count == 0:
                 continue

@@ -35,6 +35,8 @@ BENCHMARKS: dict[str, tuple[tuple[str, ...], tuple[str, ...], bool]] = {
     "privacy_cost": (("privacy_cost_quick.json", "privacy_cost_quick.md"), ("--work", "{work}"), True),
     "scale": (("scale_quick.json", "scale_quick.md"), ("--work", "{work}"), True),
     "rounds": (("rounds_quick.json", "rounds_quick.md"), (), True),
+    "recipes": (("recipes_quick.json", "recipes_quick.md"), ("--work", "{work}"), False),
+    "train_defaults": (("train_defaults_quick.json", "train_defaults_quick.md"), ("--work", "{work}/train"), False),
 }
 LIBRARY = {"__init__", "common", "sets", "gain_report"}  # imported by the benchmarks, not run
 ELSEWHERE = {"gpu": "needs a CUDA device (it refuses to run without one)"}

@@ -161,3 +161,26 @@ def test_divergence_stops_with_a_clear_error():
     sane = MultiTaskNet(spec, seed=0)  # the same data and model train fine at a sane rate
     result = train_epochs(sane, data, TrainConfig(epochs=2, batch_size=32, lr=0.05, optimizer="sgd", device="cpu"))
     assert len(result.history) == 2 and all(torch.isfinite(p).all() for p in sane.parameters())
+
+
+def test_regression_weight_scales_only_the_regression_part_of_the_training_objective():
+    from fedmol.models.training import compute_loss
+
+    spec, X, Y, censor = _data(64)
+    names = [t for t, _ in TASKS]
+    data = TaskData.from_arrays(spec, X, Y, censor, names, np.arange(64))
+    model = MultiTaskNet(spec, seed=0)
+    fit_target_scaling(model, data)
+    features, labels = next(iter_batches(data, 64, shuffle=False))
+    with torch.no_grad():
+        outputs = model(features)
+        kinds = {h.name: h.kind for h in spec.heads}
+        full = compute_loss(model, outputs, labels)
+        weighted = compute_loss(model, outputs, labels, regression_weight=0.1)
+        cls = compute_loss(model, {k: v for k, v in outputs.items() if kinds[k] == "classification"}, labels)
+    reg = full.total - cls.total
+    assert float(reg) > 0 and float(cls.total) > 0
+    np.testing.assert_allclose(float(weighted.total), float(cls.total + 0.1 * reg), rtol=1e-5)
+    assert float(weighted.count) == float(full.count)
+    with pytest.raises(ConfigError):
+        TrainConfig(regression_weight=0.0)
