@@ -97,11 +97,6 @@ def site_stores(name: str, work: Path, seed: int, nrows: int | None) -> list[Pat
     return sorted(out.glob("site-*"))
 
 
-def valid_labels(site: Any, cfg: Any) -> int:
-    rows = site.rows(cfg, "valid")
-    return int(site.store.mask[rows].sum()) if len(rows) else 0
-
-
 def run_recipe(name: str, overrides: list[str], stores: list[Path], consortium: str, *, seed: int, rounds: int,
                patience: int, fid: str) -> dict[str, Any]:
     import shutil
@@ -112,6 +107,8 @@ def run_recipe(name: str, overrides: list[str], stores: list[Path], consortium: 
     from fedmol.client.site import SiteNode
     from fedmol.config import FederationConfig
     from fedmol.models.network import MultiTaskNet
+    from fedmol.server.rounds import SiteReport
+    from fedmol.server.selection import federated_valid_score
     from fedmol.server.strategies import outer_nesterov_step
 
     cfg = FederationConfig(num_server_rounds=rounds, min_sites=len(stores), consortium_tasks=consortium, seed=seed,
@@ -122,7 +119,6 @@ def run_recipe(name: str, overrides: list[str], stores: list[Path], consortium: 
     torch.manual_seed(seed)
     shared = {k: v.detach().cpu().numpy()
               for k, v in MultiTaskNet(sites[0].spec(cfg), seed=seed).shared_state_dict().items()}
-    weights_valid = np.array([valid_labels(s, cfg) for s in sites], dtype=float)
     momentum: dict[str, np.ndarray] = {}
     curve, test_curve = [], []
     best = (-np.inf, 0, shared)
@@ -138,12 +134,13 @@ def run_recipe(name: str, overrides: list[str], stores: list[Path], consortium: 
             shared = outer_nesterov_step(shared, mean, momentum, lr=cfg.outer_lr, mu=cfg.outer_momentum)
         else:
             shared = mean
-        evals = [json.loads(s.evaluate_round(cfg, shared, server_round=rnd, federation_id=fid, final=False)
-                            .report[wire.REP_SUMMARY]) for s in sites]
-        v = np.array([e.get("valid_score") if e.get("valid_score") is not None else np.nan for e in evals])
+        replies = [s.evaluate_round(cfg, shared, server_round=rnd, federation_id=fid, final=False) for s in sites]
+        evals = [json.loads(r.report[wire.REP_SUMMARY]) for r in replies]
+        # The server's own federated validation score (fedmol.server.selection): label-weighted, NaN skipped.
+        fed = federated_valid_score(SiteReport(i, s.name, r.metrics, summary=e)
+                                    for i, (s, r, e) in enumerate(zip(sites, replies, evals, strict=True)))
+        score = fed.score if fed.score is not None else float("nan")
         t = np.array([e.get("test_score") if e.get("test_score") is not None else np.nan for e in evals])
-        ok = np.isfinite(v) & (weights_valid > 0)
-        score = float(np.average(v[ok], weights=weights_valid[ok])) if ok.any() else float("nan")
         curve.append(round(score, 4))
         test_curve.append(round(float(np.nanmean(t)), 4))
         log(f"  {name} round {rnd}: valid {score:.4f} test {np.nanmean(t):.4f} ({time.perf_counter() - t0:.0f} s)")
