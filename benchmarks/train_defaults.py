@@ -41,13 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.nrows, args.keys, extra = 1500, 1, ["--epochs", "2"]
     import pandas as pd
-    from typer.testing import CliRunner
 
-    from fedmol.cli import _register, app
+    from fedmol.cli import main as fedmol
     from fedmol.datasets.prepare import PrepareSettings, prepare_frame
     from fedmol.datasets.readers import TableSpec
 
-    _register()  # the subcommands, as `fedmol` itself registers them
     frame = pd.read_csv(DATA_DIR / "tox21.csv.gz", nrows=args.nrows)
     runs = []
     t_all = time.perf_counter()
@@ -58,9 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         prepare_frame(frame, key, None, settings, progress=False).store.save(store)
         t0 = time.perf_counter()
         out = args.work / f"key-{i}" / "model"
-        result = CliRunner().invoke(app, ["train", str(store), "--out", str(out), *extra])
-        if result.exit_code != 0:
-            raise SystemExit(f"fedmol train failed: {result.output}")
+        code = fedmol(["train", str(store), "--out", str(out), *extra])  # the console script's entry point
+        if code != 0:
+            raise SystemExit(f"fedmol train exited {code}")
         meta = json.loads((out / "meta.json").read_text())
         score = meta["test"]["summary"].get("mean_roc_auc", meta["test"]["score"])
         runs.append({"key": i, "test_roc_auc": round(float(score), 4), "seconds": round(time.perf_counter() - t0, 1),
