@@ -15,9 +15,10 @@ What changes for the consortium:
   a site reports another reference hash, is discarded as a whole;
 * parameters are clipped to ``secagg-clipping-range`` and quantised (2^22 levels) after being
   scaled by weight / ``secagg-max-weight``, so each site's weight (its number of training labels)
-  must not exceed that bound, and a bound far above the weights costs precision: after round 1
-  the server tightens it to 1.5x the largest weight the sites reported (in clear, like every
-  count they report);
+  must not exceed that bound, and a bound far above the weights costs precision: each round the
+  server tightens it to 1.5x the largest last known weight of the sites sampled for that round
+  (reported in clear, like every count; `WeightBound`), and keeps the configured bound while
+  any sampled site has never reported one (a site absent so far, or every site after a resume);
 * what the sites report besides the update (losses, counts, per-task metrics) travels as before
   and is tracked per site, with the same hooks (MLflow, checkpoints, the final table);
 * best-round selection and early stopping (`fedmol.server.selection.BestRound`) as on the
@@ -49,6 +50,36 @@ from fedmol.server.selection import BestRound
 from fedmol.server.strategies import outer_nesterov_step
 
 log = logging.getLogger("fedmol.server")
+
+class WeightBound:
+    """The ``max_weight`` of a SecAgg+ round: what each sampled site's weight is divided by.
+
+    A site whose weight (its number of training labels, `FitRes.num_examples`) exceeds the bound
+    overflows the quantised sum; a bound far above every weight costs precision. This keeps each
+    node's last reported weight, across rounds (a site that missed a round keeps its weight), and
+    gives ``margin`` x the largest known weight of a round's sampled nodes, or the ``configured``
+    bound while any of them has never reported a weight. Not checkpointed: a resumed federation
+    starts from the configured bound, as a new one does.
+    """
+
+    def __init__(self, configured: float, margin: float = 1.5) -> None:
+        if configured <= 0 or margin < 1:
+            raise ValueError(f"the weight bound must be > 0 and its margin >= 1, got {configured} and {margin}")
+        self.configured = float(configured)
+        self.margin = float(margin)
+        self.known: dict[int, float] = {}  # node id -> its last reported weight
+
+    def record(self, node_id: int, weight: float) -> None:
+        if weight > 0 and np.isfinite(weight):
+            self.known[int(node_id)] = float(weight)
+
+    def for_nodes(self, node_ids: Any) -> float:
+        """The bound for a round that sampled ``node_ids``."""
+        ids = [int(n) for n in node_ids]
+        if not ids or any(n not in self.known for n in ids):
+            return self.configured
+        return max(self.margin * max(self.known[n] for n in ids), 1.0)
+
 
 class SecureFedAvg(RoundBook, LegacyFedAvg):
     """Flower's legacy FedAvg, fed by SecAgg+, with fedmol's round hooks.
@@ -87,11 +118,25 @@ class SecureFedAvg(RoundBook, LegacyFedAvg):
         self.key_fingerprint = ""
         self.discarded_rounds: list[int] = []
         self.workflow: Any = None  # the SecAggPlusWorkflow, whose max_weight is tightened per round
+        self.weight_bound = WeightBound(cfg.secagg_max_weight)
 
     def _config(self, server_round: int) -> dict[str, Any]:
         rnd = server_round + self.round_offset if self.final is None else self.final[0]
         return {wire.CFG_ROUND: rnd, wire.CFG_FEDERATION_ID: self.federation_id,
                 wire.CFG_FINAL: self.final is not None, wire.CFG_ARRAY_NAMES: json.dumps(self.names)}
+
+    def configure_fit(self, server_round: int, parameters: Any, client_manager: Any) -> list:
+        """Flower's sampling, then the round's weight bound from the sampled nodes: Flower's
+        `SecAggPlusWorkflow.setup_stage` reads ``max_weight`` right after calling this (contract
+        checked in tests/test_flower_patches.py)."""
+        sampled = super().configure_fit(server_round, parameters, client_manager)
+        if self.workflow is not None and sampled:
+            bound = self.weight_bound.for_nodes(proxy.node_id for proxy, _ in sampled)
+            if bound != self.workflow.max_weight:
+                log.info("round %d: SecAgg+ weight bound %g (was %g)", server_round + self.round_offset, bound,
+                         self.workflow.max_weight)
+            self.workflow.max_weight = bound
+        return sampled
 
     def configure_evaluate(self, server_round: int, parameters: Any, client_manager: Any) -> list:
         """The round's evaluation; during the final evaluation the chosen round's model instead."""
@@ -149,9 +194,10 @@ class SecureFedAvg(RoundBook, LegacyFedAvg):
         if arrays is not None:
             self.last_arrays = to_array_record({k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()})
         metrics = self._mean(reports, wire.NUM_TRAIN_LABELS)
-        weights = [r.metrics.get(wire.NUM_TRAIN_LABELS, 0.0) for r in reports]
-        if self.workflow is not None and weights:
-            self.workflow.max_weight = max(1.5 * max(weights), 1.0)
+        for (proxy, res), report in zip(results, reports, strict=True):
+            # the weight Flower's secaggplus_mod divided by: FitRes.num_examples
+            self.weight_bound.record(proxy.node_id, float(res.num_examples or report.metrics.get(
+                wire.NUM_TRAIN_LABELS, 0.0)))
         self._fire(RoundOutcome(rnd, "train", reports, rejected, self._missing(failures), metrics,
                                 self.last_arrays if arrays is not None else None))
         assert self.last_arrays is not None
