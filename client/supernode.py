@@ -37,6 +37,8 @@ class _ShortIdleClock:
 
 def patch_idle_wait(idle: float) -> bool:
     """Shorten the SuperNode's idle wait in this process; False if this Flower has another layout."""
+    # Patch of a Flower internal: contract tests in tests/test_flower_patches.py (section 1);
+    # what upstream would need: deploy/README.md, "Patches of Flower and what upstream would need".
     from flwr.supernode import start_client_internal
 
     if getattr(start_client_internal, "time", None) is not time:

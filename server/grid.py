@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 def _fast_object_pulls(backoff: float, cap: float) -> None:
     """Make the deployment Grid fetch reply objects with a short backoff (this process only)."""
+    # Patch of a Flower internal: contract tests in tests/test_flower_patches.py (section 2);
+    # what upstream would need: deploy/README.md, "Patches of Flower and what upstream would need".
     try:
         from flwr.supercore.inflatable.inflatable_utils import pull_objects
         from flwr.superlink.grid import http_grid
@@ -66,6 +68,8 @@ class FastPollGrid(Grid):
     # -- the one change ---------------------------------------------------------------------
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         """Push, then pull every ``poll_interval`` seconds until all replies came or ``timeout``."""
+        # A re-implementation of Flower's HttpGrid.send_and_receive: its source hash is checked in
+        # tests/test_flower_patches.py (UPSTREAM), with the delegation of every Grid method.
         pending = set(self.push_messages(messages))
         end = time.monotonic() + (timeout if timeout is not None else float("inf"))
         replies: list[Message] = []

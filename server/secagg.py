@@ -129,6 +129,8 @@ class SecureFedAvg(RoundBook, LegacyFedAvg):
         """Flower's sampling, then the round's weight bound from the sampled nodes: Flower's
         `SecAggPlusWorkflow.setup_stage` reads ``max_weight`` right after calling this (contract
         checked in tests/test_flower_patches.py)."""
+        # Relies on Flower internals (setup_stage's order; DefaultWorkflow's per-round lookups):
+        # tests/test_flower_patches.py (section 4) and deploy/README.md ("Patches of Flower ...").
         sampled = super().configure_fit(server_round, parameters, client_manager)
         if self.workflow is not None and sampled:
             bound = self.weight_bound.for_nodes(proxy.node_id for proxy, _ in sampled)
