@@ -183,30 +183,55 @@ def run(
 
 
 @consortium_app.command("status")
-def status(workdir: Annotated[Path, typer.Argument(help="The consortium's folder.")]) -> None:
-    """The last federation: its round, its sites and their latest metrics, missing or rejected sites."""
+def status(
+    workdir: Annotated[Path, typer.Argument(help="The consortium's folder.")],
+    watch: Annotated[bool, typer.Option(
+        "--watch", help="Refresh while the run is RUNNING; stops by itself when it ends (Ctrl-C: stop watching, "
+        "exit 0).")] = False,
+    interval: Annotated[float, typer.Option(help="Seconds between refreshes with --watch.", min=0.1)] = 5.0,
+    run_id: Annotated[str, typer.Option(help="The MLflow run to show (default: the federation run still "
+                                        "RUNNING that started last, else the last one).")] = "",
+    tracking_uri: Annotated[str, typer.Option(help="Where the server logged (default: the consortium's MLflow "
+                                              "server, or sqlite:///<output dir>/mlflow.db without one).")] = "",
+) -> None:
+    """The federation's progress per site, from its MLflow run.
+
+    Per site: the last round it answered in, its validation score (mean ROC-AUC / R² over its scored
+    tasks, and the round of the model it scored), validation loss, rejected updates, rounds it missed
+    and when the server last heard from it. Above: the round, the time per round and, while running,
+    an estimate of the time left (rounds left up to num-server-rounds x the median round time;
+    patience may stop the federation sooner). Below: the rejections' reasons and the run's link.
+
+    Examples:
+
+      fedmol consortium status ops/
+
+      fedmol consortium status ops/ --watch --interval 10
+    """
+    import os
+
     from rich.console import Console
-    from rich.table import Table
 
+    from fedmol.config import FederationConfig
+    from fedmol.deploy import status as view
+    from fedmol.deploy.launcher import Stopped, stop_on_signals
+
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")  # a server that is away: fail in seconds
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     state = _state(_absolute(workdir))
-    out = Path(state["output_dir"])
-    latest = out / "checkpoints" / "LATEST"
-    if not latest.exists():
-        raise InputError(f"no federation has completed a round in {out} yet")
-    ckpt = json.loads((out / "checkpoints" / latest.read_text().strip() / "state.json").read_text())
+    uri = tracking_uri or state.get("mlflow") or FederationConfig(output_dir=state["output_dir"]).resolved_tracking_uri
     console = Console()
-    console.print(f"federation {ckpt['federation_id']}: last completed round {ckpt['server_round']}, "
-                  f"MLflow run {ckpt['mlflow_run_id']} ({state['mlflow'] or 'local store'})")
-    if state["mlflow"] and ckpt["mlflow_run_id"]:
-        from mlflow.tracking import MlflowClient
-
-        run = MlflowClient(state["mlflow"]).get_run(ckpt["mlflow_run_id"])
-        table = Table("site", "train loss", "valid loss", "test loss")
-        for site in ckpt["sites"]:
-            m = run.data.metrics
-            table.add_row(site, *(f"{m[k]:.4f}" if (k := f"site/{site}/{p}") in m else "-"
-                                  for p in ("train/train-loss", "evaluate/valid-loss", "evaluate/test-loss")))
-        console.print(table)
-        for k, v in sorted(run.data.tags.items()):
-            if k.startswith(("fedmol.missing", "fedmol.rejected")):
-                console.print(f"[yellow]{k}[/]: {v}")
+    if not watch:
+        client = view.client_for(uri)
+        console.print(view.render(view.read_status(client, view.find_run(client, run_id).info.run_id)))
+        return
+    try:
+        with stop_on_signals():
+            client = view.client_for(uri)
+            shown = view.find_run(client, run_id).info.run_id
+            final = view.watch(lambda: view.read_status(client, shown), interval=interval, console=console)
+    except (Stopped, KeyboardInterrupt):
+        console.print("stopped watching; the federation goes on.")
+        return
+    console.print(f"the run is {final.status}: stopped watching.")
