@@ -18,34 +18,44 @@ def register(app: typer.Typer) -> None:
 @site_app.command("ledger")
 def ledger(
     store: Annotated[Path, typer.Argument(help="The site store whose outbox ledger to show.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON lines.")] = False,
+    full: Annotated[bool, typer.Option("--full", help="Every array of every reply: name, shape, dtype, bytes, "
+                                       "full sha256; and the metric and report keys sent.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="The raw ledger: one JSON object per reply.")] = False,
 ) -> None:
-    """Show everything this site has sent: per reply, the arrays (name, shape, bytes, sha256) and metric names.
+    """Show everything this site has sent, from its outbox ledger (<store>/outbox.jsonl).
 
-    Example: fedmol site ledger store/
+    By default one line per reply, within 80 columns: when (month-day time), the federation, the round,
+    the phase (train replies carry the model update, evaluate replies only metrics), the number of
+    arrays, their bytes, and a digest (sha256 of the arrays' sha256s, first 12 characters) that names
+    the update. --full shows each array with its full sha256, one row per array, as wide as that takes
+    (in a narrow terminal: | less -S); --json the raw lines, for scripts.
+
+    Examples:
+
+      fedmol site ledger store/
+
+      fedmol site ledger store/ --full
+
+      fedmol site ledger store/ --json | jq .bytes_total
     """
     from rich.console import Console
-    from rich.table import Table
 
-    from fedmol.errors import InputError
+    from fedmol.client.ledger import compact_lines, full_tables, read_ledger
 
-    path = store / "outbox.jsonl"
-    if not path.exists():
-        raise InputError(f"no outbox ledger at {path}: this site has not sent anything yet")
-    entries = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    entries = read_ledger(store)
     if as_json:
         for e in entries:
             print(json.dumps(e))
-        return
-    table = Table(title=f"outbox of {store}")
-    for col in ("time", "federation", "round", "phase", "arrays", "bytes", "metrics"):
-        table.add_column(col)
-    for e in entries:
-        names = sorted({a["name"].split(".")[0] + "." + a["name"].split(".")[1] for a in e["arrays"]})
-        table.add_row(e["time"], e["federation_id"], str(e["round"]), e["phase"],
-                      f"{len(e['arrays'])} ({', '.join(names)})" if e["arrays"] else "-",
-                      f"{e['bytes_total']:,}", ", ".join(e["metric_names"]))
-    Console().print(table)
+    elif full:
+        from rich.measure import Measurement
+
+        console = Console()
+        for table in full_tables(entries, str(store)):  # as wide as it needs: nothing folded or cut
+            needed = Measurement.get(console, console.options.update(width=100_000), table).maximum
+            Console(width=max(console.width, needed)).print(table)
+    else:
+        for line in compact_lines(entries):
+            print(line)
 
 
 @site_app.command("worker")
@@ -57,6 +67,8 @@ def worker(
     auth_secret_file: Annotated[Path | None, typer.Option(
         help="The SuperNode's --superexec-auth-secret-file, if it was started with one.")] = None,
     poll: Annotated[float, typer.Option(help="Seconds between asks for a new task when idle.")] = 0.05,
+    queue_size: Annotated[int, typer.Option(
+        help="Tasks that may wait while one runs; one more is refused at once, with the reason.")] = 4,
 ) -> None:
     """Run this site's ClientApp for its SuperNode in one warm process (fast rounds).
 
@@ -68,12 +80,19 @@ def worker(
 
     (fedmol-supernode is flower-supernode with a 0.25 s instead of 3 s idle wait.)
 
-    It runs the fedmol installed on this site and refuses runs of any other app or version.
+    It runs the fedmol installed on this site, and only runs whose app this site approved: the
+    installed fedmol's own, or one listed in <site store>/approved-apps.txt (a refused run's log
+    line gives the line to add). SIGTERM fails the running task with a reply that says so, and exits 0.
     """
     import logging
+    import os
 
     from fedmol.client.worker import serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll otherwise
-    serve(runtime, poll=poll, root_certificates=root_certificates, auth_secret_file=auth_secret_file)
+    reason = serve(runtime, poll=poll, queue_size=queue_size, root_certificates=root_certificates,
+                   auth_secret_file=auth_secret_file)
+    logging.getLogger("fedmol.client").info("%s: exiting", reason)
+    logging.shutdown()
+    os._exit(0)  # the running task was reported failed; its computation is not waited for

@@ -6,32 +6,54 @@ The site runtime (`fedmol.client.worker`) runs this same app in one long-lived p
 
 With ``secure-aggregation`` the server speaks Flower's legacy records (FitIns/EvaluateIns, see
 `fedmol.server.secagg`) and Flower's `secaggplus_mod` masks the training reply; the site does exactly
-the same work, and its report travels in the legacy metrics as ``report.*`` strings.
+the same work, and its report travels in the legacy metrics as ``report.*`` strings. A site whose node
+config says ``require-secure-aggregation=true`` refuses plain training rounds.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app.error import Error
 from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
 
 if TYPE_CHECKING:
     from flwr.clientapp.typing import ClientAppCallable
 
 from fedmol import wire
 from fedmol.config import FederationConfig
+from fedmol.errors import ConfigError
 from fedmol.records import config_record, from_array_record, metric_record, scalar, to_array_record
 
 LEGACY_FIT = "fitins.parameters"  # Flower's legacy record names (flwr.compat recorddict_compat)
 LEGACY_EVALUATE = "evaluateins.parameters"
+REQUIRE_SECURE_AGGREGATION = "require-secure-aggregation"  # node config: refuse plain training rounds
+log = logging.getLogger("fedmol.client")
+
+
+def requires_secure_aggregation(node_config: dict[str, Any]) -> bool:
+    """The site's own choice, node config ``require-secure-aggregation`` (default false)."""
+    value = str(node_config.get(REQUIRE_SECURE_AGGREGATION, "false")).strip().lower()
+    if value not in ("true", "false", "1", "0", "yes", "no"):
+        raise ConfigError(f"node config {REQUIRE_SECURE_AGGREGATION}={value!r}: expected true or false")
+    return value in ("true", "1", "yes")
 
 
 def _secure_aggregation(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-    """Flower's SecAgg+ mod, for the messages of a secure-aggregation run only."""
+    """Flower's SecAgg+ mod, for the messages of a secure-aggregation run only. A site that requires
+    secure aggregation refuses a plain training round: an error reply that says why, nothing trained."""
     from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 
     if RECORD_KEY_CONFIGS not in msg.content.config_records:
+        if msg.metadata.message_type == MessageType.TRAIN and requires_secure_aggregation(dict(context.node_config)):
+            reason = (f"this site requires secure aggregation (node config {REQUIRE_SECURE_AGGREGATION}=true) "
+                      f"and refuses a plain training round (run {msg.metadata.run_id}): run the federation "
+                      "with secure-aggregation=true")
+            log.warning(reason)
+            return Message(Error(code=ErrorCode.MOD_FAILED_PRECONDITION, reason=reason), reply_to=msg)
         return call_next(msg, context)
     from flwr.client.mod import secaggplus_mod
 

@@ -266,7 +266,10 @@ class HookedStrategy(RoundBook, Strategy):
             self._aggregate_embedded_evaluation(server_round, replies)
         accepted, rejected = [], []
         for msg in replies:
-            if msg.has_error():
+            if msg.has_error():  # e.g. a site that refused the run or was stopped: say why
+                node = msg.metadata.src_node_id
+                log.warning("round %d: site %s replied with an error: %s", rnd,
+                            self.site_names.get(node, f"node-{node}"), msg.error.reason)
                 continue
             report = SiteReport.from_message(msg)
             reason = validate_update(msg, self._expected) or self._check_fingerprint(report)
