@@ -24,11 +24,16 @@ def ledger(
 ) -> None:
     """Show everything this site has sent, from its outbox ledger (<store>/outbox.jsonl).
 
-    By default one line per reply, within 80 columns: when (month-day time), the federation, the round,
-    the phase (train replies carry the model update, evaluate replies only metrics), the number of
-    arrays, their bytes, and a digest (sha256 of the arrays' sha256s, first 12 characters) that names
-    the update. --full shows each array with its full sha256, one row per array, as wide as that takes
-    (in a narrow terminal: | less -S); --json the raw lines, for scripts.
+    Default: one line per reply, within 80 columns:
+    when (month-day time), federation, round, phase (train replies carry
+    the model update, evaluate replies only metrics), number of arrays,
+    bytes, and a digest that names the update (sha256 of the arrays'
+    sha256s in the order sent, first 12 characters).
+
+    --full: every array of every reply with its whole sha256, one row per
+    array, as wide as that takes (in a narrow terminal: | less -S).
+
+    --json: the raw ledger, one JSON object per reply, for scripts.
 
     Examples:
 
@@ -40,19 +45,14 @@ def ledger(
     """
     from rich.console import Console
 
-    from fedmol.client.ledger import compact_lines, full_tables, read_ledger
+    from fedmol.client.ledger import compact_lines, print_full, read_ledger
 
     entries = read_ledger(store)
     if as_json:
         for e in entries:
             print(json.dumps(e))
     elif full:
-        from rich.measure import Measurement
-
-        console = Console()
-        for table in full_tables(entries, str(store)):  # as wide as it needs: nothing folded or cut
-            needed = Measurement.get(console, console.options.update(width=100_000), table).maximum
-            Console(width=max(console.width, needed)).print(table)
+        print_full(entries, str(store), Console())
     else:
         for line in compact_lines(entries):
             print(line)
