@@ -78,7 +78,10 @@ def parse_smiles(smiles: str, max_atoms: int | None = None) -> Chem.Mol:
     sanitisation error as the reject reason instead of ``None``. ``max_atoms``: more atoms as written
     are refused before sanitisation (ring perception and kekulisation grow faster than the size).
     """
-    mol = Chem.MolFromSmiles(smiles, sanitize=False)
+    try:
+        mol = Chem.MolFromSmiles(smiles, sanitize=False)
+    except UnicodeEncodeError:  # a lone surrogate ("\ud800", valid in JSON and Python text): no UTF-8, no SMILES
+        raise MoleculeReject("not valid Unicode: a lone surrogate (\\ud800-\\udfff)") from None
     if mol is None:
         raise MoleculeReject("unparsable SMILES: RDKit could not read it")
     if max_atoms is not None and mol.GetNumAtoms() > max_atoms:
