@@ -482,6 +482,9 @@ class SiteRuntime:
                 started = time.perf_counter()
                 status = self.run(task)
                 log.info("%s: %s in %.2f s", task.name(), status, time.perf_counter() - started)
+            except BaseException as exc:  # noqa: BLE001 - e.g. SystemExit in the app: this thread goes on
+                log.exception("%s: the site runtime failed", task.name())
+                task.finish(FAILED, f"the site runtime failed: {type(exc).__name__}: {exc}", keep_context=False)
             finally:
                 with self._cond:
                     self._current = None
@@ -505,7 +508,7 @@ class SiteRuntime:
             reply = app(message=message, context=task.context)
             status, details = COMPLETED, ""
             if reply.has_error():  # the ClientApp refused (e.g. a plain round at a site requiring SecAgg+)
-                status, details = FAILED, reply.error.reason
+                status, details = FAILED, reply.error.reason or f"error code {reply.error.code}"
                 log.warning("%s: the ClientApp replied with an error: %s", task.name(), details)
         except (AppRefused, TaskAborted, ConfigError) as exc:
             details = str(exc)
