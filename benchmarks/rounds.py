@@ -77,7 +77,8 @@ def measure(label: str, root: Path, stores: dict[str, Path], tasks: tuple[str, .
         log(f"{label}: {len(stores)} nodes connected; {args.rounds} rounds")
         cfg = cons.config(num_server_rounds=args.rounds, n_bits=args.n_bits, hidden=str(args.hidden),
                           consortium_tasks=",".join(f"{t}:classification" for t in tasks), num_threads=1,
-                          transport_dtype=dtype, register_model=False, run_name=label, evaluate_in_train=fold)
+                          transport_dtype=dtype, register_model=False, run_name=label, evaluate_in_train=fold,
+                          finetune_epochs=0, local_baseline=False)  # the round, not the final evaluation
         marks: list[tuple[float, str]] = []
         t0 = time.time()
         code = cons.run(cfg, on_line=lambda line: marks.append((time.time() - t0, line)), timeout=3600)

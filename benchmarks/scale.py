@@ -74,6 +74,7 @@ def run_n(store: Any, n: int, args: argparse.Namespace, rounds: int) -> dict[str
         lr=0.5, consortium_tasks=",".join(f"{t}:classification" for t in TOX21_TASKS), num_threads=1,
         seed=args.seed, sim_store_dir=str(work / "sites"), output_dir=str(work / "server"), register_model=False,
         table_name=f"scale-{n}", experiment="bench-scale", run_name=f"scale-{n}",
+        finetune_epochs=0, local_baseline=False,  # the federation's cost, not the sites' extras
     )
     sizes = [p.n_compounds for p in parts]
     log(f"{n} sites: {min(sizes)}-{max(sizes)} compounds per site; federation of {rounds} rounds ...")

@@ -43,7 +43,8 @@ def consortium(tmp_path_factory):
 
 def _cfg(cons: LocalConsortium, **kw):
     base = dict(num_server_rounds=2, n_bits=512, hidden="32", consortium_tasks=TASKS, num_threads=1,
-                round_timeout=60.0, model_name="fedmol-deploy", experiment="deploy")
+                round_timeout=60.0, model_name="fedmol-deploy", experiment="deploy",
+                finetune_epochs=0, local_baseline=False)  # site-side extras: tests/client, test_demo
     return cons.config(**{**base, **kw})
 
 

@@ -84,6 +84,7 @@ def federation(tmp_path_factory):
         sim_store_dir=str(root / "sites"), output_dir=str(root / "server"), num_threads=1,
         model_name="fedmol-test", experiment="fedmol-test",
         eval_min_labels=3,  # folds of ~90 compounds: a quorum the tasks meet, so the table has scores
+        finetune_epochs=0, local_baseline=False,  # the site model and the local-only column: tests/client
     )
     sim = {"num-supernodes": N_SITES, "client-resources-num-cpus": 1}
     lines: list[str] = []
