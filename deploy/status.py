@@ -77,7 +77,8 @@ class FederationStatus:
     patience: int | None = None
     round_seconds: list[float] = field(default_factory=list)  # in round order
     federated_valid_score: float | None = None
-    best_round: str = ""
+    best_round: str = ""  # tag fedmol.best-round: set when the rounds are over
+    best_so_far: tuple[int, float] | None = None  # (round, federated validation score), from its history
     stop_reason: str = ""
     sites: list[SiteRow] = field(default_factory=list)
     rejections: list[tuple[int, str]] = field(default_factory=list)  # (round, the tag's text)
@@ -179,6 +180,10 @@ def read_status(client: Any, run_id: str) -> FederationStatus:
         stop_reason=tags.get("fedmol.stop-reason", ""))
     history = client.get_metric_history(run_id, ROUND_SECONDS)
     st.round_seconds = [m.value for m in sorted(history, key=lambda m: (m.step, m.timestamp))]
+    scores = {m.step: m.value for m in sorted(client.get_metric_history(run_id, FEDERATED_SCORE),
+                                              key=lambda m: m.timestamp)}  # a resumed round: its last score
+    if scores:  # the best round so far (ties: the earlier), as best-round selection ranks them
+        st.best_so_far = max(sorted(scores.items()), key=lambda kv: kv[1])
     # RunData keeps the latest Metric objects (value, step, timestamp) of every key; rebuilt from the
     # value dict (no step, no time) should an MLflow version not keep them.
     metric_objs = getattr(data, "_metric_objs", None)
@@ -248,7 +253,7 @@ def _num(value: float | None, digits: int = 4) -> str:
 def _heard(ms: int | None, now: float) -> str:
     if ms is None:
         return "never"
-    return f"{time.strftime('%H:%M:%S', time.localtime(ms / 1000))} ({duration(now - ms / 1000)} ago)"
+    return f"{duration(now - ms / 1000).replace(' ', '')} ago"  # 12s ago, 3min05s ago
 
 
 def progress_line(st: FederationStatus) -> str:
@@ -270,7 +275,8 @@ def progress_line(st: FederationStatus) -> str:
 
 
 def _whole(text: str) -> Text:
-    return Text(text, no_wrap=True, overflow="ignore")
+    """A line that is folded, never cut, where the terminal is narrow (a link, a path)."""
+    return Text(text, overflow="fold")
 
 
 def render(st: FederationStatus, now: float | None = None) -> RenderableType:
@@ -281,30 +287,42 @@ def render(st: FederationStatus, now: float | None = None) -> RenderableType:
                          f"  MLflow run {st.run_name or st.run_id}  ", (st.status, f"bold {colour}"))
     if st.start_ms:
         end = st.end_ms / 1000 if st.end_ms and not st.running else now
-        head.append(f"  ({duration(end - st.start_ms / 1000)} since its start)")
+        head.append(f" for {duration(end - st.start_ms / 1000).replace(' ', '')}")
     lines: list[RenderableType] = [head, Text(progress_line(st))]
     if st.federated_valid_score is not None:
-        best = f"; best round so far {st.best_round}" if st.best_round else ""
-        lines.append(Text(f"federated validation score {st.federated_valid_score:.4f}{best}"))
+        best = f"; best {st.best_so_far[1]:.4f} at round {st.best_so_far[0]}" if st.best_so_far else ""
+        lines.append(Text(f"federated validation score {st.federated_valid_score:.4f} (latest){best}"))
     if st.stop_reason and not st.running:
         lines.append(Text(f"kept: {st.stop_reason}"))
-    table = Table(title="sites", title_justify="left")
-    finals = any(r.final_valid_score is not None for r in st.sites)
-    columns = ["site", "round", "valid score", "ROC-AUC", "R²", "valid loss"] + (["final valid"] if finals else [])
-    for col in columns + ["rejected", "missed", "last heard"]:
-        table.add_column(col, justify="left" if col in ("site", "last heard") else "right")
+    # Fits 80 columns with every column: short heads, no vertical rules. ROC-AUC (classification tasks),
+    # R² (regression tasks) and final (the chosen model, after the rounds) only where some site has them.
+    table = Table(title="sites", title_justify="left", box=None, padding=(0, 1), pad_edge=False,
+                  header_style="bold underline")
+    optional = {"ROC-AUC": lambda r: r.roc_auc, "R²": lambda r: r.r2, "final": lambda r: r.final_valid_score}
+    shown = {name: get for name, get in optional.items() if any(get(r) is not None for r in st.sites)}
+    metrics = [n for n in shown if n != "final"]
+    columns = ["site", "round", "valid", *metrics, "loss", *(["final"] if "final" in shown else []),
+               "rejected", "missed", "heard"]
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("site", "heard") else "right")
     for r in st.sites:
-        score = _num(r.valid_score) + (f" (r{r.valid_round})" if r.valid_score is not None else "")
-        cells = [r.site, str(r.round) if r.round is not None else "-", score, _num(r.roc_auc), _num(r.r2),
-                 _num(r.valid_loss)] + ([_num(r.final_valid_score)] if finals else [])
+        score = _num(r.valid_score)
+        if r.valid_score is not None and r.valid_round != r.round:
+            score += f" r{r.valid_round}"  # the score is of an earlier round's model (evaluate-in-train)
+        cells = [r.site, str(r.round) if r.round is not None else "-", score,
+                 *[_num(shown[n](r)) for n in metrics], _num(r.valid_loss)]
+        cells += [_num(r.final_valid_score)] if "final" in shown else []
         rejected = f"[red]{r.rejected}[/]" if r.rejected else "0"
         missed = f"[yellow]{r.missed}[/]" if r.missed else "0"
         table.add_row(*cells, rejected, missed, _heard(r.last_heard_ms, now))
+    if st.sites:
+        table.caption = ("valid: mean ROC-AUC / R² over the site's scored tasks (rN: of round N's model); "
+                         "loss: validation loss; heard: last reply")
+        table.caption_justify = "left"
     lines.append(table if st.sites else Text("no site has answered yet", style="yellow"))
     lines.append(Text(f"rejected updates: {st.rejected_total}", style="red" if st.rejected_total else ""))
     for rnd, text in st.rejections[-5:]:
         lines.append(Text(f"  round {rnd}: {text[:300]}", style="red"))
-    # Links and commands are never folded (a terminal wraps them softly, so they copy whole).
     lines.append(_whole(f"run: {st.link}"))
     lines.append(_whole(f"tracking URI {st.tracking_uri}, experiment {st.experiment_id}, run {st.run_id}"))
     if hint := ui_hint(st.tracking_uri):
