@@ -24,8 +24,9 @@ from fedmol.server.registry import register_model, save_shared_model
 from fedmol.server.rounds import FederationStopped, HookedStrategy, RoundBook, RoundHook, RoundOutcome
 from fedmol.server.secagg import run_secure_rounds
 from fedmol.server.selection import BestRound
-from fedmol.server.strategies import make_strategy, restore_strategy_state
+from fedmol.server.strategies import make_strategy, restore_strategy_state, strategy_state
 from fedmol.server.tracking import Checkpointer, MlflowTracker
+from fedmol.transport import fallback_note, transport_label
 
 log = logging.getLogger("fedmol.server")
 
@@ -95,6 +96,9 @@ def run_federation(grid: Grid, context: Context) -> dict[str, Any]:
     tracker = MlflowTracker(cfg, run_id=mlflow_run_id, run_name=cfg.run_name or f"federation-{federation_id}")
     tracker.set_tag("fedmol.federation-id", federation_id)
     tracker.set_tag(f"fedmol.flower-run.{context.run_id}", f"from round {start_round + 1}")
+    if note := fallback_note(cfg):  # secure aggregation: the sites send float32 (`fedmol.transport`)
+        log.warning(note)
+    tracker.set_tag("fedmol.transport", transport_label(cfg))
     if not mlflow_run_id:
         tracker.log_artifact_text(spec.to_json(), "model_spec.json")
 
@@ -178,7 +182,8 @@ def _run_rounds(grid: Grid, context: Context, cfg: FederationConfig, hooked: Hoo
             return hooked, None
         tracker.set_tag("fedmol.secure-aggregation", "SecAgg+: the server saw only the sum of the updates")
         return run_secure_rounds(grid, context, cfg, arrays, hooks, federation_id=federation_id,
-                                 round_offset=start_round, expected_fingerprint=reference, selection=selection), None
+                                 round_offset=start_round, expected_fingerprint=reference, selection=selection,
+                                 resumed_state=strategy_state(hooked.inner)), None
     round_config = ConfigRecord({wire.CFG_FEDERATION_ID: federation_id})
     discarded = None
     assert hooked.last_arrays is not None

@@ -47,7 +47,7 @@ from fedmol.config import FederationConfig
 from fedmol.records import config_record, from_array_record, metric_record, split_metrics, to_array_record
 from fedmol.server.rounds import RoundBook, RoundOutcome, SiteReport
 from fedmol.server.selection import BestRound
-from fedmol.server.strategies import outer_nesterov_step
+from fedmol.server.strategies import outer_nesterov_step, restore_strategy_state
 
 log = logging.getLogger("fedmol.server")
 
@@ -222,12 +222,17 @@ class SecureFedAvg(RoundBook, LegacyFedAvg):
 
 def run_secure_rounds(grid: Any, context: Any, cfg: FederationConfig, arrays: dict[str, np.ndarray],
                       hooks: list[Any], *, federation_id: str, round_offset: int,
-                      expected_fingerprint: str, selection: BestRound | None = None) -> SecureFedAvg:
+                      expected_fingerprint: str, selection: BestRound | None = None,
+                      resumed_state: dict[str, np.ndarray] | None = None) -> SecureFedAvg:
     """Run the remaining rounds with SecAgg+ (until the last, or an early stop by ``selection``,
     which should be one of ``hooks``), then the final evaluation of the chosen round's model; returns
-    the strategy (its ``last_arrays`` is the last round's model, ``selection`` says the chosen one)."""
+    the strategy (its ``last_arrays`` is the last round's model, ``selection`` says the chosen one).
+    ``resumed_state``: the checkpointed server-optimiser state (`strategy_state`: fednesterov's ``m_t``)
+    of a resumed federation, so the outer momentum carries on across the resume."""
     strategy = SecureFedAvg(cfg, arrays, hooks, federation_id=federation_id, round_offset=round_offset,
                             expected_fingerprint=expected_fingerprint)
+    if resumed_state:
+        restore_strategy_state(strategy, resumed_state)
     legacy = LegacyContext(context=context, strategy=strategy,
                            config=ServerConfig(num_rounds=cfg.num_server_rounds - round_offset,
                                                round_timeout=cfg.round_timeout))

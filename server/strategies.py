@@ -146,7 +146,7 @@ def strategy_state(strategy: object) -> dict[str, np.ndarray]:
     return out
 
 
-def restore_strategy_state(strategy: Strategy, arrays: dict[str, np.ndarray]) -> None:
+def restore_strategy_state(strategy: object, arrays: dict[str, np.ndarray]) -> None:
     """Inverse of `strategy_state`."""
     target = _unwrap(strategy)
     for attr in _OPT_STATE:

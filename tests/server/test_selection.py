@@ -353,3 +353,40 @@ def test_secure_rounds_select_the_best_round_and_stop_early(monkeypatch):
     finals = [o for o in rec.outcomes if o.final]
     assert [o.server_round for o in finals] == [2]
     assert federated_valid_score(finals[0].reports).score == pytest.approx(0.8)
+
+
+def test_a_resumed_secure_fednesterov_federation_keeps_its_outer_momentum(monkeypatch):
+    """The checkpoint's ``m_t`` reaches `SecureFedAvg` on resume (it ran from zero momentum before):
+    one round from a global model of 0 whose secure mean is 2, with a checkpointed momentum of 1."""
+    from fedmol.server import secagg
+    from fedmol.server.strategies import strategy_state
+
+    ok = Status(code=Code.OK, message="")
+
+    def fit(grid, ctx):
+        update = ndarrays_to_parameters([np.full_like(GLOBAL[k], 2.0) for k in ctx.strategy.names])
+        results = [(Proxy(1), FitRes(ok, update, 10, join_metrics({wire.NUM_TRAIN_LABELS: 10.0},
+                                                                   legacy_report(1, {}))))]
+        ctx.params, _ = ctx.strategy.aggregate_fit(ctx.state_round, results, [])
+
+    class StandIn:  # one round (round 4), then the final evaluation's call, which sees no site here
+        def __init__(self, fit_workflow=None, evaluate_workflow=None):
+            self.fit_workflow, self.evaluate_workflow = fit, (lambda grid, ctx: None)
+
+        def __call__(self, grid, ctx):
+            ctx.params, ctx.state_round = None, 4
+            self.fit_workflow(grid, ctx)
+            self.evaluate_workflow(grid, ctx)
+
+    monkeypatch.setattr(secagg, "DefaultWorkflow", StandIn)
+    cfg = FederationConfig(num_server_rounds=4, patience=0, secure_aggregation=True, min_sites=1,
+                           strategy="fednesterov", outer_lr=0.7, outer_momentum=0.9)
+    context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={})
+    resumed = {f"m_t/{k}": np.ones_like(v) for k, v in GLOBAL.items()}
+    strategy = secagg.run_secure_rounds(None, context, cfg, dict(GLOBAL), [], federation_id="f", round_offset=3,
+                                        expected_fingerprint="", resumed_state=resumed)
+    # d = 0 - 2; m = 0.9 * 1 + d = -1.1; new = 0 - 0.7 * (d + 0.9 * m) = 2.093 (from zero momentum: 2.66)
+    for name, arr in strategy_state(strategy).items():
+        np.testing.assert_allclose(arr, -1.1, rtol=1e-6, err_msg=name)
+    for name in GLOBAL:
+        np.testing.assert_allclose(strategy.last_arrays[name].numpy(), 2.093, rtol=1e-5, err_msg=name)
