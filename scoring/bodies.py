@@ -124,7 +124,11 @@ class MoleculeReader:
     async def __call__(self, request: Request) -> Molecules:
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype == "multipart/form-data":
-            form = await request.form()
+            try:
+                form = await request.form()
+            except ValueError as exc:  # python-multipart's errors on a malformed body (they escape Starlette)
+                raise HTTPException(422, f"cannot read the multipart body ({str(exc).splitlines()[0][:80]}): "
+                                         "upload a CSV file in the field 'file'") from None
             upload = form.get("file")
             if upload is None or isinstance(upload, str):
                 raise HTTPException(422, "multipart upload needs a CSV file in the field 'file'")
