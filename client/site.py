@@ -50,6 +50,7 @@ from fedmol.models.site_model import (
 )
 from fedmol.models.spec import ModelSpec
 from fedmol.models.training import TrainConfig, evaluate, fit_target_scaling, make_optimizer, train_epochs
+from fedmol.transport import effective_transport, encode_update, round_seed
 
 log = logging.getLogger("fedmol.client")
 OPTIMIZER_STATE = "optimizer.pt"  # the site's local optimiser state between rounds (keep-optimizer-state)
@@ -288,8 +289,9 @@ class SiteNode:
             self.save_optimizer(result.optimizer, federation_id)
         self.save_private(model, federation_id, server_round, keep=kept_head_rounds(cfg))
         out = self._inject_fault({k: v.detach().cpu().numpy() for k, v in model.shared_state_dict().items()})
-        if cfg.transport_dtype == "float16":
-            out = {k: v.astype(np.float16) if v.dtype == np.float32 else v for k, v in out.items()}
+        # float16, or the int8 update against the received arrays (`fedmol.transport`); float32 with SecAgg+.
+        out = encode_update(out, shared, effective_transport(cfg),
+                            seed=round_seed(cfg.seed, server_round, self.name))
         n_labels = int(train.n_labels())
         metrics = {
             wire.NUM_TRAIN_LABELS: float(max(n_labels, 1)),

@@ -24,7 +24,9 @@ from fedmol.errors import ConfigError
 Strategy = Literal["fedavg", "fednesterov", "fedprox", "fedadam", "fedyogi", "fedmedian", "trimmed-mean"]
 DPMode = Literal["off", "server-fixed", "server-adaptive"]
 Optimizer = Literal["sgd", "adam", "adamw"]
-TransportDtype = Literal["float32", "float16"]  # float16 halves the bytes a site uploads per round
+# float16 halves the bytes a site uploads per round; int8 sends the update (trained minus received)
+# in 8 bits with a float32 scale per row, about a quarter (`fedmol.transport`).
+TransportDtype = Literal["float32", "float16", "int8"]
 InputTransform = Literal["binary", "log1p", "none"]  # stored feature values -> input weights
 TaskKind = Literal["classification", "regression"]
 
@@ -185,11 +187,12 @@ class FederationConfig:
             raise ConfigError("lr-decay must be in (0, 1]")
         if self.finetune_epochs < 0 or self.finetune_lr <= 0 or self.finetune_patience < 1:
             raise ConfigError("finetune-epochs must be >= 0, finetune-lr > 0 and finetune-patience >= 1")
-        if self.secure_aggregation and (self.strategy not in SECURE_STRATEGIES or self.dp != "off"
-                                        or self.transport_dtype != "float32"):
-            raise ConfigError(f"secure-aggregation=true needs strategy in {SECURE_STRATEGIES}, dp=\"off\" "
-                              "and transport-dtype=\"float32\": the server sees only the sum of the updates, "
-                              "never an individual update to take a median of, clip, or upcast")
+        # With secure aggregation transport-dtype falls back to float32, what SecAgg+ sums
+        # (`fedmol.transport.effective_transport`); the server logs and tags the fallback.
+        if self.secure_aggregation and (self.strategy not in SECURE_STRATEGIES or self.dp != "off"):
+            raise ConfigError(f"secure-aggregation=true needs strategy in {SECURE_STRATEGIES} and dp=\"off\": "
+                              "the server sees only the sum of the updates, never an individual update to "
+                              "take a median of or clip")
         if self.regression_weight <= 0:
             raise ConfigError("regression-weight must be > 0")
         if self.local_epochs < 1 or self.local_steps < 0:

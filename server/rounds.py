@@ -36,6 +36,7 @@ from flwr.serverapp.strategy import Strategy
 
 from fedmol import wire
 from fedmol.records import from_array_record, metric_record, scalar, to_array_record
+from fedmol.transport import TransportError, decode_update
 
 log = logging.getLogger("fedmol.server")
 
@@ -144,14 +145,20 @@ def validate_update(msg: Message, expected: dict[str, tuple[tuple[int, ...], str
     return None
 
 
-def _as_float32(msg: Message) -> Message:
-    """Upcast a reduced-precision update (transport-dtype=float16) before aggregation."""
+def _as_float32(msg: Message, sent: Callable[[], dict[str, np.ndarray]]) -> str | None:
+    """Turn a reduced-precision reply (transport-dtype float16 or int8, `fedmol.transport`) into
+    float32 shared arrays, in place, before it is validated and aggregated. ``sent``: the shared
+    arrays the server sent this round (int8 replies are updates against them). Returns why the
+    reply cannot be decoded, or None."""
     for key, record in list(msg.content.array_records.items()):
-        if any(a.dtype == "float16" for a in record.values()):
+        if any(a.dtype in ("float16", "int8") for a in record.values()):
             arrays = from_array_record(record)
-            msg.content[key] = to_array_record({k: v.astype(np.float32) if v.dtype == np.float16 else v
-                                                for k, v in arrays.items()})
-    return msg
+            try:
+                decoded = decode_update(arrays, sent() if any(v.dtype == np.int8 for v in arrays.values()) else None)
+            except TransportError as exc:
+                return str(exc)
+            msg.content[key] = to_array_record(decoded)
+    return None
 
 
 class RoundBook:
@@ -230,6 +237,8 @@ class HookedStrategy(RoundBook, Strategy):
         self.expected_fingerprint = expected_fingerprint
         self.site_names: dict[int, str] = {}
         self._expected: dict[str, tuple[tuple[int, ...], str]] = {}
+        self._sent: ArrayRecord | None = None  # the shared arrays sent in this round's train messages
+        self._sent_numpy: dict[str, np.ndarray] | None = None  # the same as numpy, once a reply needs them
         self._sampled: dict[str, list[int]] = {"train": [], "evaluate": []}
         self.last_arrays: ArrayRecord | None = None
         self.last_round = round_offset
@@ -248,6 +257,7 @@ class HookedStrategy(RoundBook, Strategy):
     ) -> Iterable[Message]:
         rnd = self._round(server_round)
         self._expected = {k: (tuple(a.shape), a.dtype) for k, a in arrays.items()}
+        self._sent, self._sent_numpy = arrays, None  # int8 replies are updates against these
         self._evaluate_round = rnd - 1 if self.evaluate_in_train and rnd > 1 else None
         if self._evaluate_round is not None:
             self._evaluated = arrays  # the last aggregate: what the sites evaluate before training
@@ -256,6 +266,11 @@ class HookedStrategy(RoundBook, Strategy):
         messages = list(self.inner.configure_train(rnd, arrays, config, grid))
         self._sampled["train"] = [m.metadata.dst_node_id for m in messages]
         return messages
+
+    def _sent_arrays(self) -> dict[str, np.ndarray]:
+        if self._sent_numpy is None:
+            self._sent_numpy = from_array_record(self._sent) if self._sent is not None else {}
+        return self._sent_numpy
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -272,12 +287,13 @@ class HookedStrategy(RoundBook, Strategy):
                             self.site_names.get(node, f"node-{node}"), msg.error.reason)
                 continue
             report = SiteReport.from_message(msg)
-            reason = validate_update(msg, self._expected) or self._check_fingerprint(report)
+            reason = (_as_float32(msg, self._sent_arrays) or validate_update(msg, self._expected)
+                      or self._check_fingerprint(report))
             if reason:
                 log.warning("round %d: update from site %s rejected: %s", rnd, report.site, reason)
                 rejected.append((report.site, reason))
             else:
-                accepted.append(_as_float32(msg))
+                accepted.append(msg)
         missing = self._missing("train", replies)
         arrays, metrics = (None, None)
         if accepted:

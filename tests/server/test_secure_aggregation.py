@@ -97,7 +97,13 @@ def test_secure_run_is_tracked_per_site_and_marked(runs):
 
 def test_config_refuses_secure_aggregation_with_per_update_defences():
     from fedmol.errors import ConfigError
+    from fedmol.transport import effective_transport, transport_label
 
-    for bad in ({"strategy": "fedmedian"}, {"dp": "server-fixed"}, {"transport_dtype": "float16"}):
+    for bad in ({"strategy": "fedmedian"}, {"dp": "server-fixed"}):
         with pytest.raises(ConfigError, match="secure-aggregation"):
             FederationConfig(secure_aggregation=True, **bad).validate()
+    # A reduced-precision transport is not refused: it falls back to float32, what SecAgg+ sums.
+    for dtype in ("float16", "int8"):
+        cfg = FederationConfig.from_run_config({"secure-aggregation": True, "transport-dtype": dtype})
+        assert effective_transport(cfg) == "float32"
+        assert transport_label(cfg) == f"float32 (SecAgg+ fallback from {dtype})"

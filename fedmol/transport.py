@@ -1,0 +1,166 @@
+"""How a site's trained shared arrays travel to the server, and back to float32 there.
+
+Run config ``transport-dtype`` (`fedmol.config.TransportDtype`), per float32 array of the shared model:
+
+* ``float32``: the trained values as they are;
+* ``float16``: the trained values in float16 (half the bytes); the server upcasts them;
+* ``int8``: the dense update (trained value minus the shared value the site received this round)
+  quantised to int8 with one float32 scale per row (per output unit: ``shape[0]`` scales; a 1-D or
+  0-D array has one), scale = max |update of the row| / 127, and stochastic rounding, so the
+  decoded update is unbiased: E[decoded] = trained, each value off by less than one step (its row's
+  scale). The scale of array ``NAME`` travels as ``NAME`` + `SCALE_SUFFIX`, a name no state-dict key
+  has (``#`` is not a Python identifier character). About a quarter of the float32 bytes. Never
+  sparse: every value of every array travels, so nothing tells the server which inputs a site's
+  compounds set.
+
+Arrays of another dtype (none in today's models) travel unchanged. `encode_update` runs on the
+site (`fedmol.client.site.SiteNode.train_round`), `decode_update` on the server
+(`fedmol.server.rounds`) with the arrays it sent that round.
+
+With secure aggregation the transport is what SecAgg+ can sum: float32 values, which SecAgg+
+quantises itself (clipped, 2^22 levels). Any other ``transport-dtype`` then falls back to float32
+(`effective_transport`), and the server logs and tags it (`transport_label`, `fallback_note`).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Mapping
+
+import numpy as np
+
+from fedmol.config import FederationConfig
+
+SCALE_SUFFIX = "#int8-scale"  # ARRAY + SCALE_SUFFIX: the per-row float32 scales of int8 array ARRAY
+INT8_LEVELS = 127  # symmetric: -127..127 (-128 never used)
+
+
+class TransportError(ValueError):
+    """An update that cannot be encoded (non-finite values) or decoded (a malformed reply)."""
+
+
+# -- the rule -------------------------------------------------------------------------------------
+def effective_transport(cfg: FederationConfig) -> str:
+    """What the sites actually send: ``cfg.transport_dtype``, or float32 with secure aggregation."""
+    return "float32" if cfg.secure_aggregation else cfg.transport_dtype
+
+
+def fallback_note(cfg: FederationConfig) -> str | None:
+    """The warning for a transport that secure aggregation overrides, or None when none is."""
+    if effective_transport(cfg) == cfg.transport_dtype:
+        return None
+    return (f"transport-dtype={cfg.transport_dtype} falls back to float32 with secure-aggregation=true: "
+            "SecAgg+ sums float32 values, which it quantises itself (2^22 levels)")
+
+
+def transport_label(cfg: FederationConfig) -> str:
+    """The transport as the run's MLflow tag ``fedmol.transport`` says it."""
+    used = effective_transport(cfg)
+    return used if used == cfg.transport_dtype else f"{used} (SecAgg+ fallback from {cfg.transport_dtype})"
+
+
+def round_seed(seed: int, server_round: int, site: str) -> list[int]:
+    """The stochastic rounding's seed: the run's seed, the round and the site (reproducible runs;
+    different draws at every site and round)."""
+    return [int(seed) & 0xFFFFFFFF, int(server_round) & 0xFFFFFFFF, zlib.crc32(site.encode())]
+
+
+# -- the site: encode -----------------------------------------------------------------------------
+def encode_update(trained: Mapping[str, np.ndarray], shared: Mapping[str, np.ndarray], transport: str, *,
+                  seed: list[int] | int | None = None) -> dict[str, np.ndarray]:
+    """What a site sends for its ``trained`` shared arrays, given the ``shared`` arrays it received.
+
+    transport: float32 | float16 | int8 (see the module docstring); seed: the stochastic rounding's
+    (int8 only; `round_seed`). Raises `TransportError` on non-finite int8 updates, naming the array.
+    """
+    if transport == "float32":
+        return dict(trained)
+    if transport == "float16":
+        return {k: v.astype(np.float16) if v.dtype == np.float32 else v for k, v in trained.items()}
+    if transport != "int8":
+        raise TransportError(f"transport {transport!r} is not one of float32, float16, int8")
+    rng = np.random.default_rng(seed)
+    out: dict[str, np.ndarray] = {}
+    for name, value in trained.items():
+        if value.dtype != np.float32:
+            out[name] = value
+            continue
+        if name.endswith(SCALE_SUFFIX):
+            raise TransportError(f"array {name!r}: the name ends with {SCALE_SUFFIX!r}, reserved for int8 scales")
+        reference = shared.get(name)
+        if reference is None or reference.shape != value.shape:
+            got = "missing" if reference is None else f"shape {reference.shape}"
+            raise TransportError(f"array {name!r}: the received shared array is {got}, the trained one "
+                                 f"has shape {value.shape}: cannot send an update")
+        out[name], out[name + SCALE_SUFFIX] = quantise_int8(value - reference.astype(np.float32), rng, name=name)
+    return out
+
+
+def quantise_int8(update: np.ndarray, rng: np.random.Generator, *,
+                  name: str = "update") -> tuple[np.ndarray, np.ndarray]:
+    """(int8 values of ``update``'s shape, float32 scales of shape (rows,)) with stochastic rounding.
+
+    rows = ``update.shape[0]`` for a 2-D or wider array (one scale per output unit), 1 otherwise.
+    update ≈ values * scales[row]; unbiased; a row of zeros has scale 0 and values 0.
+    """
+    rows = update.reshape(update.shape[0], -1) if update.ndim >= 2 else update.reshape(1, -1)
+    rows = rows.astype(np.float32, copy=False)
+    if not np.all(np.isfinite(rows)):
+        bad = int(np.flatnonzero(~np.all(np.isfinite(rows), axis=1))[0])
+        raise TransportError(f"array {name!r}: the update holds NaN or infinite values (row {bad}): "
+                             "it cannot be quantised; the site's training diverged")
+    scales = (np.max(np.abs(rows), axis=1) / INT8_LEVELS).astype(np.float32) if rows.size else \
+        np.zeros(rows.shape[0], np.float32)
+    divisor = np.where(scales > 0, scales, np.float32(1))[:, None]
+    # Clip guards the last ulp: x/scale can exceed 127 by rounding when x is the row's maximum.
+    steps = np.clip(rows / divisor, -INT8_LEVELS, INT8_LEVELS)
+    low = np.floor(steps)
+    # Round up with probability equal to the fraction: E[result] = steps (unbiased).
+    values = low + (rng.random(steps.shape, dtype=np.float32) < (steps - low))
+    return values.astype(np.int8).reshape(update.shape), scales
+
+
+# -- the server: decode ---------------------------------------------------------------------------
+def is_encoded(arrays: Mapping[str, np.ndarray]) -> bool:
+    """Whether a reply needs `decode_update` (float16 or int8 arrays) before aggregation."""
+    return any(v.dtype in (np.float16, np.int8) for v in arrays.values())
+
+
+def decode_update(arrays: Mapping[str, np.ndarray], sent: Mapping[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+    """A site's reply as float32 shared arrays: float16 upcast; int8 + scales added to ``sent``
+    (the shared arrays the server sent that round; needed only when the reply holds int8 arrays).
+    Raises `TransportError` naming the array when the reply is malformed."""
+    scales = {k[: -len(SCALE_SUFFIX)]: v for k, v in arrays.items() if k.endswith(SCALE_SUFFIX)}
+    out: dict[str, np.ndarray] = {}
+    for name, value in arrays.items():
+        if name.endswith(SCALE_SUFFIX):
+            continue
+        if value.dtype == np.float16:
+            out[name] = value.astype(np.float32)
+        elif value.dtype == np.int8:
+            out[name] = _dequantise(name, value, scales.pop(name, None), sent)
+        else:
+            out[name] = value
+    if scales:
+        raise TransportError(f"int8 scale(s) without an int8 array: {sorted(k + SCALE_SUFFIX for k in scales)[:5]}")
+    return out
+
+
+def _dequantise(name: str, value: np.ndarray, scale: np.ndarray | None,
+                sent: Mapping[str, np.ndarray] | None) -> np.ndarray:
+    if scale is None:
+        raise TransportError(f"array {name!r} is int8 but its scales {name + SCALE_SUFFIX!r} are missing")
+    reference = None if sent is None else sent.get(name)
+    if reference is None:
+        raise TransportError(f"array {name!r} is an int8 update of an array the server did not send this round")
+    if reference.shape != value.shape or reference.dtype != np.float32:
+        raise TransportError(f"array {name!r}: int8 update of shape {value.shape}, the server sent "
+                             f"{reference.dtype} of shape {reference.shape}")
+    n_rows = value.shape[0] if value.ndim >= 2 else 1
+    if scale.dtype != np.float32 or scale.shape != (n_rows,):
+        raise TransportError(f"array {name!r}: scales must be float32 of shape ({n_rows},), "
+                             f"got {scale.dtype} of shape {scale.shape}")
+    if not np.all(np.isfinite(scale)) or np.any(scale < 0):
+        raise TransportError(f"array {name!r}: scales must be finite and >= 0")
+    rows = value.reshape(n_rows, -1).astype(np.float32) * scale[:, None]
+    return reference + rows.reshape(value.shape)

@@ -1,0 +1,164 @@
+"""The update transports of `fedmol.transport`: int8 with per-row scales and stochastic rounding,
+float16, and the secure-aggregation fallback rule."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedmol.config import FederationConfig
+from fedmol.transport import (
+    SCALE_SUFFIX,
+    TransportError,
+    decode_update,
+    effective_transport,
+    encode_update,
+    fallback_note,
+    quantise_int8,
+    round_seed,
+    transport_label,
+)
+
+
+def _model(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    return {"trunk.0.weight": rng.normal(size=(6, 40)).astype(np.float32),
+            "trunk.0.bias": rng.normal(size=6).astype(np.float32),
+            "heads.shared.weight": rng.normal(size=(3, 6)).astype(np.float32),
+            "scalar": np.float32(0.5).reshape(())}
+
+
+def _trained(shared: dict[str, np.ndarray], rng: np.random.Generator, size: float = 0.01) -> dict[str, np.ndarray]:
+    return {k: (v + size * rng.normal(size=v.shape)).astype(np.float32) for k, v in shared.items()}
+
+
+def test_int8_round_trip_is_within_one_step_of_its_row():
+    rng = np.random.default_rng(0)
+    shared = _model(rng)
+    trained = _trained(shared, rng)
+    sent = encode_update(trained, shared, "int8", seed=round_seed(0, 1, "site-a"))
+    # One int8 array and one float32 scale per row (per output unit) for each float32 array; no indices.
+    assert set(sent) == set(shared) | {k + SCALE_SUFFIX for k in shared}
+    for name, value in shared.items():
+        assert sent[name].dtype == np.int8 and sent[name].shape == value.shape
+        rows = value.shape[0] if value.ndim >= 2 else 1
+        assert sent[name + SCALE_SUFFIX].dtype == np.float32 and sent[name + SCALE_SUFFIX].shape == (rows,)
+        assert np.abs(sent[name].astype(int)).max() <= 127
+    decoded = decode_update(sent, shared)
+    for name, value in trained.items():
+        assert decoded[name].dtype == np.float32 and decoded[name].shape == value.shape
+        scales = sent[name + SCALE_SUFFIX]
+        error = np.abs(decoded[name] - value).reshape(len(scales), -1)
+        assert np.all(error <= scales[:, None] * (1 + 1e-5) + 1e-7), name  # within one step of its row
+        assert scales.max() > 0
+    # About a quarter of the float32 bytes (+ the scales).
+    assert sum(v.nbytes for v in sent.values()) < 0.3 * sum(v.nbytes for v in trained.values())
+
+
+def test_int8_rounding_is_unbiased_over_many_draws():
+    rng = np.random.default_rng(1)
+    update = rng.normal(size=(4, 50)).astype(np.float32)
+    draws = 2000
+    total = np.zeros(update.shape)
+    scales = None
+    for i in range(draws):
+        values, scales = quantise_int8(update, np.random.default_rng(i))
+        total += values.astype(np.float64) * scales[:, None]
+    mean = total / draws
+    # Each draw's error is within one step (variance <= step^2 / 4): the mean's standard error is step / (2 sqrt(n)).
+    assert scales is not None
+    bound = 5 * scales[:, None] / (2 * np.sqrt(draws))
+    assert np.all(np.abs(mean - update) <= bound)
+    # Deterministic rounding would be biased by up to half a step; this is far below that on average.
+    assert np.abs(mean - update).mean() < 0.05 * scales.mean()
+
+
+def test_int8_is_reproducible_and_differs_by_site_and_round():
+    rng = np.random.default_rng(2)
+    shared = _model(rng)
+    trained = _trained(shared, rng)
+    a = encode_update(trained, shared, "int8", seed=round_seed(7, 3, "site-a"))
+    again = encode_update(trained, shared, "int8", seed=round_seed(7, 3, "site-a"))
+    other_site = encode_update(trained, shared, "int8", seed=round_seed(7, 3, "site-b"))
+    other_round = encode_update(trained, shared, "int8", seed=round_seed(7, 4, "site-a"))
+    assert all(np.array_equal(a[k], again[k]) for k in a)
+    name = "trunk.0.weight"
+    assert not np.array_equal(a[name], other_site[name]) and not np.array_equal(a[name], other_round[name])
+
+
+def test_int8_zero_and_constant_rows_are_exact():
+    shared = {"w": np.ones((3, 5), np.float32), "b": np.zeros(4, np.float32)}
+    trained = {"w": shared["w"].copy(), "b": np.full(4, 0.25, np.float32)}
+    trained["w"][1] += 0.5  # one constant row; rows 0 and 2 unchanged
+    sent = encode_update(trained, shared, "int8", seed=0)
+    assert np.array_equal(sent["w" + SCALE_SUFFIX], np.array([0, 0.5 / 127, 0], np.float32))
+    assert np.array_equal(sent["w"][[0, 2]], np.zeros((2, 5), np.int8))
+    assert np.all(sent["w"][1] == 127) and np.all(sent["b"] == 127)
+    decoded = decode_update(sent, shared)
+    np.testing.assert_allclose(decoded["w"], trained["w"], rtol=0, atol=1e-7)
+    np.testing.assert_allclose(decoded["b"], trained["b"], rtol=0, atol=1e-7)
+    # An unchanged model (all-zero update) travels as zeros and decodes to the received model.
+    nothing = encode_update(shared, shared, "int8", seed=0)
+    assert all(np.array_equal(decode_update(nothing, shared)[k], shared[k]) for k in shared)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_int8_refuses_non_finite_updates_naming_the_array_and_row(bad):
+    shared = {"trunk.0.weight": np.zeros((3, 4), np.float32)}
+    trained = {"trunk.0.weight": np.zeros((3, 4), np.float32)}
+    trained["trunk.0.weight"][2, 1] = bad
+    with pytest.raises(TransportError, match=r"'trunk.0.weight'.*NaN or infinite.*row 2"):
+        encode_update(trained, shared, "int8", seed=0)
+
+
+def test_int8_refuses_an_update_without_its_received_array():
+    trained = {"w": np.zeros((2, 2), np.float32)}
+    with pytest.raises(TransportError, match="'w'.*missing"):
+        encode_update(trained, {}, "int8", seed=0)
+    with pytest.raises(TransportError, match=r"'w'.*shape \(3, 2\)"):
+        encode_update(trained, {"w": np.zeros((3, 2), np.float32)}, "int8", seed=0)
+
+
+def test_decode_refuses_malformed_int8_replies():
+    shared = {"w": np.zeros((3, 4), np.float32)}
+    sent = encode_update({"w": np.ones((3, 4), np.float32)}, shared, "int8", seed=0)
+    with pytest.raises(TransportError, match="scales .* are missing"):
+        decode_update({"w": sent["w"]}, shared)
+    with pytest.raises(TransportError, match="did not send"):
+        decode_update(sent, {})
+    with pytest.raises(TransportError, match="without an int8 array"):
+        decode_update({"w" + SCALE_SUFFIX: sent["w" + SCALE_SUFFIX]}, shared)
+    with pytest.raises(TransportError, match=r"shape \(3,\)"):
+        decode_update({"w": sent["w"], "w" + SCALE_SUFFIX: np.ones(2, np.float32)}, shared)
+    with pytest.raises(TransportError, match="finite"):
+        decode_update({"w": sent["w"], "w" + SCALE_SUFFIX: np.array([1, np.nan, 1], np.float32)}, shared)
+    with pytest.raises(TransportError, match="finite and >= 0"):
+        decode_update({"w": sent["w"], "w" + SCALE_SUFFIX: np.array([1, -1, 1], np.float32)}, shared)
+
+
+def test_float16_and_float32_paths_are_unchanged():
+    rng = np.random.default_rng(3)
+    shared = _model(rng)
+    trained = _trained(shared, rng) | {"count": np.arange(3)}
+    assert encode_update(trained, shared, "float32") == trained
+    half = encode_update(trained, shared, "float16")
+    assert set(half) == set(trained) and half["count"] is trained["count"]
+    for k in shared:
+        assert half[k].dtype == np.float16 and np.array_equal(half[k], trained[k].astype(np.float16))
+    back = decode_update(half, None)  # float16 needs no received arrays
+    for k in shared:
+        assert back[k].dtype == np.float32 and np.array_equal(back[k], trained[k].astype(np.float16).astype(np.float32))
+    assert back["count"] is trained["count"]
+
+
+def test_secure_aggregation_falls_back_to_float32_by_a_stated_rule():
+    for dtype in ("float16", "int8"):
+        cfg = FederationConfig(secure_aggregation=True, transport_dtype=dtype)
+        cfg.validate()  # no longer refused
+        assert effective_transport(cfg) == "float32"
+        assert transport_label(cfg) == f"float32 (SecAgg+ fallback from {dtype})"
+        note = fallback_note(cfg)
+        assert note is not None and f"transport-dtype={dtype} falls back to float32" in note
+        plain = FederationConfig(transport_dtype=dtype)
+        assert effective_transport(plain) == transport_label(plain) == dtype and fallback_note(plain) is None
+    secure = FederationConfig(secure_aggregation=True)
+    assert transport_label(secure) == "float32" and fallback_note(secure) is None
