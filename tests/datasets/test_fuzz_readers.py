@@ -191,7 +191,7 @@ def written_tables(draw: st.DrawFn) -> Written:
     return Written(buf.getvalue().encode(encoding), expected)
 
 
-@fuzz(120)
+@fuzz(80)
 @given(table=written_tables(), packed=st.booleans(), block=st.sampled_from([16, 100, 1 << 20]))
 def test_written_rows_come_back_on_their_lines_with_their_reasons(table: Written, packed: bool, block: int) -> None:
     sep_tsv = b"id\tsmiles" in table.data.lstrip(codecs.BOM_UTF8)
@@ -222,7 +222,7 @@ def key(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     return load_key(generate_key_file(tmp_path_factory.mktemp("fuzz") / "consortium.key"))
 
 
-@fuzz(12)
+@fuzz(8)
 @given(table=written_tables())
 def test_prepare_keeps_or_rejects_every_record_on_its_line(key: bytes, table: Written) -> None:
     from fedmol.datasets.featurize import FeaturizeSettings
