@@ -10,7 +10,7 @@ PIP    := $(PY) -m pip
 export MLFLOW_DISABLE_TELEMETRY := true
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 
-.PHONY: install browser demo test test-fast lint bench clean
+.PHONY: install browser nginx demo test test-fast lint bench clean
 
 install: $(VENV)/.installed
 
@@ -31,7 +31,16 @@ browser:
 	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; \
 	fi
 
-test: install browser
+# The deployment test (tests/deploy/test_exposure.py) runs Debian's nginx as the Fleet proxy, as a
+# child on 127.0.0.1 ports. Where systemd runs, installing it also starts the distro's site on :80.
+nginx:
+	@if [ ! -x /usr/sbin/nginx ]; then \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq nginx-light >/dev/null; \
+	fi
+
+test: install browser nginx
 	$(PY) -m pytest -q --durations=15
 
 test-fast: install
