@@ -81,7 +81,7 @@ def parse_smiles(smiles: str, max_atoms: int | None = None) -> Chem.Mol:
     try:
         mol = Chem.MolFromSmiles(smiles, sanitize=False)
     except UnicodeEncodeError:  # a lone surrogate ("\ud800", valid in JSON and Python text): no UTF-8, no SMILES
-        raise MoleculeReject("not valid Unicode: a lone surrogate (\\ud800-\\udfff)") from None
+        raise MoleculeReject("unparsable SMILES: not valid Unicode (a lone surrogate, \\ud800-\\udfff)") from None
     if mol is None:
         raise MoleculeReject("unparsable SMILES: RDKit could not read it")
     if max_atoms is not None and mol.GetNumAtoms() > max_atoms:
