@@ -25,7 +25,8 @@ Strategy = Literal["fedavg", "fednesterov", "fedprox", "fedadam", "fedyogi", "fe
 DPMode = Literal["off", "server-fixed", "server-adaptive"]
 Optimizer = Literal["sgd", "adam", "adamw"]
 # float16 halves the bytes a site uploads per round; int8 sends the update (trained minus received)
-# in 8 bits with a float32 scale per row, about a quarter (`fedmol.transport`).
+# in 8 bits with a float32 scale per row, about a quarter (`fedmol.transport`). With
+# secure-aggregation=true every transport falls back to float32, what SecAgg+ sums.
 TransportDtype = Literal["float32", "float16", "int8"]
 InputTransform = Literal["binary", "log1p", "none"]  # stored feature values -> input weights
 TaskKind = Literal["classification", "regression"]

@@ -36,7 +36,7 @@ def test_int8_round_trip_is_within_one_step_of_its_row():
     shared = _model(rng)
     trained = _trained(shared, rng)
     sent = encode_update(trained, shared, "int8", seed=round_seed(0, 1, "site-a"))
-    # One int8 array and one float32 scale per row (per output unit) for each float32 array; no indices.
+    # One int8 array and one float32 scale per row (shape[0]) for each float32 array; no indices.
     assert set(sent) == set(shared) | {k + SCALE_SUFFIX for k in shared}
     for name, value in shared.items():
         assert sent[name].dtype == np.int8 and sent[name].shape == value.shape
