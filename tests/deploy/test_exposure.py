@@ -246,3 +246,16 @@ def test_an_admitted_supernode_connects_through_the_proxy(server: Server) -> Non
         assert "POST /v1/fleet/activate-node" in access and "POST /v1/fleet/pull-messages" in access
     finally:
         stop_process_groups([node], 15)
+
+
+def test_the_site_scoring_proxy_config_loads(server: Server) -> None:
+    """deploy/nginx/fedmol-scoring.conf is valid nginx (its behaviour is checked in test_templates)."""
+    conf = _swap((DEPLOY / "nginx" / "fedmol-scoring.conf").read_text(), "/etc/fedmol/tls/scoring.",
+                 f"{server.pki}/server.")
+    ngx = server.tmp / "scoring-nginx"
+    ngx.mkdir()
+    (ngx / "scoring.conf").write_text(conf)
+    (ngx / "nginx.conf").write_text(f"pid {ngx}/nginx.pid;\nevents {{}}\nhttp {{ include {ngx}/scoring.conf; }}\n")
+    check = subprocess.run([NGINX, "-t", "-p", str(ngx), "-e", str(ngx / "error.log"), "-c", str(ngx / "nginx.conf")],
+                           capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0, check.stderr
