@@ -64,8 +64,10 @@ def make_ca(folder: Path, *, name: str = "fedmol consortium CA") -> tuple[Path, 
 
 
 def make_server_cert(folder: Path, hosts: list[str] | None = None) -> tuple[Path, Path]:
-    """``server.pem``/``server.key`` signed by the CA in ``folder``, valid for ``hosts`` (IPs or names)."""
-    hosts = hosts or ["127.0.0.1", "localhost"]
+    """``server.pem``/``server.key`` signed by the CA in ``folder``, valid for ``hosts`` (IPs or names)
+    and always for loopback (``127.0.0.1``, ``localhost``): the operator's `flwr` reaches the Control
+    API there, and the Fleet proxy checks the SuperLink's certificate as ``localhost``."""
+    hosts = list(dict.fromkeys([*(hosts or []), "127.0.0.1", "localhost"]))
     try:
         ca_key = serialization.load_pem_private_key((folder / "ca.key").read_bytes(), password=None)
         ca_cert = x509.load_pem_x509_certificate((folder / "ca.crt").read_bytes())
