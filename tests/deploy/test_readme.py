@@ -2,8 +2,8 @@
 
 The test reads the fenced ``bash`` block(s) of that section from the README (so what it runs is what the
 README says), makes the input files the ``fedmol prepare`` lines name (a few hundred compounds of the
-public Lipophilicity set, split in two: few enough to be quick, enough for a scored validation fold at
-each site), and runs the lines in order with relative paths in a temporary folder, each through
+solubility set that ships with fedmol, dealt out in turn: few enough to be quick, enough for a scored
+validation fold at each site), and runs the lines in order with relative paths in a temporary folder, each through
 ``bash`` with the installed ``fedmol`` first on PATH. ``fedmol consortium up`` runs in the background
 (the README's "in another shell" lines run while it is alive); every other line must exit 0 within its
 time limit and print what the README says it shows. At the end ``up`` gets SIGTERM and no process it
@@ -12,8 +12,7 @@ started may be left. A README line this test does not know fails it: add what th
 
 from __future__ import annotations
 
-import csv
-import gzip
+import json
 import os
 import re
 import shlex
@@ -31,11 +30,11 @@ from tests.deploy.test_consortium_cli import _alive, _kill_all
 
 README = Path(__file__).resolve().parents[2] / "deploy" / "README.md"
 SECTION = "Try it on one machine"
-# logD at pH 7.4 (regression). A site scores a task on its validation fold (one of 5 scaffold folds) with
-# >= 25 labels (eval-min-labels): 400 compounds give ~80 there. A classification set of this size would
-# not (Tox21's most active task: ~13 actives in such a fold), and the run would have no score to show.
-DATA = Path("/work/shared/data/lipophilicity.csv.gz")
-COLUMNS = {"smiles": "smiles", "exp": "logD"}  # source column -> column of a.csv, b.csv
+# logS (regression), from fedmol.datasets.embedded (no data outside the package). A site scores a task on
+# its validation fold (one of 5 scaffold folds) with >= 25 labels (eval-min-labels): 400 compounds give ~80
+# there. A classification set of this size would not (Tox21's most active task: ~13 actives in such a
+# fold), and the run would have no score to show.
+TASK = "logS"
 ROWS_PER_FILE = 400
 BIN = str(Path(sys.executable).parent)
 TIMEOUTS = {"keygen": 60, "prepare": 180, "run": 300}  # seconds; any other line: DEFAULT_TIMEOUT
@@ -102,16 +101,14 @@ def test_strip_comment_keeps_a_hash_inside_quotes():
 
 
 def _write_inputs(cwd: Path, names: list[str]) -> None:
-    """The first ROWS_PER_FILE x len(names) rows of DATA (COLUMNS), one slice per file."""
-    with gzip.open(DATA, "rt", newline="") as fh:
-        rows = [row for row, _ in zip(csv.DictReader(fh), range(ROWS_PER_FILE * len(names)), strict=False)]
+    """The first ROWS_PER_FILE x len(names) compounds of the embedded solubility set (smiles, logS),
+    dealt out in turn (the set is partly ordered by solubility)."""
+    from fedmol.datasets.embedded import solubility
+
+    rows = solubility()[["smiles", TASK]].head(ROWS_PER_FILE * len(names))
     assert len(rows) == ROWS_PER_FILE * len(names)
     for i, name in enumerate(names):
-        with (cwd / name).open("w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(COLUMNS.values())
-            for row in rows[i * ROWS_PER_FILE:(i + 1) * ROWS_PER_FILE]:
-                writer.writerow([row[c] for c in COLUMNS])
+        rows.iloc[i::len(names)].to_csv(cwd / name, index=False)
 
 
 def _option(line: Line, name: str) -> str:
@@ -151,32 +148,34 @@ def _sites_online(cwd: Path, env: dict[str, str], n: int, up: subprocess.Popen, 
     pytest.fail(f"fewer than {n} sites online after {timeout:.0f} s:\n{listed}\n{(cwd / 'up.log').read_text()}")
 
 
-def _check(line: Line, out: str, cwd: Path, sites: list[str]) -> None:
-    """What each README line must have done or shown."""
+def _check(line: Line, out: str, cwd: Path, sites: list[str], seen: dict[str, int]) -> None:
+    """What each README line must have done or shown (``seen``: what earlier lines showed)."""
     cmd = line.command
     if cmd == "keygen":
         key = cwd / line.argv[2]
         assert re.search(r"^[0-9a-f]{64}$", key.read_text(), re.M) and key.stat().st_mode & 0o777 == 0o600, out
     elif cmd == "prepare":
-        store = cwd / _option(line, "--out")
-        assert (store / "tasks.json").is_file(), out
+        tasks = json.loads((cwd / _option(line, "--out") / "tasks.json").read_text())["tasks"]
+        assert [(t["name"], t["evaluable"]) for t in tasks] == [(TASK, True)], out
     elif cmd == "consortium run":
-        assert "Federation gain" in out, out[-4000:]
         kept = re.search(r"Model kept: round (\d+) of (\d+) rounds? run", out)
         assert kept, out[-4000:]
         settings = dict(v.split("=", 1) for k, v in zip(line.argv, line.argv[1:], strict=False) if k == "--set")
         if "num-server-rounds" in settings:  # patience may stop it sooner
             assert int(kept[1]) <= int(kept[2]) <= int(settings["num-server-rounds"]), kept[0]
-        assert (cwd / "ops" / "server" / "last_federation.json").is_file()
+        seen["rounds"] = int(kept[2])
+        table = out[out.index("Federation gain"):] if "Federation gain" in out else ""
+        for site in sites:  # a row per site: its local-only and federated scores
+            assert re.search(rf"^\W*{site}\W+1\W+-?\d\.\d+\W+-?\d\.\d+", table, re.M), out[-4000:]
     elif cmd == "consortium status":
-        for site in sites:
-            assert site in out, out
-        assert "FINISHED" in out or "finished" in out.lower(), out
+        assert "FINISHED" in out and re.search(r"http://127\.0\.0\.1:\d+/\S*runs/[0-9a-f]+", out), out
+        for site in sites:  # the round it last answered in, and a validation score
+            assert re.search(rf"^{site}\s+{seen['rounds']}\s+-?\d\.\d+", out, re.M), out
     elif cmd == "consortium sites":
         assert out.count("online") == len(sites), out
     elif cmd == "site ledger":
-        rows = [r for r in out.splitlines() if re.search(r"\btrain\b", r)]
-        assert rows, out  # a line per train reply the site sent
+        trains = [r for r in out.splitlines() if re.search(r"\btrain\b", r)]
+        assert len(trains) == seen["rounds"], out  # one model update sent per round
     else:
         pytest.fail(f"deploy/README.md has a line this test does not check: {line.text!r}: add what it shows")
 
@@ -192,6 +191,7 @@ def test_try_it_on_one_machine_runs_as_written(tmp_path):
     sites = [Path(_option(line, "--out")).name for line in lines if line.command == "prepare"]
     started = time.monotonic()
     up: subprocess.Popen | None = None
+    seen: dict[str, int] = {}
     pids: list[int] = []
     try:
         for line in lines:
@@ -202,8 +202,10 @@ def test_try_it_on_one_machine_runs_as_written(tmp_path):
                 _sites_online(cwd, env, len(sites), up)
                 pids = [p.pid for p in psutil.Process(up.pid).children(recursive=True)]
                 continue
+            if up is not None:  # "in another shell": `up` still serves
+                assert up.poll() is None, f"consortium up exited with {up.returncode} before: {line.text}"
             out = _sh(line, cwd, env)
-            _check(line, out, cwd, sites)
+            _check(line, out, cwd, sites, seen)
         assert up is not None
         pids = sorted(set(pids) | {p.pid for p in psutil.Process(up.pid).children(recursive=True)})
         assert len(pids) >= 2 + 2 * len(sites), pids  # MLflow, SuperLink, per site a SuperNode and a worker
