@@ -1,6 +1,6 @@
 """What privacy and transport options cost on Tox21: time per round and the federated ROC-AUC.
 
-    .venv/bin/python -m benchmarks.privacy_cost            # 4 federations of ~4-6 min each
+    .venv/bin/python -m benchmarks.privacy_cost            # 6 federations of ~4-6 min each
     .venv/bin/python -m benchmarks.privacy_cost --quick    # smoke run: float32 and float16 on 2,500 rows, 3 rounds
 
 The Tox21 federation of `benchmarks/federation_gain.py` (4 scaffold sites, its model and
@@ -10,6 +10,8 @@ once per variant:
 * ``float32``: the default;
 * ``float16``: ``transport-dtype=float16`` (sites upload half the bytes; the server aggregates
   in float32);
+* ``int8``: ``transport-dtype=int8`` (sites upload their update in 8 bits with a float32 scale
+  per row, about a quarter of the bytes; `fedmol.transport`);
 * ``secure-aggregation``: Flower's SecAgg+ (the server sees only the sum of the updates; four
   message round trips per round);
 * ``central-dp``: ``dp=server-fixed`` with the run-config defaults (clipping norm 10, noise
@@ -41,6 +43,7 @@ from benchmarks.sets import FEATURES, SETS, federation_config, prepared_store, s
 VARIANTS = {
     "float32": {},
     "float16": {"transport_dtype": "float16"},
+    "int8": {"transport_dtype": "int8"},
     "secure-aggregation": {"secure_aggregation": True},
     "central-dp": {"dp": "server-fixed"},
     "central-dp-noise-0.01": {"dp": "server-fixed", "dp_noise_multiplier": 0.01},

@@ -2,10 +2,11 @@
 
     .venv/bin/python -m benchmarks.rounds            # 3 sites, Tox21 rows, 32,768 bits, 4 rounds
     .venv/bin/python -m benchmarks.rounds --n-bits 2048 --rows 400   # a smaller model and sites
+    .venv/bin/python -m benchmarks.rounds --n-bits 2048 32768        # every configuration at both sizes
     .venv/bin/python -m benchmarks.rounds --only warm                # one configuration
     .venv/bin/python -m benchmarks.rounds --quick    # smoke run: 2 sites, 1 round, 2 configurations
 
-Four configurations run in one invocation on the same consortium set-up (SuperLink with TLS and
+Five configurations run in one invocation on the same consortium set-up (SuperLink with TLS and
 SuperNode authentication, one SuperNode per site, all on 127.0.0.1):
 
 * ``flower-default``: Flower's SuperNode (3 s idle wait) and a fresh ClientApp process per
@@ -13,7 +14,13 @@ SuperNode authentication, one SuperNode per site, all on 127.0.0.1):
 * ``warm-two-messages``: `fedmol-supernode` (0.25 s idle wait) with ``--isolation process`` and
   the site runtime (`fedmol site worker`) running the ClientApp warm; train and evaluate messages;
 * ``warm``: the same with ``evaluate-in-train`` (the default): one message per round;
-* ``warm-fp16``: the same with ``transport-dtype=float16`` (half the upload).
+* ``warm-fp16``: the same with ``transport-dtype=float16`` (half the upload);
+* ``warm-int8``: the same with ``transport-dtype=int8`` (the update in 8 bits with a float32 scale
+  per row, `fedmol.transport`: about a quarter of the upload).
+
+``--n-bits`` takes one or more fingerprint sizes: each configuration runs at each (a row per size
+and configuration; the default, 32,768 bits, gives the float32, float16 and int8 rows at the
+default model size).
 
 All use fedmol's fast-polling Grid and a 0.05 s SuperExec poll (FLWR_SUPEREXEC_TASK_POLL_INTERVAL).
 Per round r: wall time on the server's clock (MLflow ``round-wall-seconds``: from the previous
@@ -65,7 +72,7 @@ def make_sites(root: Path, n_sites: int, rows: int, n_bits: int) -> dict[str, Pa
 
 
 def measure(label: str, root: Path, stores: dict[str, Path], tasks: tuple[str, ...], args: argparse.Namespace,
-            *, warm: bool, dtype: str, fold: bool = True) -> dict:
+            *, n_bits: int, warm: bool, dtype: str, fold: bool = True) -> dict:
     from mlflow.tracking import MlflowClient
 
     from fedmol.deploy.consortium import LocalConsortium
@@ -75,7 +82,7 @@ def measure(label: str, root: Path, stores: dict[str, Path], tasks: tuple[str, .
     with cons:
         cons.wait_for_nodes(len(stores), timeout=120)
         log(f"{label}: {len(stores)} nodes connected; {args.rounds} rounds")
-        cfg = cons.config(num_server_rounds=args.rounds, n_bits=args.n_bits, hidden=str(args.hidden),
+        cfg = cons.config(num_server_rounds=args.rounds, n_bits=n_bits, hidden=str(args.hidden),
                           consortium_tasks=",".join(f"{t}:classification" for t in tasks), num_threads=1,
                           transport_dtype=dtype, register_model=False, run_name=label, evaluate_in_train=fold,
                           finetune_epochs=0, local_baseline=False)  # the round, not the final evaluation
@@ -107,10 +114,10 @@ def measure(label: str, root: Path, stores: dict[str, Path], tasks: tuple[str, .
             e = json.loads(line)
             if e["phase"] == "train" and e["federation_id"] == out["federation_id"]:
                 uploads.append(e["bytes_total"])
-    trunk_bytes = 4 * (args.n_bits * args.hidden + args.hidden)
+    trunk_bytes = 4 * (n_bits * args.hidden + args.hidden)
     later = slice(1, None)
     return {
-        "label": label, "warm": warm, "transport_dtype": dtype, "evaluate_in_train": fold,
+        "label": label, "n_bits": n_bits, "warm": warm, "transport_dtype": dtype, "evaluate_in_train": fold,
         "round_wall_s": walls, "slowest_site_compute_s": compute, "overhead_s": overhead,
         "first_round_overhead_s": overhead[0] if overhead else None,
         "median_overhead_s_after_round_1": statistics.median(overhead[later]) if len(overhead) > 1 else None,
@@ -126,6 +133,7 @@ CONFIGS = {
     "warm-two-messages": {"warm": True, "dtype": "float32", "fold": False},
     "warm": {"warm": True, "dtype": "float32"},
     "warm-fp16": {"warm": True, "dtype": "float16"},
+    "warm-int8": {"warm": True, "dtype": "int8"},
 }
 
 
@@ -136,7 +144,8 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sites", type=int, default=3)
     p.add_argument("--rows", type=int, default=800, help="Tox21 rows per site")
-    p.add_argument("--n-bits", type=int, default=32768)
+    p.add_argument("--n-bits", type=int, nargs="+", default=[32768],
+                   help="fingerprint size(s): every configuration runs at each (default 32768)")
     p.add_argument("--hidden", type=int, default=400)
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--quick", action="store_true",
@@ -150,16 +159,18 @@ def main(argv: list[str] | None = None) -> dict:
                    help="run only this configuration (repeatable; default: all, for the report)")
     args = p.parse_args(argv)
     if args.quick:
-        args.sites, args.rows, args.n_bits, args.hidden, args.rounds = 2, 300, 2048, 32, 1
+        args.sites, args.rows, args.n_bits, args.hidden, args.rounds = 2, 300, [2048], 32, 1
         args.only = args.only or list(QUICK_CONFIGS)
     if args.workdir is not None and args.workdir.exists() and any(args.workdir.iterdir()):
         p.error(f"--workdir {args.workdir} is not empty: give a new folder")
     keep = args.workdir is not None
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="fedmol-rounds-"))
-    log(f"preparing {args.sites} sites of {args.rows} Tox21 rows in {workdir}")
-    stores, tasks = make_sites(workdir / "sites", args.sites, args.rows, args.n_bits)
-    results = [measure(label, workdir, stores, tasks, args, **kw)
-               for label, kw in CONFIGS.items() if not args.only or label in args.only]
+    results = []
+    for n_bits in args.n_bits:
+        log(f"preparing {args.sites} sites of {args.rows} Tox21 rows, {n_bits} bits, in {workdir}")
+        stores, tasks = make_sites(workdir / f"sites-{n_bits}", args.sites, args.rows, n_bits)
+        results += [measure(label, workdir / f"{n_bits}-bits", stores, tasks, args, n_bits=n_bits, **kw)
+                    for label, kw in CONFIGS.items() if not args.only or label in args.only]
     if not keep:  # measure() stops with the folder's path on a failure; it is only removed after a success
         shutil.rmtree(workdir, ignore_errors=True)
     report = {"settings": {k: str(v) for k, v in vars(args).items()}, "results": results,
@@ -167,15 +178,15 @@ def main(argv: list[str] | None = None) -> dict:
     stem = "rounds_quick" if args.quick else "rounds"
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2))
-    lines = ["| configuration | median round wall (s) | median overhead (s) | round-1 overhead (s) | "
-             "upload / site / round (MB) | upload / trunk |", "|---|---:|---:|---:|---:|---:|"]
+    lines = ["| bits | configuration | median round wall (s) | median overhead (s) | round-1 overhead (s) | "
+             "upload / site / round (MB) | upload / trunk |", "|---:|---|---:|---:|---:|---:|---:|"]
     for r in results:
-        lines.append(f"| {r['label']} | {_fmt(r['median_wall_s_after_round_1'], '.1f')} "
+        lines.append(f"| {r['n_bits']} | {r['label']} | {_fmt(r['median_wall_s_after_round_1'], '.1f')} "
                      f"| {_fmt(r['median_overhead_s_after_round_1'], '.1f')} "
                      f"| {_fmt(r['first_round_overhead_s'], '.1f')} "
                      f"| {_fmt(r['bytes_per_site_per_round'] and r['bytes_per_site_per_round'] / 1e6, '.2f')} "
                      f"| {_fmt(r['upload_over_trunk'], '.2f')} |")
-    title = (f"# Round overhead, {args.sites} sites, {args.n_bits} bits, hidden {args.hidden}"
+    title = (f"# Round overhead, {args.sites} sites, {' and '.join(map(str, args.n_bits))} bits, hidden {args.hidden}"
              f"{' (quick smoke run, not a result)' if args.quick else ''}\n\n"
              f"Load average at the end (1/5/15 min, 2 cores): {', '.join(f'{x:.1f}' for x in os.getloadavg())}\n\n")
     text = title + "\n".join(lines) + "\n"
