@@ -3,11 +3,12 @@
 The test reads the fenced ``bash`` block(s) of that section from the README (so what it runs is what the
 README says), makes the input files the ``fedmol prepare`` lines name (a few hundred compounds of the
 solubility set that ships with fedmol, dealt out in turn: few enough to be quick, enough for a scored
-validation fold at each site), and runs the lines in order with relative paths in a temporary folder, each through
-``bash`` with the installed ``fedmol`` first on PATH. ``fedmol consortium up`` runs in the background
-(the README's "in another shell" lines run while it is alive); every other line must exit 0 within its
-time limit and print what the README says it shows. At the end ``up`` gets SIGTERM and no process it
-started may be left. A README line this test does not know fails it: add what the line must show.
+validation fold at each site), and runs the lines in order with relative paths in a temporary folder,
+each through ``bash`` with the installed ``fedmol`` first on PATH. ``fedmol consortium up`` runs in the
+background (the README's "in another shell" lines run while it is alive); every other line must exit 0
+within its time limit and print what the README says it shows. At the end ``up`` gets SIGTERM and no
+process it started may be left. A README line this test does not know fails it: add what the line must
+show. Each line's output is kept in ``<tmp>/logs/``, Flower's logs in ``<tmp>/ops/flower/``.
 """
 
 from __future__ import annotations
