@@ -196,11 +196,19 @@ def status(
 ) -> None:
     """The federation's progress per site, from its MLflow run.
 
-    Per site: the last round it answered in, its validation score (mean ROC-AUC / R² over its scored
-    tasks, and the round of the model it scored), validation loss, rejected updates, rounds it missed
-    and when the server last heard from it. Above: the round, the time per round and, while running,
-    an estimate of the time left (rounds left up to num-server-rounds x the median round time;
-    patience may stop the federation sooner). Below: the rejections' reasons and the run's link.
+    Per site: the last round it answered in; its validation score (mean
+    ROC-AUC / R² over its scored tasks, and the round of the model scored);
+    validation loss; rejected updates; rounds it missed; when the server
+    last heard from it.
+
+    Above the table: the round, the time per round and, while the run is
+    RUNNING, the time left (rounds left up to num-server-rounds x the
+    median round time; patience may stop the federation sooner).
+    Below: the reasons of rejected updates and the run's MLflow link.
+
+    --watch refreshes every --interval seconds and stops by itself when
+    the run is no longer RUNNING; Ctrl-C stops watching (exit 0), the
+    federation goes on.
 
     Examples:
 
