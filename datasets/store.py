@@ -164,6 +164,16 @@ class SiteStore:
         return replace(self, tasks=tasks)
 
 
+def store_n_features(path: str | Path) -> int:
+    """The number of feature columns of the store at ``path`` (its model's input size, the run
+    config's ``n-bits``), read from the saved matrix's shape alone, without loading the matrix."""
+    try:
+        with np.load(Path(path) / "features.npz") as npz:
+            return int(npz["shape"][1])
+    except (OSError, KeyError, ValueError, IndexError) as exc:
+        raise StoreError(f"cannot read the features of the site store at {path}: {exc}") from exc
+
+
 def store_folders(folder: str | Path) -> list[Path]:
     """The site stores in ``folder``: its subfolders holding a store's files, in natural order of
     their names (site-2 before site-10), so a simulation's partition i is always the same store.

@@ -63,7 +63,8 @@ def simulate(
     simulated site each, named after its subfolder (or the store's site_name setting), taken in
     the natural order of the names. Other files and folders in STORES are ignored.
 
-    Every KEY is a key of \\[tool.flwr.app.config] in pyproject.toml. At the end it prints the
+    Every KEY is a key of \\[tool.flwr.app.config] in pyproject.toml. n-bits defaults to the
+    stores' fingerprint size (fedmol prepare --n-bits). At the end it prints the
     round whose model the federation kept (the best validation round) and why, and the
     federation-gain table: per site, each site's local-only model against the federated one (and
     its personalised one, where it chose so) on its test fold, and the (site, task) pairs won.
@@ -73,6 +74,7 @@ def simulate(
     from fedmol.config import FederationConfig
     from fedmol.datasets.store import store_folders
     from fedmol.deploy.launcher import LocalSuperLink, flwr_run
+    from fedmol.deploy.stores import with_store_n_bits
     from fedmol.errors import InputError
 
     sites = store_folders(stores)
@@ -83,7 +85,7 @@ def simulate(
                          "settings.json)")
     print(f"{len(sites)} sites: {', '.join(p.name for p in sites)}", flush=True)
     cfg = FederationConfig(sim_store_dir=str(stores.resolve()), output_dir=str(out.resolve()),
-                           min_sites=len(sites)).with_overrides(run_config)
+                           min_sites=len(sites)).with_overrides(with_store_n_bits(run_config, sites))
     started = time.time()
     with LocalSuperLink(out.resolve() / "flower") as link:
         code = flwr_run(link, cfg.to_run_config(), on_line=print,

@@ -154,7 +154,7 @@ def run(
 ) -> None:
     """Start a federation on the running consortium, stream its log, and print at the end the round
     whose model the federation kept (and why) and the federation-gain table (each site's local-only
-    model against the federated one, pairs won).
+    model against the federated one, pairs won). n-bits defaults to the stores' fingerprint size.
 
     Example: fedmol consortium run ops/ --set num-server-rounds=10 --set consortium-tasks="logS:regression"
     """
@@ -163,12 +163,14 @@ def run(
     from fedmol.config import FederationConfig
     from fedmol.deploy.launcher import CONNECTION, Stopped, flwr_run, stop_on_signals
     from fedmol.deploy.report import print_gain_report
+    from fedmol.deploy.stores import with_store_n_bits
 
     started = time.time()
     workdir = _absolute(workdir)
     state = _state(workdir)
     cfg = FederationConfig(output_dir=state["output_dir"], tracking_uri=state["mlflow"] or "",
-                           min_sites=len(state["sites"])).with_overrides(run_config)
+                           min_sites=len(state["sites"])).with_overrides(
+        with_store_n_bits(run_config, [Path(p) for p in state["sites"].values()]))
     link = _link(workdir)
     try:
         with stop_on_signals():  # stops the `flwr run` child instead of leaving it behind

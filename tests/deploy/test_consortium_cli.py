@@ -30,8 +30,9 @@ TASKS = "c1:classification,c2:classification"
 
 def _write_state(workdir: Path, *, port: int, connection: bool) -> None:
     (workdir / "flower" / "flwr-home").mkdir(parents=True)
+    (store,) = write_sites(workdir / "stores", 1, n=40, n_bits=256)  # `run` takes n-bits from the stores
     state = {"superlink": f"127.0.0.1:{port}", "flwr_home": str(workdir / "flower" / "flwr-home"), "tls": False,
-             "auth": False, "mlflow": None, "sites": {"a": "/nowhere"}, "output_dir": str(workdir / "server")}
+             "auth": False, "mlflow": None, "sites": {"a": str(store)}, "output_dir": str(workdir / "server")}
     (workdir / "consortium.json").write_text(json.dumps(state))
     if connection:
         (workdir / "flower" / "flwr-home" / "config.toml").write_text(
@@ -65,14 +66,15 @@ def test_run_resolves_the_workdir_once_and_exits_with_the_runs_code(tmp_path, mo
     seen = {}
 
     def fake_flwr_run(link, run_config, **kw):
-        seen.update(workdir=link.workdir, flwr_home=link.flwr_home, output_dir=run_config["output-dir"])
+        seen.update(workdir=link.workdir, flwr_home=link.flwr_home, output_dir=run_config["output-dir"],
+                    n_bits=run_config["n-bits"])
         return 3
 
     monkeypatch.setattr(launcher, "flwr_run", fake_flwr_run)
     # typer.Exit(3) used to come back from click as a return value, and `fedmol` exited 0.
     assert main(["consortium", "run", "ops"]) == 3
     assert seen == {"workdir": tmp_path / "ops" / "flower", "flwr_home": tmp_path / "ops" / "flower" / "flwr-home",
-                    "output_dir": str(tmp_path / "ops" / "server")}
+                    "output_dir": str(tmp_path / "ops" / "server"), "n_bits": 256}
 
 
 def test_a_finished_run_prints_the_federation_gain_table(tmp_path, monkeypatch, capsys):
