@@ -81,9 +81,9 @@ def main(argv: list[str] | None = None) -> dict:
         for path in sites.values():
             (path / "outbox.jsonl").unlink(missing_ok=True)
         cfg = federation_config("tox21", len(sites), work / "sites", out_dir / "server", quick=args.quick, seed=0,
-                                experiment="bench-privacy-cost", run_name=name,
-                                # the shared model's score is the result: no site model, no local-only
-                                finetune_epochs=0, local_baseline=False).replace(**change)
+                                experiment="bench-privacy-cost", run_name=name).replace(
+            # the shared model's score is the result: no site model, no local-only baseline
+            finetune_epochs=0, local_baseline=False, **change)
         log(f"{name}: {cfg.num_server_rounds} rounds")
         t0 = time.perf_counter()
         run = run_flower(cfg, len(sites), out_dir, label=name)
