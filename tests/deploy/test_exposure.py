@@ -72,16 +72,41 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     assert flag(cmd, "--host") == "127.0.0.1", "the SuperLink must listen on loopback only"
     assert flag(cmd, "--port") == str(LINK_PORT)
     assert "--enable-supernode-auth" in cmd and "--insecure" not in cmd
-    link_port, public_port = free_port(), free_port()
-    joined = _swap(_swap(shlex.join(cmd), "/srv/fedmol/pki/", f"{pki}/"), "/srv/fedmol/state/", f"{tmp}/state/")
-    cmd = shlex.split(joined)
-    assert Path(cmd[0]).name == "flower-superlink"
-    cmd[0] = _bin("flower-superlink")
-    cmd[cmd.index("--port") + 1] = str(link_port)
+    template = shlex.split(_swap(_swap(shlex.join(cmd), "/srv/fedmol/pki/", f"{pki}/"), "/srv/fedmol/state/",
+                                 f"{tmp}/state/"))
+    assert Path(template[0]).name == "flower-superlink"
+    template[0] = _bin("flower-superlink")
     flwr_home = tmp / "flwr-home"
     flwr_home.mkdir()
     env = {**flower_env(flwr_home), **unit_env}
-    (flwr_home / "config.toml").write_text(
+    verify = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+    # A free port can be taken between free_port() and the bind (another process, or the two picks
+    # equal): start again on new ports, at most 3 times.
+    for _attempt in range(3):
+        link_port = free_port()
+        public_port = free_port()
+        while public_port == link_port:
+            public_port = free_port()
+        procs = _start(tmp, pki, template, env, link_port, public_port, verify)
+        if procs:
+            break
+    else:
+        pytest.fail("the SuperLink or nginx could not bind a free loopback port 3 times: "
+                    + (tmp / "superlink.log").read_text()[-1000:] + (tmp / "nginx" / "error.log").read_text()[-1000:])
+    try:
+        yield Server(tmp=tmp, pki=pki, env=env, verify=verify, local=f"https://127.0.0.1:{link_port}",
+                     public=f"https://127.0.0.1:{public_port}", public_address=f"127.0.0.1:{public_port}")
+    finally:
+        stop_process_groups(procs, 15)
+
+
+def _start(tmp: Path, pki: Path, template: list[str], env: dict[str, str], link_port: int, public_port: int,
+           verify: ssl.SSLContext) -> list[Any]:
+    """Start the SuperLink, then nginx in front of it, on these ports; both answering, or [] when a
+    port was taken (both stopped)."""
+    cmd = list(template)
+    cmd[cmd.index("--port") + 1] = str(link_port)
+    (tmp / "flwr-home" / "config.toml").write_text(
         '[superlink]\ndefault = "local"\n\n'
         f'[superlink.local]\naddress = "127.0.0.1:{link_port}"\nroot-certificates = "{pki / "ca.crt"}"\n\n'
         f'[superlink.public]\naddress = "127.0.0.1:{public_port}"\nroot-certificates = "{pki / "ca.crt"}"\n')
@@ -93,7 +118,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     conf = _swap(conf, "/srv/fedmol/pki/", f"{pki}/")
     (tmp / "fleet.conf").write_text(conf)
     ngx = tmp / "nginx"
-    ngx.mkdir()
+    ngx.mkdir(exist_ok=True)
     user = "user root;\n" if os.geteuid() == 0 else ""  # workers as root can use the 0700 pytest tmp
     (ngx / "nginx.conf").write_text(
         f"{user}worker_processes 1;\npid {ngx}/nginx.pid;\nerror_log {ngx}/error.log info;\n"
@@ -105,26 +130,35 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
                            capture_output=True, text=True, timeout=30)
     assert check.returncode == 0, check.stderr
 
+    # The SuperLink first, answering on its port, then nginx: the proxy never holds the SuperLink's port.
+    for log in (tmp / "superlink.log", ngx / "error.log"):  # this attempt's lines only
+        log.write_text("")
     procs = [spawn(cmd, log=tmp / "superlink.log", env=env, cwd=tmp)]
-    procs.append(spawn([NGINX, "-p", str(ngx), "-e", str(ngx / "error.log"), "-c", str(ngx / "nginx.conf"),
-                        "-g", "daemon off;"], log=tmp / "nginx.log"))
-    verify = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+    checks = [("superlink", f"https://127.0.0.1:{link_port}/health", tmp / "superlink.log")]
+    deadline = time.monotonic() + 60
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            for p, name in zip(procs, ("superlink", "nginx"), strict=True):
-                assert p.poll() is None, f"{name} exited: {(tmp / f'{name}.log').read_text()[-2000:]}"
-            try:
-                if httpx.get(f"https://127.0.0.1:{link_port}/health", verify=verify, timeout=1).is_success:
+        for name, url, log in [*checks, ("nginx", f"https://127.0.0.1:{public_port}/health", ngx / "error.log")]:
+            if name == "nginx":
+                procs.append(spawn([NGINX, "-p", str(ngx), "-e", str(ngx / "error.log"), "-c",
+                                    str(ngx / "nginx.conf"), "-g", "daemon off;"], log=tmp / "nginx.log"))
+            while True:
+                if procs[-1].poll() is not None:
+                    text = log.read_text() if log.exists() else ""
+                    if "in use" in text:  # uvicorn: "address already in use"; nginx: "Address already in use"
+                        stop_process_groups(procs, 15)
+                        return []
+                    raise AssertionError(f"{name} exited: {text[-2000:]}")
+                try:  # the SuperLink's /health answers 200; nginx answers (404: not forwarded) once it listens
+                    httpx.get(url, verify=verify, timeout=1)
                     break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, (tmp / "superlink.log").read_text()[-2000:]
-            time.sleep(0.2)
-        yield Server(tmp=tmp, pki=pki, env=env, verify=verify, local=f"https://127.0.0.1:{link_port}",
-                     public=f"https://127.0.0.1:{public_port}", public_address=f"127.0.0.1:{public_port}")
-    finally:
+                except httpx.HTTPError:
+                    pass
+                assert time.monotonic() < deadline, log.read_text()[-2000:] if log.exists() else name
+                time.sleep(0.2)
+    except BaseException:
         stop_process_groups(procs, 15)
+        raise
+    return procs
 
 
 def _flwr(server: Server, *args: str) -> subprocess.CompletedProcess[str]:
