@@ -51,6 +51,7 @@ from fedmol.server.strategies import outer_nesterov_step, restore_strategy_state
 
 log = logging.getLogger("fedmol.server")
 
+
 class WeightBound:
     """The ``max_weight`` of a SecAgg+ round: what each sampled site's weight is divided by.
 

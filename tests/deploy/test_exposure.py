@@ -134,31 +134,42 @@ def _start(tmp: Path, pki: Path, template: list[str], env: dict[str, str], link_
     for log in (tmp / "superlink.log", ngx / "error.log"):  # this attempt's lines only
         log.write_text("")
     procs = [spawn(cmd, log=tmp / "superlink.log", env=env, cwd=tmp)]
-    checks = [("superlink", f"https://127.0.0.1:{link_port}/health", tmp / "superlink.log")]
     deadline = time.monotonic() + 60
     try:
-        for name, url, log in [*checks, ("nginx", f"https://127.0.0.1:{public_port}/health", ngx / "error.log")]:
-            if name == "nginx":
-                procs.append(spawn([NGINX, "-p", str(ngx), "-e", str(ngx / "error.log"), "-c",
-                                    str(ngx / "nginx.conf"), "-g", "daemon off;"], log=tmp / "nginx.log"))
-            while True:
-                if procs[-1].poll() is not None:
-                    text = log.read_text() if log.exists() else ""
-                    if "in use" in text:  # uvicorn: "address already in use"; nginx: "Address already in use"
-                        stop_process_groups(procs, 15)
-                        return []
-                    raise AssertionError(f"{name} exited: {text[-2000:]}")
-                try:  # the SuperLink's /health answers 200; nginx answers (404: not forwarded) once it listens
-                    httpx.get(url, verify=verify, timeout=1)
-                    break
-                except httpx.HTTPError:
-                    pass
-                assert time.monotonic() < deadline, log.read_text()[-2000:] if log.exists() else name
-                time.sleep(0.2)
+        # The SuperLink's /health answers 200; nginx answers at all (404: not forwarded) once it listens.
+        if not _answers(procs[-1], "superlink", f"https://127.0.0.1:{link_port}/health", tmp / "superlink.log",
+                        verify, deadline, success=True):
+            stop_process_groups(procs, 15)
+            return []
+        procs.append(spawn([NGINX, "-p", str(ngx), "-e", str(ngx / "error.log"), "-c", str(ngx / "nginx.conf"),
+                            "-g", "daemon off;"], log=tmp / "nginx.log"))
+        if not _answers(procs[-1], "nginx", f"https://127.0.0.1:{public_port}/health", ngx / "error.log",
+                        verify, deadline, success=False):
+            stop_process_groups(procs, 15)
+            return []
     except BaseException:
         stop_process_groups(procs, 15)
         raise
     return procs
+
+
+def _answers(proc: Any, name: str, url: str, log: Path, verify: ssl.SSLContext, deadline: float, *,
+             success: bool) -> bool:
+    """Wait until ``url`` answers (with a 2xx when ``success``); False when ``proc`` exited because its
+    port was taken, an AssertionError when it exited otherwise or the deadline passed."""
+    while True:
+        if proc.poll() is not None:
+            text = log.read_text() if log.exists() else ""
+            if "in use" in text:  # uvicorn: "address already in use"; nginx: "Address already in use"
+                return False
+            raise AssertionError(f"{name} exited: {text[-2000:]}")
+        try:
+            if httpx.get(url, verify=verify, timeout=1).is_success or not success:
+                return True
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, log.read_text()[-2000:] if log.exists() else name
+        time.sleep(0.2)
 
 
 def _flwr(server: Server, *args: str) -> subprocess.CompletedProcess[str]:
