@@ -127,11 +127,6 @@ def quantise_int8(update: np.ndarray, rng: np.random.Generator, *,
 
 
 # -- the server: decode ---------------------------------------------------------------------------
-def is_encoded(arrays: Mapping[str, np.ndarray]) -> bool:
-    """Whether a reply needs `decode_update` (float16 or int8 arrays) before aggregation."""
-    return any(v.dtype in (np.float16, np.int8) for v in arrays.values())
-
-
 def decode_update(arrays: Mapping[str, np.ndarray], sent: Mapping[str, np.ndarray] | None) -> dict[str, np.ndarray]:
     """A site's reply as float32 shared arrays: float16 upcast; int8 + scales added to ``sent``
     (the shared arrays the server sent that round; needed only when the reply holds int8 arrays).
