@@ -77,6 +77,12 @@ class TrainConfig:
     # values has ~10x the gradient of a (mostly negative) cross-entropy, so one SGD lr can serve
     # both kinds (benchmarks/results/recipes_notes.md). 1.0: the plain sum.
     regression_weight: float = 1.0
+    # Per-compound DP-SGD (models/dp.py): with dp_max_grad_norm set, each epoch draws Poisson
+    # batches at rate q = batch_size / n_train, clips each compound's whole gradient to this norm,
+    # sums, adds N(0, (dp_noise_multiplier x dp_max_grad_norm)^2) per coordinate and divides by
+    # batch_size. None: no per-sample clipping, training unchanged.
+    dp_max_grad_norm: float | None = None
+    dp_noise_multiplier: float = 0.0
 
     def __post_init__(self) -> None:
         if self.optimizer not in get_args(Optimizer):
@@ -91,6 +97,22 @@ class TrainConfig:
             raise ConfigError(f"monitor {self.monitor!r}: use {' or '.join(get_args(Monitor))}")
         if self.amp not in get_args(Amp):
             raise ConfigError(f"amp {self.amp!r}: use {', '.join(get_args(Amp))}")
+        self._check_dp()
+
+    def _check_dp(self) -> None:
+        norm, noise = self.dp_max_grad_norm, self.dp_noise_multiplier
+        if not math.isfinite(noise) or noise < 0:
+            raise ConfigError(f"dp_noise_multiplier must be a finite number >= 0, got {noise}")
+        if norm is None:
+            if noise > 0:
+                raise ConfigError("dp_noise_multiplier is set but dp_max_grad_norm is not: DP-SGD noise is "
+                                  "scaled by the clipping norm, so set dp_max_grad_norm too")
+            return
+        if not math.isfinite(norm) or norm <= 0:
+            raise ConfigError(f"dp_max_grad_norm must be a finite number > 0, got {norm}")
+        if self.grad_clip:
+            raise ConfigError("grad_clip cannot be combined with dp_max_grad_norm: DP-SGD already clips "
+                              "each compound's gradient; drop grad_clip")
 
     def lr_at(self, epoch: int) -> float:
         """Learning rate of (0-based, global) ``epoch``: lr x gamma^(epoch // lr_step_epoch)."""
@@ -142,6 +164,8 @@ class TrainResult:
     best_epoch: int | None = None
     stopped_early: bool = False
     n_train_labels: int = 0
+    dp_steps: int = 0  # optimizer steps taken with DP-SGD (0 without DP)
+    dp_sample_rate: float = 0.0  # Poisson sampling rate q = batch_size / n_train (0.0 without DP)
 
     @property
     def final_loss(self) -> float:
@@ -250,6 +274,8 @@ def _train_epochs(
     on_epoch: Callable[[EpochRecord], None] | None, start_epoch: int,
     task_weights: Mapping[str, Tensor] | None, thresholds: MetricThresholds,
 ) -> TrainResult:
+    if config.dp_max_grad_norm is not None:  # interface first (issue #14); models/dp.py follows
+        raise NotImplementedError("per-compound DP-SGD (dp_max_grad_norm) is not implemented yet")
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     device = resolve_device(config.device)
