@@ -1,4 +1,4 @@
-"""Site-side commands: `fedmol site ledger`."""
+"""Site-side commands: `fedmol site ledger`, `fedmol site report`, `fedmol site worker`."""
 
 from __future__ import annotations
 
@@ -56,6 +56,37 @@ def ledger(
     else:
         for line in compact_lines(entries):
             print(line)
+
+
+@site_app.command("report")
+def report(
+    store: Annotated[Path, typer.Argument(help="The site store to report on.")],
+    out: Annotated[Path | None, typer.Option("--out", help="Write the report to this file (Markdown: its plots "
+                                             "are copied beside it). Default: print it.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="md (Markdown) or html (one self-contained page).")] = "md",
+    federation: Annotated[str | None, typer.Option("--federation", help="Only this federation id.")] = None,
+) -> None:
+    """A privacy report of this site for its legal team, from the site's own files; nothing is sent.
+
+    It holds what left the site by federation and round (from the outbox ledger: bytes, array names
+    and dtypes, metric names and report keys), whether secure aggregation protected the updates and
+    their transport, the newest membership-inference audit (fedmol site audit) with its plot, the
+    per-compound DP budget spent per federation, the fedmol and flwr versions and the FAB hash that
+    ran, and the store's public preparation settings.
+
+    Examples:
+
+      fedmol site report store/ --out privacy-report.md
+
+      fedmol site report store/ --format html --out privacy-report.html
+    """
+    from fedmol.client.privacy_report import write_report
+
+    text = write_report(store, out=out, fmt=fmt, federation=federation)
+    if out is None:
+        print(text, end="")
+    else:
+        print(f"wrote {out}")
 
 
 @site_app.command("worker")

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from flwr.clientapp.typing import ClientAppCallable
 
 from fedmol import wire
+from fedmol.client.provenance import FAB_HASH, outbox_provenance
 from fedmol.config import FederationConfig
 from fedmol.errors import ConfigError
 from fedmol.records import config_record, from_array_record, metric_record, scalar, to_array_record
@@ -75,6 +76,8 @@ def _handle_legacy(op: str, msg: Message, context: Context) -> Message:
 
     cfg = FederationConfig.from_run_config(dict(context.run_config))
     site = site_for(dict(context.node_config), cfg)
+    site.provenance = outbox_provenance(cfg, dict(context.run_config), secure_aggregation=True,
+                                        fab_hash=FAB_HASH.get())
     ins = (compat.recorddict_to_fitins if op == "train" else compat.recorddict_to_evaluateins)(msg.content, True)
     names = json.loads(str(ins.config[wire.CFG_ARRAY_NAMES]))
     shared = dict(zip(names, parameters_to_ndarrays(ins.parameters), strict=True))
@@ -108,6 +111,8 @@ def _handle(op: str, msg: Message, context: Context) -> Message:
         kwargs["proximal_mu"] = float(scalar(config, wire.CFG_PROXIMAL_MU, 0.0))
     shared = from_array_record(msg.content.array_records[wire.ARRAYS])
     site = site_for(node_config, cfg)
+    site.provenance = outbox_provenance(cfg, run_config, secure_aggregation=cfg.secure_aggregation,
+                                        fab_hash=FAB_HASH.get())
     evaluation = None
     if op == "train" and bool(config.get(wire.CFG_EVALUATE_FIRST, False)):
         # The model received is the last round's aggregate: evaluate it, then train on it, one reply.

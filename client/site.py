@@ -77,6 +77,10 @@ class SiteNode:
         self.report_task_names = report_task_names
         self.fault = fault
         self.registry = SiteRegistry()  # the site's own MLflow registry (node config), `register_site_model`
+        # How this run's replies leave (secure aggregation, transport, the app): set per message by the
+        # ClientApp (`fedmol.client.provenance.outbox_provenance`), recorded in every ledger entry; None
+        # outside a Flower run.
+        self.provenance: dict[str, Any] | None = None
 
     # -- data ------------------------------------------------------------------------------
     @cached_property
@@ -445,6 +449,7 @@ class SiteNode:
             "report_keys": sorted(reply.report),
             "task_metric_names": sorted(json.loads(reply.report.get(wire.REP_TASK_METRICS, "{}")).get("test", {})),
             "bytes_total": bytes_total,
+            **(self.provenance or {}),  # secure_aggregation, transport, app (`outbox_provenance`)
         }
         with self.ledger_path.open("a") as fh:
             fh.write(json.dumps(entry) + "\n")

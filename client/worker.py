@@ -41,8 +41,6 @@ ClientApp, recorded in the outbox ledger.
 from __future__ import annotations
 
 import collections
-import hashlib
-import json
 import logging
 import signal
 import threading
@@ -53,6 +51,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fedmol.client.provenance import FAB_HASH, config_hash  # config_hash: the app's identity too
 from fedmol.errors import ConfigError
 
 if TYPE_CHECKING:  # flwr is imported where it is used: `fedmol site worker --help` stays fast
@@ -101,23 +100,6 @@ class AppIdentity:
     def line(self) -> str:
         """The identity as a line of ``approved-apps.txt``."""
         return f"{self.fab_id} {self.version} {self.config_hash}"
-
-
-def _canonical(value: Any) -> Any:
-    if isinstance(value, bool) or isinstance(value, str):
-        return value
-    if isinstance(value, (int, float)):
-        return float(value)  # `lr = 1` and `lr = 1.0` are the same configuration
-    raise ConfigError(f"a run config value must be a bool, number or string, got {value!r}")
-
-
-def config_hash(config: Mapping[str, Any]) -> str:
-    """sha256 of a run configuration (flat keys, their defaults), independent of order and TOML layout."""
-    from flwr.common.config import flatten_dict
-
-    flat = {k: _canonical(v) for k, v in flatten_dict(dict(config)).items()}
-    text = json.dumps(flat, sort_keys=True, separators=(",", ":"))
-    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
 def installed_identity() -> AppIdentity:
@@ -505,7 +487,11 @@ class SiteRuntime:
             identity = run_identity(run, fab)
             check_app(identity, dict(task.context.node_config))
             message = pull_message(task.client, tree, task.context, abort=lambda: self._abort_reason(task))
-            reply = app(message=message, context=task.context)
+            fab_hash = FAB_HASH.set(fab.hash_str or None)  # the ledger records the FAB that ran
+            try:
+                reply = app(message=message, context=task.context)
+            finally:
+                FAB_HASH.reset(fab_hash)
             status, details = COMPLETED, ""
             if reply.has_error():  # the ClientApp refused (e.g. a plain round at a site requiring SecAgg+)
                 status, details = FAILED, reply.error.reason or f"error code {reply.error.code}"
