@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
@@ -25,6 +26,7 @@ from torch import Tensor
 from fedmol.config import Optimizer
 from fedmol.errors import ConfigError, TrainingDiverged
 from fedmol.models.data import TaskData, iter_batches, iter_feature_batches, transform_features
+from fedmol.models.dp import GhostClipper, add_noise_, dp_sample_rate, iter_poisson_batches
 from fedmol.models.losses import LossSum, censored_mse, masked_bce
 from fedmol.models.metrics import (
     DEFAULT_THRESHOLDS,
@@ -274,8 +276,6 @@ def _train_epochs(
     on_epoch: Callable[[EpochRecord], None] | None, start_epoch: int,
     task_weights: Mapping[str, Tensor] | None, thresholds: MetricThresholds,
 ) -> TrainResult:
-    if config.dp_max_grad_norm is not None:  # interface first (issue #14); models/dp.py follows
-        raise NotImplementedError("per-compound DP-SGD (dp_max_grad_norm) is not implemented yet")
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     device = resolve_device(config.device)
@@ -283,9 +283,14 @@ def _train_epochs(
     if optimizer is None:
         optimizer = make_optimizer(model, config)
     use_amp = _amp_enabled(config, device)
+    clipper = GhostClipper(model) if config.dp_max_grad_norm is not None else None
+    if clipper is not None and use_amp:
+        _log_once("DP-SGD trains in float32: mixed precision is off while dp_max_grad_norm is set")
+        use_amp = False
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     weights = {k: v.to(device) for k, v in task_weights.items()} if task_weights else None
     prox = _prox_pairs(model, prox_reference, device) if config.proximal_mu > 0 and prox_reference else []
+    dp_steps = 0
 
     history: list[EpochRecord] = []
     best_value: float | None = None
@@ -300,29 +305,13 @@ def _train_epochs(
             group["lr"] = lr
         _seed_everything(config.seed, epoch)
         model.train()
-        loss_sum = 0.0
-        n_labels = 0
-        for batch, labels in iter_batches(
-            train, config.batch_size, shuffle=True, seed=[config.seed, epoch], device=device
-        ):
-            optimizer.zero_grad(set_to_none=False)
-            with _autocast(device, use_amp):
-                outputs = model(batch)
-            parts = compute_loss(model, outputs, labels, weights, config.regression_weight)
-            count = float(parts.count.item())
-            if count == 0:
-                continue
-            loss = parts.total / count
-            if prox:
-                loss = loss + 0.5 * config.proximal_mu * sum((p - r).pow(2).sum() for p, r in prox)
-            scaler.scale(loss).backward()
-            if config.grad_clip:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            loss_sum += float(parts.total.detach().item())
-            n_labels += int(count)
+        if clipper is not None:
+            loss_sum, n_labels, steps = _dp_epoch(model, train, config, optimizer, clipper, epoch, device,
+                                                  weights, prox)
+            dp_steps += steps
+        else:
+            loss_sum, n_labels = _plain_epoch(model, train, config, optimizer, scaler, use_amp, epoch, device,
+                                              weights, prox)
         record = EpochRecord(epoch=epoch, lr=lr, train_loss=loss_sum / max(n_labels, 1), n_labels=n_labels)
         _check_finite(model, epoch, lr)
         if valid is not None:
@@ -350,7 +339,90 @@ def _train_epochs(
     if best_state is not None:
         model.load_state_dict(best_state)
     return TrainResult(history=history, optimizer=optimizer, best_epoch=best_epoch, stopped_early=stopped,
-                       n_train_labels=train.n_labels())
+                       n_train_labels=train.n_labels(), dp_steps=dp_steps,
+                       dp_sample_rate=dp_sample_rate(train.n, config.batch_size) if clipper is not None else 0.0)
+
+
+def _plain_epoch(
+    model: MultiTaskNet, train: TaskData, config: TrainConfig, optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler, use_amp: bool, epoch: int, device: torch.device,
+    weights: Mapping[str, Tensor] | None, prox: list[tuple[Tensor, Tensor]],
+) -> tuple[float, int]:
+    """One epoch over shuffled mini-batches, mean loss per label; returns (loss sum, label count)."""
+    loss_sum = 0.0
+    n_labels = 0
+    for batch, labels in iter_batches(
+        train, config.batch_size, shuffle=True, seed=[config.seed, epoch], device=device
+    ):
+        optimizer.zero_grad(set_to_none=False)
+        with _autocast(device, use_amp):
+            outputs = model(batch)
+        parts = compute_loss(model, outputs, labels, weights, config.regression_weight)
+        count = float(parts.count.item())
+        if count == 0:
+            continue
+        loss = parts.total / count
+        if prox:
+            loss = loss + 0.5 * config.proximal_mu * sum((p - r).pow(2).sum() for p, r in prox)
+        scaler.scale(loss).backward()
+        if config.grad_clip:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        loss_sum += float(parts.total.detach().item())
+        n_labels += int(count)
+    return loss_sum, n_labels
+
+
+def _dp_epoch(
+    model: MultiTaskNet, train: TaskData, config: TrainConfig, optimizer: torch.optim.Optimizer,
+    clipper: GhostClipper, epoch: int, device: torch.device, weights: Mapping[str, Tensor] | None,
+    prox: list[tuple[Tensor, Tensor]],
+) -> tuple[float, int, int]:
+    """One epoch of per-compound DP-SGD (models/dp.py); returns (loss sum, label count, steps).
+
+    Each compound's loss is the sum over its labels as in `compute_loss` (task weights,
+    regression_weight). An empty Poisson batch still takes a step of noise only: skipping it
+    would depend on the data. FedProx's term touches no data, so its gradient is added after
+    the noise, unclipped.
+    """
+    assert config.dp_max_grad_norm is not None
+    clip = config.dp_max_grad_norm
+    std = config.dp_noise_multiplier * clip
+    expected_batch = dp_sample_rate(train.n, config.batch_size) * train.n
+    params = [p for p in model.parameters() if p.requires_grad]
+    loss_sum, n_labels, steps = 0.0, 0, 0
+    for item in iter_poisson_batches(train, config.batch_size, seed=[config.seed, epoch], device=device):
+        optimizer.zero_grad(set_to_none=False)
+        if item is not None:
+            batch, labels = item
+            with clipper.capture():
+                outputs = model(batch)
+            parts = compute_loss(model, outputs, labels, weights, config.regression_weight)
+            count = int(parts.count.item())
+            if count > 0:
+                clipper.clipped_backward(parts.total, outputs, clip)
+                loss_sum += float(parts.total.detach().item())
+                n_labels += count
+        add_noise_(params, std, expected_batch)
+        if prox:
+            with torch.no_grad():
+                for p, ref in prox:
+                    if p.requires_grad and p.grad is not None:
+                        p.grad.add_(p - ref, alpha=config.proximal_mu)
+        optimizer.step()
+        steps += 1
+    return loss_sum, n_labels, steps
+
+
+_logged: set[str] = set()
+
+
+def _log_once(message: str) -> None:
+    if message not in _logged:
+        _logged.add(message)
+        logging.getLogger(__name__).warning(message)
 
 
 def _check_finite(model: torch.nn.Module, epoch: int, lr: float) -> None:
