@@ -31,10 +31,11 @@ import torch
 from fedmol import wire
 from fedmol.client.local_only import LocalOnlyBaseline
 from fedmol.client.site_registry import SiteRegistry, publish_site_model
-from fedmol.config import FederationConfig
+from fedmol.config import SITE_DP_MODES, FederationConfig
 from fedmol.datasets.store import SiteStore, store_folders
 from fedmol.errors import ConfigError
 from fedmol.models.data import TaskData
+from fedmol.models.dp import dp_sample_rate, steps_per_epoch
 from fedmol.models.metrics import MetricThresholds
 from fedmol.models.network import MultiTaskNet
 from fedmol.models.site_model import (
@@ -50,6 +51,7 @@ from fedmol.models.site_model import (
 )
 from fedmol.models.spec import ModelSpec
 from fedmol.models.training import TrainConfig, evaluate, fit_target_scaling, make_optimizer, train_epochs
+from fedmol.privacy import EPSILON_SPENT, PrivacyBudgetExceeded, SiteBudget, noise_for_epsilon
 from fedmol.transport import effective_transport, encode_update, round_seed
 
 log = logging.getLogger("fedmol.client")
@@ -63,6 +65,9 @@ class RoundReply:
     arrays: dict[str, np.ndarray] | None  # shared parameters (train replies only)
     metrics: dict[str, float]  # same keys at every site
     report: dict[str, str]  # wire.REP_* -> str (JSON for structured values)
+    # The train ledger entry's "dp": {"mechanism", "epsilon_spent", "target_epsilon", "delta"}; None
+    # when DP is off (never sent: the ledger stays at the site).
+    dp: dict[str, Any] | None = None
 
 
 class SiteNode:
@@ -77,6 +82,7 @@ class SiteNode:
         self.report_task_names = report_task_names
         self.fault = fault
         self.registry = SiteRegistry()  # the site's own MLflow registry (node config), `register_site_model`
+        self.dp_epsilon = 0.0  # the site's own, stricter DP budget (node config dp-epsilon; 0: the run config's)
         # How this run's replies leave (secure aggregation, transport, the app): set per message by the
         # ClientApp (`fedmol.client.provenance.outbox_provenance`), recorded in every ledger entry; None
         # outside a Flower run.
@@ -266,14 +272,78 @@ class SiteNode:
                                  "names": sorted(state)}) + "\n")
         return path
 
+    # -- differential privacy (dp="site-dp-sgd") -----------------------------------------------
+    def budget_path(self, federation_id: str) -> Path:
+        """The site's DP budget file of one federation: ``<store>/privacy/dp-<federation dir>.json``."""
+        return self.store_path / "privacy" / f"dp-{self.private_dir(federation_id).name}.json"
+
+    def dp_budget(self, cfg: FederationConfig, n_train: int, federation_id: str) -> SiteBudget:
+        """This federation's budget at this site: continued from its file, or planned afresh.
+
+        The plan: the smallest noise multiplier that keeps the whole federation, ``num-server-rounds``
+        rounds of ``local_epochs x ceil(n_train / batch-size)`` DP-SGD steps at Poisson rate
+        q = batch-size / n_train, within the target epsilon at ``dp-delta`` (`fedmol.privacy`). The
+        target is the run config's ``dp-epsilon``, or the site's own (node config) when smaller. A
+        resumed federation continues the file: the same noise, the steps already spent counted.
+        """
+        target = min(cfg.dp_epsilon, self.dp_epsilon) if self.dp_epsilon > 0 else cfg.dp_epsilon
+        q = dp_sample_rate(n_train, cfg.batch_size)
+        path = self.budget_path(federation_id)
+        if path.exists():
+            budget = SiteBudget.load(path)
+            changed = [f"{name} {was} -> {now}" for name, was, now in (
+                ("sample rate", budget.sample_rate, q), ("dp-sample-clip", budget.max_grad_norm, cfg.dp_sample_clip),
+                ("dp-delta", budget.delta, cfg.dp_delta)) if was != now]
+            if changed:
+                raise ConfigError(f"site {self.name}: federation {federation_id} was accounted in {path} with other "
+                                  f"DP settings ({'; '.join(changed)}): continue it with the same settings, or "
+                                  "start a new federation")
+            budget.target_epsilon = target  # the current target (a stricter one applies at once)
+            return budget
+        steps = cfg.num_server_rounds * dp_steps_per_round(cfg, n_train)
+        sigma = noise_for_epsilon(target, cfg.dp_delta, q, steps)
+        log.info("site %s: per-compound DP-SGD, budget epsilon %g at delta %g over %d rounds (%d steps, q=%.4f): "
+                 "noise multiplier %.4f", self.name, target, cfg.dp_delta, cfg.num_server_rounds, steps, q, sigma)
+        return SiteBudget(federation_id=federation_id, target_epsilon=target, delta=cfg.dp_delta,
+                          noise_multiplier=sigma, max_grad_norm=cfg.dp_sample_clip, sample_rate=q)
+
+    def check_budget(self, budget: SiteBudget, steps: int, server_round: int, federation_id: str) -> None:
+        """Refuse (`PrivacyBudgetExceeded`) a round whose ``steps`` would take the site beyond its target."""
+        after = budget.epsilon_after(steps)
+        if after > budget.target_epsilon:
+            raise PrivacyBudgetExceeded(
+                f"site {self.name} refuses round {server_round} of federation {federation_id}: its privacy budget "
+                f"is epsilon {budget.target_epsilon:g} at delta {budget.delta:g} (dp-epsilon), "
+                f"{budget.epsilon_spent:.4g} is spent over {len(budget.rounds)} round(s), and this round's "
+                f"{steps} DP-SGD steps would bring it to {after:.4g} (budget file {self.budget_path(federation_id)})")
+
     # -- rounds ----------------------------------------------------------------------------
     def train_round(self, cfg: FederationConfig, shared: dict[str, np.ndarray], *, server_round: int,
                     federation_id: str, proximal_mu: float = 0.0) -> RoundReply:
-        """Train the received model on the site's training folds; keep private heads on disk."""
+        """Train the received model on the site's training folds; keep private heads on disk.
+
+        With ``dp="site-dp-sgd"`` the local training is per-compound DP-SGD (`dp_budget`: noise from
+        the site's budget) and the site refuses a round that would exceed its budget
+        (`PrivacyBudgetExceeded`, an error reply that names the budget). The steps taken are
+        accounted in the budget file before anything leaves; the epsilon spent so far goes to the
+        server (metric ``dp_epsilon_spent``) and to the ledger (``dp``). The budget protects each
+        training compound in what leaves after training: the shared arrays. The training loss is not
+        sent with DP (NaN): it is computed on the training compounds without noise. Outside the
+        budget, because they never leave the site: the private heads kept between rounds (trained
+        here with DP too), the local-only baseline and the personalised (fine-tuned) model. The
+        evaluation metrics a site sends (`evaluate_round`) are computed on its validation and test
+        folds, not on the training compounds the budget protects; they are aggregate scores of
+        models that saw the training compounds (the received model's refitted private heads, the
+        fine-tuned and local-only models), and are not covered by the epsilon.
+        """
         t0 = time.perf_counter()
         model, fresh = self.build_model(cfg, shared, federation_id)
         spec = model.spec
         train = TaskData.from_store(self.store, spec, self.rows(cfg, "train"))
+        budget = None
+        if cfg.dp in SITE_DP_MODES:
+            budget = self.dp_budget(cfg, train.n, federation_id)
+            self.check_budget(budget, dp_steps_per_round(cfg, train.n), server_round, federation_id)
         if fresh:
             fit_target_scaling(model, train)  # private regression heads only
         tc = TrainConfig(
@@ -283,12 +353,20 @@ class SiteNode:
             regression_weight=cfg.regression_weight,
             device=cfg.device, seed=cfg.seed * 100_003 + server_round, proximal_mu=proximal_mu,
             num_threads=cfg.num_threads or None,
+            dp_max_grad_norm=cfg.dp_sample_clip if budget is not None else None,
+            dp_noise_multiplier=budget.noise_multiplier if budget is not None else 0.0,
         )
         reference = None
         if proximal_mu > 0:
             reference = {k: torch.as_tensor(v) for k, v in shared.items() if k in dict(model.named_parameters())}
         optimizer = self.load_optimizer(model, tc, federation_id) if cfg.keep_optimizer_state else None
         result = train_epochs(model, train, tc, optimizer=optimizer, prox_reference=reference)
+        dp = None
+        if budget is not None:  # accounted before anything leaves
+            budget.spend(server_round, result.dp_steps)
+            budget.save(self.budget_path(federation_id))
+            dp = {"mechanism": budget.mechanism, "epsilon_spent": budget.epsilon_spent,
+                  "target_epsilon": budget.target_epsilon, "delta": budget.delta}
         if cfg.keep_optimizer_state:
             self.save_optimizer(result.optimizer, federation_id)
         self.save_private(model, federation_id, server_round, keep=kept_head_rounds(cfg))
@@ -299,11 +377,13 @@ class SiteNode:
         n_labels = int(train.n_labels())
         metrics = {
             wire.NUM_TRAIN_LABELS: float(max(n_labels, 1)),
-            wire.TRAIN_LOSS: float(result.final_loss),
+            wire.TRAIN_LOSS: float(result.final_loss) if budget is None else math.nan,
         }
+        if budget is not None:
+            metrics[EPSILON_SPENT] = float(budget.epsilon_spent)
         summary = {"train_seconds": time.perf_counter() - t0, "n_train_compounds": int(train.n),
                    "n_train_labels": n_labels}
-        reply = RoundReply(out, metrics, self._report(summary))
+        reply = RoundReply(out, metrics, self._report(summary), dp=dp)
         self.record_outbox(reply, phase="train", server_round=server_round, federation_id=federation_id)
         return reply
 
@@ -449,6 +529,7 @@ class SiteNode:
             "report_keys": sorted(reply.report),
             "task_metric_names": sorted(json.loads(reply.report.get(wire.REP_TASK_METRICS, "{}")).get("test", {})),
             "bytes_total": bytes_total,
+            **({"dp": reply.dp} if phase == "train" else {}),  # DP budget spent (None: DP off)
             **(self.provenance or {}),  # secure_aggregation, transport, app (`outbox_provenance`)
         }
         with self.ledger_path.open("a") as fh:
@@ -490,7 +571,26 @@ def site_for(node_config: dict[str, Any], cfg: FederationConfig) -> SiteNode:
     node.report_task_names = report_task_names(node_config, cfg)
     node.fault = str(node_config.get("fault-drill", ""))
     node.registry = SiteRegistry.from_node_config(node_config)
+    node.dp_epsilon = node_dp_epsilon(node_config)
     return node
+
+
+def node_dp_epsilon(node_config: dict[str, Any]) -> float:
+    """The site's own DP budget (node config ``dp-epsilon``; 0: none): with dp="site-dp-sgd" the
+    smaller of it and the run config's ``dp-epsilon`` applies."""
+    value = node_config.get("dp-epsilon", 0.0)
+    try:
+        eps = float(value)
+    except (TypeError, ValueError):
+        eps = math.nan
+    if not math.isfinite(eps) or eps < 0:
+        raise ConfigError(f"node config dp-epsilon={value!r}: expected a number >= 0 (0: the run config's budget)")
+    return eps
+
+
+def dp_steps_per_round(cfg: FederationConfig, n_train: int) -> int:
+    """DP-SGD steps of one round: local_epochs x ceil(n_train / batch-size) (`fedmol.models.dp`)."""
+    return local_epochs(cfg, n_train) * steps_per_epoch(n_train, cfg.batch_size)
 
 
 def local_epochs(cfg: FederationConfig, n_train: int) -> int:
