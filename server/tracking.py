@@ -12,6 +12,12 @@ step, under ``final/*``, ``site/<site>/final/...`` and ``consortium/final/<summa
 (``final/federated-valid-score``: with personalisation off, the chosen round's score again). Tags
 ``fedmol.best-round``, ``fedmol.best-valid-score``, ``fedmol.rounds-run`` and ``fedmol.stop-reason``
 say which round's model was kept and why.
+
+Differential privacy (`fedmol.privacy`): tags ``fedmol.dp`` (the mode), ``fedmol.dp-target-epsilon``,
+``fedmol.dp-delta`` and ``fedmol.dp-accountant`` (central modes: ``fedmol.dp-noise-multiplier``); per
+training round ``site/<site>/dp/epsilon-spent`` (site-dp-sgd: what each site reported, metric
+``dp_epsilon_spent``; central DP: the server's account of each site) and ``dp/epsilon-spent``, the
+maximum over sites: the federation's figure.
 """
 
 from __future__ import annotations
@@ -26,11 +32,12 @@ import mlflow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from fedmol.config import FederationConfig
+from fedmol.config import CENTRAL_DP_MODES, FederationConfig
+from fedmol.privacy import ACCOUNTANT, EPSILON_SPENT
 from fedmol.server.checkpoint import Checkpoint
 from fedmol.server.rounds import RoundBook, RoundOutcome
 from fedmol.server.selection import BestRound, federated_valid_score
-from fedmol.server.strategies import strategy_state
+from fedmol.server.strategies import central_noise_multiplier, strategy_state
 
 log = logging.getLogger("fedmol.server")
 
@@ -72,6 +79,7 @@ class MlflowTracker:
             self.run_id = run.info.run_id
             params = {k: str(v)[:500] for k, v in cfg.to_run_config().items()}
             self.log_params(params)
+        self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in dp_tags(cfg).items()])
 
     # -- generic logging -------------------------------------------------------------------
     def log_params(self, params: dict[str, Any]) -> None:
@@ -116,6 +124,8 @@ class MlflowTracker:
             score = federated_valid_score(outcome.reports).score
             if score is not None:
                 metrics[metric_key(*(("final",) if outcome.final else ()), "federated-valid-score")] = score
+        if phase == "train":
+            metrics.update(_dp_metrics(outcome, strategy))
         metrics[metric_key(phase, "sites-answered")] = len(outcome.reports)
         metrics[metric_key(phase, "sites-missing")] = len(outcome.missing)
         metrics[metric_key(phase, "updates-rejected")] = len(outcome.rejected)
@@ -149,6 +159,30 @@ class MlflowTracker:
             RunTag("fedmol.rounds-run", str(rounds_run)),
             RunTag("fedmol.stop-reason", reason[:4900]),
         ])
+
+
+def dp_tags(cfg: FederationConfig) -> dict[str, str]:
+    """The run's DP mode and budget, as MLflow tags."""
+    if cfg.dp == "off":
+        return {"fedmol.dp": "off"}
+    tags = {"fedmol.dp": cfg.dp, "fedmol.dp-target-epsilon": f"{cfg.dp_epsilon:g}",
+            "fedmol.dp-delta": f"{cfg.dp_delta:g}", "fedmol.dp-accountant": ACCOUNTANT}
+    if cfg.dp in CENTRAL_DP_MODES:
+        tags["fedmol.dp-noise-multiplier"] = f"{central_noise_multiplier(cfg):.6g}"
+    return tags
+
+
+def _dp_metrics(outcome: RoundOutcome, strategy: RoundBook) -> dict[str, float]:
+    """Each site's epsilon spent so far and the maximum over sites (site-dp-sgd: as the sites
+    report it; central DP: the strategy's account)."""
+    spent = {rep.site: float(rep.metrics[EPSILON_SPENT]) for rep in outcome.reports if EPSILON_SPENT in rep.metrics}
+    account = getattr(getattr(strategy, "inner", None), "epsilon_by_site", None)
+    if callable(account):
+        spent.update(account())
+    out = {metric_key("site", site, "dp", "epsilon-spent"): eps for site, eps in spent.items()}
+    if spent:
+        out["dp/epsilon-spent"] = max(spent.values())
+    return out
 
 
 def _summary_keys(outcome: RoundOutcome) -> list[str]:
