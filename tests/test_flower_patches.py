@@ -43,6 +43,13 @@ UPSTREAM = [
     Upstream("flwr.supernode.start_client_internal:start_client_internal", "9e89a6eb68fbec68",
              "fedmol.client.supernode (patch_idle_wait)",
              "the idle wait is still `time.sleep(3)` on the module-level `time`, after a pull that found no message"),
+    Upstream("flwr.supernode.start_client_internal:_push_messages", "00bb86faffdec114",
+             "fedmol.client.supernode (_ShortIdleClock: sleep(0.5) lasts 0.05 s)",
+             "its two `time.sleep(0.5)` still wait only for the local reply and its objects, not a network retry"),
+    Upstream("flwr.supernode.start_client_internal:_pull_and_store_message", "eaf5d0e36dc34e4c",
+             "fedmol.client.supernode (patch_object_pulls)",
+             "a message's objects are still fetched by the module-level name `pull_objects(...)`, "
+             "without its own initial_backoff/backoff_cap"),
     Upstream("flwr.superlink.grid.http_grid:HttpGrid.pull_messages", "67a5266a5a2ed515",
              "fedmol.server.grid (_fast_object_pulls)",
              "reply objects are still fetched by the module-level name `pull_objects(...)`, "
@@ -102,7 +109,7 @@ def test_upstream_code_is_the_code_fedmol_patched(up: Upstream):
         f"with flwr {version('flwr')}). Re-check {up.site}: {up.recheck}. Then record the new hash in UPSTREAM.")
 
 
-# -- 1. the SuperNode's idle wait (fedmol.client.supernode) ------------------------------------------
+# -- 1. the SuperNode's idle wait and its object backoff (fedmol.client.supernode) ---------------
 
 def test_supernode_idle_wait_is_the_sleep_fedmol_shortens():
     from flwr.supernode import start_client_internal as sci
@@ -116,6 +123,11 @@ def test_supernode_idle_wait_is_the_sleep_fedmol_shortens():
     src = inspect.getsource(sci.start_client_internal)
     assert src.count(f"time.sleep({supernode.FLOWER_IDLE_S})") == 1, (
         f"start_client_internal no longer has exactly one `time.sleep({supernode.FLOWER_IDLE_S})` (its idle wait)")
+    module = inspect.getsource(sci)
+    assert module.count(f"time.sleep({supernode.FLOWER_REPLY_WAIT_S})") == 2 == inspect.getsource(
+        sci._push_messages).count(f"time.sleep({supernode.FLOWER_REPLY_WAIT_S})"), (
+        "the SuperNode's 0.5 s sleeps are no longer exactly the two waits for the reply in _push_messages: "
+        "re-check what _ShortIdleClock shortens")
     cli = importlib.import_module("flwr.supernode.cli.flower_supernode")
     assert cli.start_client_internal is sci.start_client_internal, (
         "flower-supernode no longer runs flwr.supernode.start_client_internal.start_client_internal")
@@ -134,9 +146,47 @@ def test_supernode_idle_wait_patch_is_in_effect(monkeypatch):
     assert time.perf_counter() - started < 0.5
     assert clock.monotonic is time.monotonic and clock.time is time.time  # the rest is the real `time`
     started = time.perf_counter()
-    clock.sleep(0.05)  # other waits (0.5 s retries) pass through unchanged
-    assert time.perf_counter() - started >= 0.05
+    clock.sleep(supernode.FLOWER_REPLY_WAIT_S)  # the waits for the ClientApp's reply and its arrays
+    assert time.perf_counter() - started < 0.3
+    started = time.perf_counter()
+    clock.sleep(0.2)  # any other wait passes through unchanged
+    assert time.perf_counter() - started >= 0.2
     assert supernode.patch_idle_wait(0.01) is False  # already patched: a second patch is refused, not stacked
+
+
+def test_supernode_pulls_message_objects_through_the_name_fedmol_replaces():
+    from flwr.supercore.inflatable import inflatable_utils
+    from flwr.supernode import start_client_internal as sci
+
+    current = sci.pull_objects
+    assert current is inflatable_utils.pull_objects or (
+        isinstance(current, functools.partial) and current.func is inflatable_utils.pull_objects), (
+        "flwr.supernode.start_client_internal no longer imports pull_objects by name: patch_object_pulls "
+        "does nothing and a SuperNode waits Flower's 1 s, 2 s, ... for arrays still being uploaded")
+    assert "pull_objects(" in inspect.getsource(sci._pull_and_store_message)
+
+
+def test_supernode_object_pulls_back_off_briefly(monkeypatch):
+    from flwr.supercore.inflatable import inflatable_utils
+    from flwr.supernode import start_client_internal as sci
+
+    from fedmol.client import supernode
+
+    monkeypatch.setattr(sci, "pull_objects", inflatable_utils.pull_objects)  # the unpatched name; restored after
+    assert supernode.patch_object_pulls() is True
+    assert supernode.patch_object_pulls() is False  # already patched: not stacked
+    calls = []
+
+    def flaky(object_id: str) -> bytes:  # the object reaches the SuperLink after 3 tries
+        calls.append(object_id)
+        if len(calls) < 4:
+            raise inflatable_utils.ObjectUnavailableError(object_id)
+        return b"content"
+
+    started = time.perf_counter()
+    assert sci.pull_objects(["a"], pull_object_fn=flaky) == {"a": b"content"}
+    assert time.perf_counter() - started < 1.0  # Flower's own backoff: 1 + 2 + 4 s
+    assert len(calls) == 4
 
 
 # -- 2. the ServerApp's reply-object backoff (fedmol.server.grid._fast_object_pulls) -------------
