@@ -103,30 +103,25 @@ class GhostClipper:
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self._layers: list[nn.Module] = []
+        bags: set[nn.Module] = set()  # named_modules() visits a SparseInputLayer before its bag
         for name, module in model.named_modules():
             own = [p for p in module.parameters(recurse=False) if p.requires_grad]
-            if isinstance(module, nn.EmbeddingBag):
-                continue  # checked through its SparseInputLayer
             if isinstance(module, SparseInputLayer):
                 bag = module.bag
                 if bag.mode != "sum" or bag.max_norm is not None or bag.padding_idx is not None:
                     raise ConfigError(f"DP-SGD: {name}.bag must be a plain EmbeddingBag in sum mode")
+                bags.add(bag)
                 if bag.weight.requires_grad or module.bias.requires_grad:
                     self._layers.append(module)
             elif isinstance(module, nn.Linear):
                 if own:
                     self._layers.append(module)
-            elif own:
+            elif own and module not in bags:
                 raise ConfigError(
                     f"DP-SGD: module {name or 'model'} ({type(module).__name__}) has trainable parameters whose "
                     "per-example gradient norm is not supported (only SparseInputLayer and nn.Linear are); "
                     "freeze them (requires_grad=False) or add its norm rule to fedmol.models.dp"
                 )
-        for name, module in model.named_modules():
-            if isinstance(module, nn.EmbeddingBag) and not any(
-                isinstance(layer, SparseInputLayer) and layer.bag is module for layer in self._layers
-            ) and module.weight.requires_grad:
-                raise ConfigError(f"DP-SGD: EmbeddingBag {name} outside a SparseInputLayer is not supported")
         self._captured: dict[nn.Module, tuple[Tensor, Tensor]] = {}
 
     @contextmanager
@@ -174,9 +169,9 @@ class GhostClipper:
         grads = torch.autograd.grad(loss_total, wanted, retain_graph=True, allow_unused=True)
         sq_norm: Tensor | None = None
         for module, grad in zip(layers, grads[: len(layers)], strict=True):
-            stat, out = self._captured[module]
-            if grad is None:
+            if grad is None:  # the loss does not depend on this layer: no gradient
                 continue
+            stat = self._captured[module][0]
             g_sq = grad.float().pow(2).sum(dim=1)
             weight_on, bias_on = self._weight_and_bias_trainable(module)
             part = g_sq * (stat * float(weight_on) + float(bias_on))
