@@ -19,6 +19,13 @@ Run config ``transport-dtype`` (`fedmol.config.TransportDtype`), per float32 arr
   the input layer are the bits no training compound of the site set. Only secure aggregation hides
   individual updates.)
 
+On the wire an int8 array is compressed with zlib (level 1) when that saves at least a tenth of its
+bytes: it then travels as a flat uint8 array of the compressed bytes, and the server, which knows
+the shape from the array it sent, inflates it back (bounded: never more than that shape's bytes).
+The rows a site's compounds did not touch are zeros, so this pays most at the default 32,768 bits
+(a Tox21 site of 800 compounds left 79% of the input layer's rows unchanged in a round: 13.2 MB of
+int8 became 2.2 MB); an update that is noise everywhere (per-compound DP) stays as it is.
+
 Arrays of another dtype (none in today's models) travel unchanged. `encode_update` runs on the
 site (`fedmol.client.site.SiteNode.train_round`), `decode_update` on the server
 (`fedmol.server.rounds`) with the arrays it sent that round.
@@ -39,6 +46,8 @@ from fedmol.config import FederationConfig
 
 SCALE_SUFFIX = "#int8-scale"  # ARRAY + SCALE_SUFFIX: the per-row float32 scales of int8 array ARRAY
 INT8_LEVELS = 127  # symmetric: -127..127 (-128 never used)
+ZLIB_LEVEL = 1  # the fastest: 13 MB in ~0.2 s; higher levels gained <5% more
+ZLIB_MIN_SAVING = 0.1  # compress an int8 array only when that saves at least this fraction of its bytes
 
 
 class TransportError(ValueError):
@@ -98,8 +107,34 @@ def encode_update(trained: Mapping[str, np.ndarray], shared: Mapping[str, np.nda
             got = "missing" if reference is None else f"shape {reference.shape}"
             raise TransportError(f"array {name!r}: the received shared array is {got}, the trained one "
                                  f"has shape {value.shape}: cannot send an update")
-        out[name], out[name + SCALE_SUFFIX] = quantise_int8(value - reference.astype(np.float32), rng, name=name)
+        values, out[name + SCALE_SUFFIX] = quantise_int8(value - reference.astype(np.float32), rng, name=name)
+        out[name] = compress_int8(values)
     return out
+
+
+def compress_int8(values: np.ndarray) -> np.ndarray:
+    """``values`` (int8) as a flat uint8 array of their zlib-compressed bytes, or unchanged when
+    compression saves less than `ZLIB_MIN_SAVING` of the bytes (the receiver knows the shape)."""
+    raw = np.ascontiguousarray(values).tobytes()
+    packed = zlib.compress(raw, ZLIB_LEVEL)
+    if len(packed) > (1 - ZLIB_MIN_SAVING) * len(raw):
+        return values
+    return np.frombuffer(packed, dtype=np.uint8)
+
+
+def inflate_int8(name: str, packed: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The int8 array of ``shape`` that `compress_int8` packed; `TransportError` when ``packed`` does
+    not inflate to exactly that many bytes (never inflates more than that, whatever it holds)."""
+    size = int(np.prod(shape, dtype=np.int64))
+    inflater = zlib.decompressobj()
+    try:
+        raw = inflater.decompress(np.ascontiguousarray(packed).tobytes(), size + 1)
+    except zlib.error as exc:
+        raise TransportError(f"array {name!r}: compressed int8 update cannot be inflated ({exc})") from None
+    if len(raw) != size or not inflater.eof:
+        raise TransportError(f"array {name!r}: compressed int8 update does not inflate to shape {shape} "
+                             f"({size} bytes)")
+    return np.frombuffer(raw, dtype=np.int8).reshape(shape)
 
 
 def quantise_int8(update: np.ndarray, rng: np.random.Generator, *,
@@ -138,7 +173,7 @@ def decode_update(arrays: Mapping[str, np.ndarray], sent: Mapping[str, np.ndarra
             continue
         if value.dtype == np.float16:
             out[name] = value.astype(np.float32)
-        elif value.dtype == np.int8:
+        elif value.dtype in (np.int8, np.uint8):  # uint8: int8 compressed on the wire
             out[name] = _dequantise(name, value, scales.pop(name, None), sent)
         else:
             out[name] = value
@@ -154,7 +189,13 @@ def _dequantise(name: str, value: np.ndarray, scale: np.ndarray | None,
     reference = None if sent is None else sent.get(name)
     if reference is None:
         raise TransportError(f"array {name!r} is an int8 update of an array the server did not send this round")
-    if reference.shape != value.shape or reference.dtype != np.float32:
+    if reference.dtype != np.float32:
+        raise TransportError(f"array {name!r}: int8 update of an array the server sent as {reference.dtype}")
+    if value.dtype == np.uint8:
+        if value.ndim != 1:
+            raise TransportError(f"array {name!r}: a compressed int8 update is flat, got shape {value.shape}")
+        value = inflate_int8(name, value, reference.shape)
+    if reference.shape != value.shape:
         raise TransportError(f"array {name!r}: int8 update of shape {value.shape}, the server sent "
                              f"{reference.dtype} of shape {reference.shape}")
     n_rows = value.shape[0] if value.ndim >= 2 else 1

@@ -151,10 +151,11 @@ def _as_float32(msg: Message, sent: Callable[[], dict[str, np.ndarray]]) -> str 
     arrays the server sent this round (int8 replies are updates against them). Returns why the
     reply cannot be decoded, or None."""
     for key, record in list(msg.content.array_records.items()):
-        if any(a.dtype in ("float16", "int8") for a in record.values()):
+        if any(a.dtype in ("float16", "int8", "uint8") for a in record.values()):  # uint8: compressed int8
             arrays = from_array_record(record)
             try:
-                decoded = decode_update(arrays, sent() if any(v.dtype == np.int8 for v in arrays.values()) else None)
+                updates = any(v.dtype in (np.int8, np.uint8) for v in arrays.values())
+                decoded = decode_update(arrays, sent() if updates else None)
             except TransportError as exc:
                 return str(exc)
             msg.content[key] = to_array_record(decoded)

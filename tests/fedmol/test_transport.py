@@ -10,10 +10,12 @@ from fedmol.config import FederationConfig
 from fedmol.transport import (
     SCALE_SUFFIX,
     TransportError,
+    compress_int8,
     decode_update,
     effective_transport,
     encode_update,
     fallback_note,
+    inflate_int8,
     quantise_int8,
     round_seed,
     transport_label,
@@ -133,6 +135,60 @@ def test_decode_refuses_malformed_int8_replies():
         decode_update({"w": sent["w"], "w" + SCALE_SUFFIX: np.array([1, np.nan, 1], np.float32)}, shared)
     with pytest.raises(TransportError, match="finite and >= 0"):
         decode_update({"w": sent["w"], "w" + SCALE_SUFFIX: np.array([1, -1, 1], np.float32)}, shared)
+
+
+def _sparse_update_model(rng: np.random.Generator) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """An input layer most of whose rows (fingerprint bits) no training compound touched."""
+    shared = {"trunk.input.bag.weight": rng.normal(size=(2000, 50)).astype(np.float32),
+              "trunk.input.bias": rng.normal(size=50).astype(np.float32)}
+    trained = {k: v.copy() for k, v in shared.items()}
+    touched = rng.choice(2000, size=300, replace=False)
+    trained["trunk.input.bag.weight"][touched] += 0.01 * rng.normal(size=(300, 50)).astype(np.float32)
+    trained["trunk.input.bias"] += 0.01 * rng.normal(size=50).astype(np.float32)
+    return shared, trained
+
+
+def test_int8_of_untouched_rows_travels_compressed_and_decodes_to_the_same_values():
+    rng = np.random.default_rng(4)
+    shared, trained = _sparse_update_model(rng)
+    sent = encode_update(trained, shared, "int8", seed=[1, 2, 3])
+    weight = sent["trunk.input.bag.weight"]
+    assert weight.dtype == np.uint8 and weight.ndim == 1  # zlib bytes: 85% of the rows are zeros
+    assert weight.nbytes < 0.3 * 2000 * 50
+    assert sent["trunk.input.bias"].dtype == np.int8  # 50 bytes of noise-like steps: not worth it
+    # The same draw, uncompressed, decodes to exactly the same floats.
+    values, scales = quantise_int8(trained["trunk.input.bag.weight"] - shared["trunk.input.bag.weight"],
+                                   np.random.default_rng([1, 2, 3]), name="w")
+    np.testing.assert_array_equal(inflate_int8("w", weight, (2000, 50)), values)
+    decoded = decode_update(sent, shared)
+    plain = decode_update({**sent, "trunk.input.bag.weight": values}, shared)
+    np.testing.assert_array_equal(decoded["trunk.input.bag.weight"], plain["trunk.input.bag.weight"])
+    untouched = np.setdiff1d(np.arange(2000), np.flatnonzero(np.any(values != 0, axis=1)))
+    np.testing.assert_array_equal(decoded["trunk.input.bag.weight"][untouched],
+                                  shared["trunk.input.bag.weight"][untouched])
+
+
+def test_incompressible_int8_travels_as_int8():
+    rng = np.random.default_rng(5)
+    values = rng.integers(-127, 128, size=(100, 40)).astype(np.int8)
+    assert compress_int8(values) is values
+
+
+def test_decode_refuses_malformed_compressed_int8():
+    rng = np.random.default_rng(6)
+    shared, trained = _sparse_update_model(rng)
+    sent = encode_update(trained, shared, "int8", seed=0)
+    packed = sent["trunk.input.bag.weight"]
+    with pytest.raises(TransportError, match="cannot be inflated"):
+        decode_update({**sent, "trunk.input.bag.weight": np.full(50, 7, np.uint8)}, shared)
+    short = np.frombuffer(__import__("zlib").compress(b"\0" * 99), np.uint8)
+    with pytest.raises(TransportError, match="does not inflate to shape"):
+        decode_update({**sent, "trunk.input.bag.weight": short}, shared)
+    bomb = np.frombuffer(__import__("zlib").compress(b"\0" * 10_000_000), np.uint8)  # 10 MB for a 100 kB array
+    with pytest.raises(TransportError, match="does not inflate to shape"):
+        decode_update({**sent, "trunk.input.bag.weight": bomb}, shared)
+    with pytest.raises(TransportError, match="flat"):
+        decode_update({**sent, "trunk.input.bag.weight": packed.reshape(1, -1)}, shared)
 
 
 def test_float16_and_float32_paths_are_unchanged():
