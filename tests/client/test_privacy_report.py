@@ -2,13 +2,15 @@
 
 Unit tests on synthetic files written by the contracts (the outbox ledger with and without the
 fields `outbox_provenance` adds, an audit JSON with its plot, a DP budget file), and the issue's
-test: the report of a real 2-site simulation, one federation plain and one with secure
-aggregation, whose rounds, bytes and array names are the ledger's.
+test: the report of a real 2-site federation (on loopback, each site a SuperNode with its site
+runtime), one run plain and one with secure aggregation, whose rounds, bytes and array names are
+the ledger's, with secure aggregation and the FAB's hash as they were.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -291,3 +293,81 @@ def test_without_a_budget_file_the_ledgers_dp_field_is_reported(store: Path, cap
     assert ("its ledger says: mechanism site-dp-sgd, target epsilon 3, delta 1e-05, epsilon spent 2.5 "
             "after round 1") in dp
     assert _table(dp, "round") == [["1", "2.5"]]
+
+
+# -- the issue's test: the report of a real 2-site federation ---------------------------------------------
+@pytest.fixture(scope="module")
+def federated(tmp_path_factory) -> dict[str, object]:
+    """Two synthetic sites on loopback, each a SuperNode with its site runtime (`fedmol site worker`),
+    and two federations of 2 rounds each (1,024 bits, hidden 32, no fine-tuning, no local baseline):
+    one plain, one with secure aggregation. Flower's deployment engine rather than its simulation
+    engine: the same ClientApp and ledger, no Ray to start (which times out on a loaded machine), and
+    the site runtime sees the FAB, so the ledger has its hash."""
+    from fedmol.deploy.launcher import LocalSuperLink, LocalSuperNode, flwr_run
+    from tests.server.synthetic import write_sites
+
+    root = tmp_path_factory.mktemp("report-fed")
+    stores = write_sites(root / "sites", 2, n=160, n_bits=1024)
+    base = FederationConfig(num_server_rounds=2, min_sites=2, n_bits=1024, hidden="32", num_threads=1,
+                            consortium_tasks="c1:classification,c2:classification", register_model=False,
+                            experiment="report", finetune_epochs=0, local_baseline=False, eval_min_labels=2,
+                            secagg_max_weight=1000.0)
+    feds = {}
+    with LocalSuperLink(root / "flower", simulation=False) as link:
+        nodes = [LocalSuperNode(link, store, f"site{i}").start() for i, store in enumerate(stores)]
+        try:
+            for name, secure in (("plain", False), ("secure", True)):
+                cfg = base.replace(secure_aggregation=secure, output_dir=str(root / name), run_name=name)
+                lines: list[str] = []
+                code = flwr_run(link, cfg.to_run_config(), on_line=lines.append, timeout=600)
+                assert code == 0, "\n".join(lines[-40:])
+                feds[name] = json.loads((root / name / "last_federation.json").read_text())["federation_id"]
+        finally:
+            for node in nodes:
+                node.stop()
+    from flwr.cli.build import build_fab_from_disk
+
+    fab = build_fab_from_disk(root / "flower" / "app")  # the app flwr_run submitted (FABs build byte-identical)
+    return {"store": stores[0], "feds": feds, "fab_hash": hashlib.sha256(fab).hexdigest()}
+
+
+@pytest.mark.slow
+def test_the_report_of_a_real_federation_is_the_ledgers(federated, tmp_path: Path) -> None:
+    store, feds = Path(str(federated["store"])), dict(federated["feds"])  # type: ignore[call-overload]
+    entries = read_ledger(store)
+    assert {e["federation_id"] for e in entries} == set(feds.values())
+    out = tmp_path / "report.md"
+    assert main(["site", "report", str(store), "--out", str(out)]) == 0
+    text = out.read_text()
+    overview = {row[0]: row for row in _table(text, "federation")}
+    for name, fid in feds.items():
+        mine = [e for e in entries if e["federation_id"] == fid]
+        secure = name == "secure"
+        assert all(e["secure_aggregation"] is secure and e["transport"] == "float32" for e in mine)
+        n = sum(e["bytes_total"] for e in mine)
+        assert overview[fid][3:10] == [str(len({e["round"] for e in mine})), str(len(mine)), size(n), f"{n:,}",
+                                       "yes" if secure else "no", "float32", "no"]
+        section = _section(text, f"What left the site: federation {fid}")
+        rounds = {int(r[0]): r for r in _table(section, "round")}
+        assert set(rounds) == {e["round"] for e in mine} and set(rounds) >= {1, 2}
+        for rnd, row in rounds.items():
+            sent = sum(e["bytes_total"] for e in mine if e["round"] == rnd)
+            assert row[4] == f"{sent:,}" and row[6] == ("yes" if secure else "no")
+        train = [e for e in mine if e["phase"] == "train"]
+        assert len(train) == 2 and all(e["bytes_total"] > 1024 * 32 * 4 for e in train)
+        arrays = _table(section, "array")
+        assert [a[0] for a in arrays] == [a["name"] for a in train[0]["arrays"]]
+        for a in arrays:
+            sent_bytes = sum(x["bytes"] for e in train for x in e["arrays"] if x["name"] == a[0])
+            assert a[5] == f"{sent_bytes:,}" and a[2] == "float32" and a[3] == "1-2"
+        app = dict(_table(section, "app"))
+        assert app["flwr"] == mine[0]["app"]["flwr"] and app["run config"] == mine[0]["app"]["run_config_sha256"]
+        assert app["FAB hash"] == federated["fab_hash"] == mine[0]["app"]["fab_hash"]  # the site runtime saw it
+        assert f"no per-compound DP in federation {fid}" in text
+    assert len({e["app"]["run_config_sha256"] for e in entries}) == 2  # the two runs' configs differ
+    assert "p_reg" not in text  # site-0's private task: only its label left
+    page = tmp_path / "report.html"
+    assert main(["site", "report", str(store), "--format", "html", "--out", str(page),
+                 "--federation", feds["secure"]]) == 0
+    html_text = page.read_text()
+    assert feds["secure"] in html_text and feds["plain"] not in html_text
