@@ -82,7 +82,9 @@ class TrainConfig:
     # Per-compound DP-SGD (models/dp.py): with dp_max_grad_norm set, each epoch draws Poisson
     # batches at rate q = batch_size / n_train, clips each compound's whole gradient to this norm,
     # sums, adds N(0, (dp_noise_multiplier x dp_max_grad_norm)^2) per coordinate and divides by
-    # batch_size. None: no per-sample clipping, training unchanged.
+    # batch_size. None: no per-sample clipping, training unchanged. Pair it with optimizer "sgd"
+    # (momentum): Adam's per-coordinate scaling lifts the noise-only coordinates of the input layer
+    # to the lr (Tox21, 1,024 bits, sigma 1, C 1: Adam 0.45 ROC-AUC, SGD momentum 0.69-0.73).
     dp_max_grad_norm: float | None = None
     dp_noise_multiplier: float = 0.0
 
