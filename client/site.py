@@ -400,7 +400,9 @@ class SiteNode:
         ``personalised``: 1/0, in every final round); it then stays at the site
         (``<federation dir>/personalised.pt``). In the final round the site also registers its full
         model (personalised where it chose so, calibrated on its validation fold) in its own MLflow
-        registry (`register_site_model`). Nothing new is sent.
+        registry (`register_site_model`), and keeps the shared arrays it received as
+        ``<federation dir>/shared_final.npz`` for its membership-inference audit
+        (`fedmol.client.audit`). Nothing new is sent.
 
         The final evaluation's ``server_round`` is the round the server chose (best-round selection),
         and its shared model is that round's: the site pairs it with the private heads it kept from
@@ -422,6 +424,10 @@ class SiteNode:
         # The final evaluation carries the server's chosen round: its shared model goes with the
         # private heads of that round, not the latest ones (trained on a later trunk).
         model, fresh = self.build_model(cfg, shared, federation_id, heads_round=server_round if final else None)
+        if final:  # the chosen shared model, as received, kept for `fedmol site audit` (nothing is sent)
+            from fedmol.client.audit import save_shared_final
+
+            save_shared_final(self.store_path, federation_id, shared, cfg, server_round)
         refit = bool(model.private_head_names()) and (cfg.head_epochs > 0 or fresh)
         if refit:  # the same refit (and seed) as this round's own evaluation: the same heads
             self.refit_private_heads(model, cfg, server_round, max(cfg.head_epochs, 1))
