@@ -313,8 +313,12 @@ class GainTable:
     def plot(self, path: str | Path) -> Path | None:
         """The per-site means of every approach as bars, one panel per metric, in a PNG.
 
-        Needs matplotlib (installed with mlflow); returns None, and writes nothing, without it.
+        Needs matplotlib (installed with mlflow); returns None, and writes nothing, without it or
+        when no site has a scored task to draw (e.g. every test fold below `eval-min-labels`).
         """
+        tables = [(metric, table) for metric, table in self.by_metric().items() if table.sites and table.approaches]
+        if not tables:
+            return None
         try:
             import matplotlib
 
@@ -323,7 +327,6 @@ class GainTable:
         except ImportError:
             return None
         colours = {"local": "#9e9e9e", "federated": "#1f77b4", "personalised": "#ff7f0e", "pooled": "#2ca02c"}
-        tables = list(self.by_metric().items())
         fig, axes = plt.subplots(1, len(tables), figsize=(max(5.0, 1.6 * len(self.sites) + 2) * len(tables), 4),
                                  squeeze=False)
         for ax, (metric, table) in zip(axes[0], tables, strict=True):

@@ -61,3 +61,15 @@ def test_a_table_of_one_metric_is_unchanged() -> None:
     old = GainTable("tox21", "roc_auc")  # tables written before task_metrics: one metric, the table's
     old.add("local", "s", {"t1": 0.5})
     assert old.metrics == ["roc_auc"] and not old.mixed
+
+
+def test_a_table_with_nothing_scored_draws_no_plot_and_warns_nothing(tmp_path: Path) -> None:
+    import warnings
+
+    empty = GainTable("x", "roc_auc")  # e.g. a federation whose test folds had no task above eval-min-labels
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib's "No artists with labels" would fail here
+        assert empty.plot(tmp_path / "empty.png") is None
+    assert not (tmp_path / "empty.png").exists()
+    empty.add("federated", "s1", {"a": 0.7}, {"a": "roc_auc"})
+    assert empty.plot(tmp_path / "one.png") == tmp_path / "one.png" and (tmp_path / "one.png").stat().st_size > 0
