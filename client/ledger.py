@@ -96,6 +96,12 @@ def full_view(entries: list[dict[str, Any]], title: str) -> list[Text | Table]:
         parts.append(Text(f"  metrics: {', '.join(e.get('metric_names', [])) or '-'}; "
                           f"report: {', '.join(e.get('report_keys', [])) or '-'}; "
                           f"task metrics: {', '.join(e.get('task_metric_names', [])) or '-'}"))
+        if "secure_aggregation" in e or "app" in e:  # ledgers since issue #14 (`fedmol.client.provenance`)
+            app = e.get("app") or {}
+            parts.append(Text(f"  secure aggregation: {'yes' if e.get('secure_aggregation') else 'no'}; "
+                              f"transport: {e.get('transport', '-')}; fedmol {app.get('fedmol', '-')}, "
+                              f"flwr {app.get('flwr', '-')}; run config {app.get('run_config_sha256') or '-'}; "
+                              f"FAB {app.get('fab_hash') or 'not known to the site'}"))
     return parts
 
 

@@ -147,12 +147,21 @@ def by_federation(entries: list[dict[str, Any]]) -> dict[str, list[dict[str, Any
 def round_rows(entries: list[dict[str, Any]]) -> list[list[str]]:
     """Per round: the replies (phases), arrays sent, bytes, the update's digest."""
     rounds: dict[Any, list[dict[str, Any]]] = {}
+    phases: dict[int, str] = {}
+    latest = None
     for e in entries:
         rounds.setdefault(e.get("round"), []).append(e)
+        rnd, phase = e.get("round"), str(e.get("phase", ""))
+        # The final evaluation carries the round the server chose: an earlier one, or one evaluated already.
+        earlier = isinstance(rnd, int) and isinstance(latest, int) and rnd < latest
+        if phase == "evaluate" and (earlier or any(phases.get(id(x)) == "evaluate" for x in rounds[rnd][:-1])):
+            phase = "evaluate (final)"
+        phases[id(e)] = phase
+        latest = max(latest, rnd) if isinstance(latest, int) and isinstance(rnd, int) else rnd
     rows = []
     for rnd, group in sorted(rounds.items(), key=lambda kv: (not isinstance(kv[0], int), kv[0])):
         n = sum(int(e.get("bytes_total", 0)) for e in group)
-        rows.append([str(rnd), ", ".join(str(e.get("phase", "")) for e in group),
+        rows.append([str(rnd), ", ".join(phases[id(e)] for e in group),
                      str(sum(len(e.get("arrays") or []) for e in group)), size(n), f"{n:,}",
                      ", ".join(digest(e)[:12] for e in group if e.get("arrays")) or "-",
                      _one([e.get("secure_aggregation") for e in group], _yes_no)])

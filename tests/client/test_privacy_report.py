@@ -371,3 +371,29 @@ def test_the_report_of_a_real_federation_is_the_ledgers(federated, tmp_path: Pat
                  "--federation", feds["secure"]]) == 0
     html_text = page.read_text()
     assert feds["secure"] in html_text and feds["plain"] not in html_text
+
+
+def test_the_final_evaluation_of_an_earlier_round_is_named(store: Path, capsys) -> None:
+    site = SiteNode(store)
+    site.record_outbox(RoundReply(None, {wire.VALID_LOSS: 0.4}, REPORT), phase="evaluate", server_round=1,
+                       federation_id="plain")  # the server chose round 1 after round 1 was the last
+    site.record_outbox(RoundReply(None, {wire.VALID_LOSS: 0.4}, REPORT), phase="evaluate", server_round=2,
+                       federation_id="old")  # chose round 2 of 2 in "old"
+    site.record_outbox(RoundReply(None, {wire.VALID_LOSS: 0.4}, REPORT), phase="evaluate", server_round=1,
+                       federation_id="new")  # chose round 1 of 3 in "new"
+    assert main(["site", "report", str(store)]) == 0
+    text = capsys.readouterr().out
+    new = {r[0]: r[1] for r in _table(_section(text, "What left the site: federation new"), "round")}
+    assert new == {"1": "train, evaluate, evaluate (final)", "2": "train, evaluate", "3": "train, evaluate"}
+    old = {r[0]: r[1] for r in _table(_section(text, "What left the site: federation old"), "round")}
+    assert old["2"] == "train, evaluate, evaluate (final)"  # the last round chosen: its second evaluation
+
+
+def test_ledger_full_shows_how_each_reply_left(store: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("COLUMNS", "300")
+    assert main(["site", "ledger", str(store), "--full"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("secure aggregation: yes; transport: float32") == 6  # federation "new"
+    assert out.count("secure aggregation: no; transport: int8") == 2  # "plain"
+    assert out.count("FAB " + "ab" * 32) == 6 and out.count("FAB not known to the site") == 2
+    assert out.count("secure aggregation:") == 8  # "old" (4 replies) says nothing it does not know
