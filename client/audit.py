@@ -99,8 +99,9 @@ def save_shared_final(store_path: Path, federation_id: str, shared: Mapping[str,
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / SHARED_FINAL
     tmp = folder / (SHARED_FINAL + ".tmp")
+    arrays: dict[str, Any] = {k: np.asarray(v) for k, v in shared.items()}
     with tmp.open("wb") as fh:
-        np.savez(fh, **{k: np.asarray(v) for k, v in shared.items()})
+        np.savez(fh, **arrays)
     tmp.replace(path)
     meta = {"federation_id": federation_id, "round": int(server_round), "run_config": cfg.to_run_config(),
             "saved": datetime.now(UTC).isoformat(timespec="seconds")}
