@@ -356,6 +356,10 @@ def _audit_blocks(path: Path, data: dict[str, Any]) -> list[Block]:
         f"non-members: {data.get('nonmembers', UNKNOWN)}. An attack ROC-AUC of 0.5 means the attacker does "
         "no better than a coin; the TPR at a low FPR says how many training compounds it finds when it may "
         "wrongly accuse only 1 % (0.1 %) of the others.")]
+    sources = data.get("sources")
+    if isinstance(sources, dict) and sources:  # beyond the contract: what the audit examined, where given
+        out.append(Para("Models audited: " + "; ".join(f"{k}: {v if v is not None else 'none'}"
+                                                        for k, v in sources.items()) + "."))
     rows = []
     for model, m in (data.get("models") or {}).items():
         if not m:

@@ -78,7 +78,8 @@ def _audit(store: Path, stamp: str, auc: float, federation: str | None = "new") 
                        "personalised": None},
             "canaries": {"n": 10, "mean_exposure": 1.5, "max_exposure": 3.25, "max_possible_exposure": 13.3,
                          "reference_size": 10000},
-            "plot": f"audit-{stamp}.png"}
+            "plot": f"audit-{stamp}.png", "sources": {"shared": "federations/new/shared_final.npz",
+                                                      "personalised": None}}
     path = folder / f"audit-{stamp}.json"
     path.write_text(json.dumps(data))
     return path
@@ -187,6 +188,7 @@ def test_the_newest_audit_with_its_plot_beside_a_markdown_report(store: Path, tm
     assert rows[0] == ["shared", "loss", "0.523", "0.021", "0.003", "1,200", "300"]
     assert rows[2][:3] == ["shared", "lira", "not run"] and rows[3][:3] == ["personalised", "-", "not audited"]
     assert "mean exposure 1.50, max 3.25 of at most 13.30" in audit
+    assert "Models audited: shared: federations/new/shared_final.npz; personalised: none." in audit
     assert "![membership-inference audit: ROC curves](report-audit-audit-20261201T100000Z.png)" in audit
     assert (out.parent / "report-audit-audit-20261201T100000Z.png").read_bytes() == PNG
     # An audit of another federation is not this federation's.
