@@ -102,3 +102,42 @@ def test_a_resumed_federation_with_other_dp_settings_is_refused(store):
     node.train_round(cfg, shared, server_round=1, federation_id="fe")
     with pytest.raises(ConfigError, match="dp-sample-clip 4.0 -> 2.0"):
         node.train_round(cfg.replace(dp_sample_clip=2.0), shared, server_round=2, federation_id="fe")
+
+
+@pytest.mark.slow
+def test_site_dp_with_secure_aggregation_in_a_federation(tmp_path):
+    """Per-compound DP at the sites and SecAgg+ on the sum, together: 2 sites, 2 rounds, on Flower's
+    deployment engine (two SuperNodes with their site runtimes; no Ray to start on a loaded machine)."""
+    from mlflow.tracking import MlflowClient
+
+    from fedmol.deploy.launcher import LocalSuperLink, LocalSuperNode, flwr_run
+
+    stores = write_sites(tmp_path / "sites", 2, n=160, n_bits=1024)
+    cfg = FederationConfig(num_server_rounds=2, min_sites=2, n_bits=1024, hidden="32", num_threads=1,
+                           consortium_tasks="c1:classification,c2:classification", register_model=False,
+                           experiment="site-dp", finetune_epochs=0, local_baseline=False, eval_min_labels=2,
+                           secagg_max_weight=1000.0, secure_aggregation=True, dp="site-dp-sgd", dp_epsilon=8.0,
+                           output_dir=str(tmp_path / "server"))
+    lines: list[str] = []
+    with LocalSuperLink(tmp_path / "flower", simulation=False) as link:
+        nodes = [LocalSuperNode(link, store, f"site{i}").start() for i, store in enumerate(stores)]
+        try:
+            code = flwr_run(link, cfg.to_run_config(), on_line=lines.append, timeout=600)
+        finally:
+            for node in nodes:
+                node.stop()
+    assert code == 0, "\n".join(lines[-40:])
+    assert sum("Secure aggregation completed" in line for line in lines) == 2
+    outputs = json.loads((tmp_path / "server" / "last_federation.json").read_text())
+    run = MlflowClient(outputs["tracking_uri"]).get_run(outputs["mlflow_run_id"])
+    assert run.data.tags["fedmol.dp"] == "site-dp-sgd" and run.data.tags["fedmol.dp-target-epsilon"] == "8"
+    spent = {}
+    for i in range(2):
+        node = SiteNode(stores[i], f"site{i}")
+        budget = SiteBudget.load(node.budget_path(outputs["federation_id"]))
+        assert [r["round"] for r in budget.rounds] == [1, 2] and budget.epsilon_spent <= 8.0
+        spent[f"site{i}"] = budget.epsilon_spent
+        assert run.data.metrics[f"site/site{i}/dp/epsilon-spent"] == pytest.approx(budget.epsilon_spent)
+        dp_entries = [e["dp"] for e in _ledger(node) if e["phase"] == "train"]
+        assert [d["epsilon_spent"] for d in dp_entries] == [pytest.approx(r["epsilon_spent"]) for r in budget.rounds]
+    assert run.data.metrics["dp/epsilon-spent"] == pytest.approx(max(spent.values()))
