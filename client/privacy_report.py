@@ -37,6 +37,7 @@ from fedmol.client.ledger import digest, read_ledger, size
 from fedmol.errors import InputError
 
 UNKNOWN = "unknown"
+EPS = "{:.3f}"  # epsilons: 7.9996 must not read as 8
 KIND_AUDIT, KIND_DP = "fedmol.site-audit", "fedmol.site-dp"
 
 
@@ -402,10 +403,10 @@ def _ledger_dp_blocks(fid: str, entries: list[dict[str, Any]]) -> list[Block]:
     last = rounds[-1][1]
     return [Heading(f"Federation {fid}", 3),
             Para(f"No DP budget file for federation {fid} in this store; its ledger says: mechanism "
-                 f"{last.get('mechanism', UNKNOWN)}, target epsilon {_num(last.get('target_epsilon'))}, delta "
-                 f"{_num(last.get('delta'), '{:.3g}')}, epsilon spent {_num(last.get('epsilon_spent'))} "
+                 f"{last.get('mechanism', UNKNOWN)}, target epsilon {_num(last.get('target_epsilon'), EPS)}, "
+                 f"delta {_num(last.get('delta'), '{:.3g}')}, epsilon spent {_num(last.get('epsilon_spent'), EPS)} "
                  f"after round {rounds[-1][0]}."),
-            Table(["round", "epsilon spent"], [[str(r), _num(d.get("epsilon_spent"))] for r, d in rounds],
+            Table(["round", "epsilon spent"], [[str(r), _num(d.get("epsilon_spent"), EPS)] for r, d in rounds],
                   right={0, 1})]
 
 
@@ -414,21 +415,22 @@ def _dp_blocks(path: Path, data: dict[str, Any]) -> list[Block]:
     spent, target = data.get("epsilon_spent"), data.get("target_epsilon")
     out: list[Block] = [Heading(f"Federation {fid}", 3), Table(["setting", "value"], [
         ["mechanism", str(data.get("mechanism", UNKNOWN))],
-        ["target epsilon", _num(target)],
+        ["target epsilon", _num(target, EPS)],
         ["delta", _num(data.get("delta"), "{:.3g}")],
-        ["epsilon spent", _num(spent)],
+        ["epsilon spent", _num(spent, EPS)],
         ["noise multiplier", _num(data.get("noise_multiplier"))],
         ["max gradient norm (clip)", _num(data.get("max_grad_norm"))],
         ["sample rate", _num(data.get("sample_rate"))],
         ["accountant", str(data.get("accountant", UNKNOWN))],
     ])]
-    out.append(Para(f"(epsilon, delta) = ({_num(spent)}, {_num(data.get('delta'), '{:.3g}')}) spent of a target "
-                    f"epsilon {_num(target)}: each training compound of the site is protected with this "
-                    f"guarantee over every update the site sent in the federation ({path.name})."))
+    out.append(Para(f"(epsilon, delta) = ({_num(spent, EPS)}, {_num(data.get('delta'), '{:.3g}')}) spent of a "
+                    f"target epsilon {_num(target, EPS)}: each training compound of the site is protected with "
+                    "this guarantee over every model update the site sent in the federation (the aggregate "
+                    f"metrics in its replies, such as its training loss, are outside the accounting) ({path.name})."))
     rounds = data.get("rounds") or []
     if rounds:
         out.append(Table(["round", "DP steps", "epsilon spent"],
-                         [[str(r.get("round")), _num(r.get("steps"), "{:,}"), _num(r.get("epsilon_spent"))]
+                         [[str(r.get("round")), _num(r.get("steps"), "{:,}"), _num(r.get("epsilon_spent"), EPS)]
                           for r in rounds], right={0, 1, 2}))
     png = _epsilon_plot(data)
     if png is not None:

@@ -205,9 +205,9 @@ def test_the_dp_budget_per_federation_with_its_plot(store: Path, tmp_path: Path)
     assert "no per-compound DP in federation old" in dp and "no per-compound DP in federation plain" in dp
     assert "no per-compound DP in federation new" not in dp
     settings = dict(_table(dp, "setting"))
-    assert settings["mechanism"] == "site-dp-sgd" and settings["target epsilon"] == "8"
+    assert settings["mechanism"] == "site-dp-sgd" and settings["target epsilon"] == "8.000"
     assert settings["epsilon spent"] == "5.432" and settings["delta"] == "1e-05"
-    assert _table(dp, "round") == [["1", "32", "3.1"], ["2", "32", "4.4"], ["3", "32", "5.432"]]
+    assert _table(dp, "round") == [["1", "32", "3.100"], ["2", "32", "4.400"], ["3", "32", "5.432"]]
     assert (tmp_path / "r-dp-new.png").read_bytes().startswith(b"\x89PNG")
     assert "(r-dp-new.png)" in dp
     overview = {row[0]: row for row in _table(out.read_text(), "federation")}
@@ -292,9 +292,9 @@ def test_without_a_budget_file_the_ledgers_dp_field_is_reported(store: Path, cap
         fh.write(json.dumps(entry) + "\n")
     assert main(["site", "report", str(store), "--federation", "ledger-dp"]) == 0
     dp = _section(capsys.readouterr().out, "Per-compound differential privacy")
-    assert ("its ledger says: mechanism site-dp-sgd, target epsilon 3, delta 1e-05, epsilon spent 2.5 "
+    assert ("its ledger says: mechanism site-dp-sgd, target epsilon 3.000, delta 1e-05, epsilon spent 2.500 "
             "after round 1") in dp
-    assert _table(dp, "round") == [["1", "2.5"]]
+    assert _table(dp, "round") == [["1", "2.500"]]
 
 
 # -- the test: the report of a real 2-site federation ---------------------------------------------
