@@ -225,8 +225,13 @@ def _epsilon_plot(data: dict[str, Any]) -> bytes | None:
     ax.plot([r["round"] for r in rounds], [r["epsilon_spent"] for r in rounds], marker="o", label="spent")
     if data.get("target_epsilon") is not None:
         ax.axhline(float(data["target_epsilon"]), color="tab:red", linestyle="--", label="target")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds
+    top = max([float(r["epsilon_spent"]) for r in rounds] + [float(data.get("target_epsilon") or 0.0)])
+    ax.set_ylim(0, top * 1.15 or 1.0)
     ax.set_xlabel("round")
-    ax.set_ylabel("epsilon")
+    ax.set_ylabel("epsilon spent (cumulative)")
     ax.set_title(f"DP budget, federation {data.get('federation_id')}", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
