@@ -93,7 +93,8 @@ def report(
 def audit(
     store: Annotated[Path, typer.Argument(help="The site store to audit (its models and its compounds).")],
     federation: Annotated[str | None, typer.Option(
-        "--federation", help="The federation whose models to audit (default: the newest in the store).")] = None,
+        "--federation", help="The federation whose models to audit (default: the newest in the store); with "
+        "--model, the federation whose run config (folds, recipe) to use.")] = None,
     model: Annotated[str | None, typer.Option(
         "--model", help="Audit this model instead: a model folder, a models:/NAME/VERSION URI of the site's "
         "registry, a state_dict .pt or shared arrays .npz (with --federation's run config).")] = None,
@@ -103,7 +104,8 @@ def audit(
         "Never the server's.")] = None,
     no_lira: Annotated[bool, typer.Option("--no-lira", help="Skip the likelihood-ratio attack "
                                           "(no reference models are trained).")] = False,
-    lira_models: Annotated[int, typer.Option(help="LiRA reference models (each compound IN for half).")] = 8,
+    lira_models: Annotated[int, typer.Option(help="LiRA reference models (each compound IN for half); more: a "
+                                             "stronger attack, in proportion more time.")] = 4,
     lira_epochs: Annotated[int, typer.Option(help="Training epochs of each reference model.")] = 10,
     lira_train_size: Annotated[int, typer.Option(
         help="Compounds each reference model trains on (0: as many as the site's training folds).")] = 0,

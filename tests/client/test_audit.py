@@ -170,7 +170,6 @@ def test_site_audit_of_a_model_folder_and_a_store_without_federation(bace_store,
     assert report["models"]["shared"]["attacks"]["lira"] is None and report["canaries"] is None
 
 
-@pytest.mark.slow  # MLflow's first use of a new SQLite store (its migrations) takes most of the time
 def test_site_audit_logs_to_the_sites_own_mlflow(bace_store, tmp_path, capsys):
     from mlflow.tracking import MlflowClient
 
