@@ -188,6 +188,14 @@ def _resolve_model_dir(model: str, tracking_uri: str) -> Path:
     return found[0]
 
 
+def _load_state(model: MultiTaskNet, path: Path) -> None:
+    try:
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except (RuntimeError, KeyError, OSError) as exc:
+        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise InputError(f"{path} does not fit the site's model of this federation ({first})") from None
+
+
 def load_plan(store_path: Path, store: SiteStore, *, federation: str | None = None, model: str | None = None,
               tracking_uri: str | None = None) -> AuditPlan:
     """What to audit: the federation's models at the site (``federation``: its id or folder name;
@@ -239,7 +247,7 @@ def load_plan(store_path: Path, store: SiteStore, *, federation: str | None = No
                     net, _ = site_model(store, store_path, cfg, dict(arrays), str(fid), site=site)
             else:
                 net = MultiTaskNet(site_spec(store, cfg, site), seed=cfg.seed)
-                net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+                _load_state(net, path)
         if net.spec.n_features != store.n_features:
             raise InputError(f"--model {model} expects {net.spec.n_features}-bit features, the store has "
                              f"{store.n_features}")
@@ -269,7 +277,7 @@ def load_plan(store_path: Path, store: SiteStore, *, federation: str | None = No
     personalised = None
     if personalised_path.exists():
         personalised = MultiTaskNet(shared.spec, seed=cfg.seed)
-        personalised.load_state_dict(torch.load(personalised_path, map_location="cpu", weights_only=True))
+        _load_state(personalised, personalised_path)
     return AuditPlan(cfg, {"shared": shared, "personalised": personalised},
                      {"shared": source, "personalised": str(personalised_path) if personalised else None},
                      fid, final_round)
