@@ -77,7 +77,7 @@ def patch_object_pulls(backoff: float = OBJECT_PULL_BACKOFF_S, cap: float = OBJE
 
     if getattr(start_client_internal, "pull_objects", None) is not pull_objects:
         return False
-    start_client_internal.pull_objects = functools.partial(  # type: ignore[attr-defined]
+    start_client_internal.pull_objects = functools.partial(
         pull_objects, initial_backoff=backoff, backoff_cap=cap)
     return True
 
