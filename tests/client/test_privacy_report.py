@@ -368,6 +368,21 @@ def test_the_report_of_a_real_federation_is_the_ledgers(federated, tmp_path: Pat
         assert f"no per-compound DP in federation {fid}" in text
     assert len({e["app"]["run_config_sha256"] for e in entries}) == 2  # the two runs' configs differ
     assert "p_reg" not in text  # site-0's private task: only its label left
+    assert f"no audit run yet: fedmol site audit {store}" in text
+    # The site audits the secure federation's shared model (`fedmol site audit`), and the report has it.
+    assert main(["site", "audit", str(store), "--federation", feds["secure"], "--lira-models", "2",
+                 "--lira-epochs", "2"]) == 0
+    (audit_path,) = (store / "privacy").glob("audit-*.json")
+    audit = json.loads(audit_path.read_text())
+    assert main(["site", "report", str(store), "--out", str(out)]) == 0
+    section = _section(out.read_text(), "Membership-inference audit")
+    assert f"Newest audit: {audit_path.name}" in section and f"federation {feds['secure']}" in section
+    rows = {(r[0], r[1]): r[2:] for r in _table(section, "model")}
+    for attack, a in audit["models"]["shared"]["attacks"].items():
+        assert rows[("shared", attack)] == [f"{a['auc']:.3f}", f"{a['tpr_at_1pct_fpr']:.3f}",
+                                            f"{a['tpr_at_0.1pct_fpr']:.3f}", f"{a['n_members']:,}",
+                                            f"{a['n_nonmembers']:,}"]
+    assert (tmp_path / f"report-audit-{audit['plot']}").read_bytes() == (store / "privacy" / audit["plot"]).read_bytes()
     page = tmp_path / "report.html"
     assert main(["site", "report", str(store), "--format", "html", "--out", str(page),
                  "--federation", feds["secure"]]) == 0
