@@ -94,7 +94,7 @@ class _CentralAccounting:
                            ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """``aggregate(server_round, replies)`` with every site's weight 1, the replies' own weights
         restored afterwards (the round's reports keep them)."""
-        saved: list[tuple[MetricRecord, float]] = []
+        saved: list[tuple[MetricRecord, Any]] = []  # the record and its own weight, as it was
         for msg in replies:
             if msg.has_error():
                 continue
