@@ -30,9 +30,11 @@ DPMode = Literal["off", "site-dp-sgd", "server-fixed", "server-adaptive"]
 SITE_DP_MODES: tuple[DPMode, ...] = ("site-dp-sgd",)
 CENTRAL_DP_MODES: tuple[DPMode, ...] = ("server-fixed", "server-adaptive")
 Optimizer = Literal["sgd", "adam", "adamw"]
-# float16 halves the bytes a site uploads per round; int8 sends the update (trained minus received)
-# in 8 bits with a float32 scale per row, about a quarter (`fedmol.transport`). With
-# secure-aggregation=true every transport falls back to float32, what SecAgg+ sums.
+# float16 halves the bytes a site uploads per round; int8 (the default) sends the update (trained
+# minus received) in 8 bits with a float32 scale per row, zlib-compressed where that pays: at most
+# about a quarter, 4% for a Tox21 site at 32,768 bits, at no measured ROC-AUC cost (`fedmol.transport`,
+# benchmarks/results/privacy_cost_int8.md). With secure-aggregation=true every transport falls back
+# to float32, what SecAgg+ sums.
 TransportDtype = Literal["float32", "float16", "int8"]
 InputTransform = Literal["binary", "log1p", "none"]  # stored feature values -> input weights
 TaskKind = Literal["classification", "regression"]
@@ -69,7 +71,7 @@ class FederationConfig:
     outer_lr: float = 0.7
     outer_momentum: float = 0.9
     trimmed_beta: float = 0.2
-    transport_dtype: TransportDtype = "float32"
+    transport_dtype: TransportDtype = "int8"
     # Secure aggregation (Flower's SecAgg+, fedmol.server.secagg): the server sees only the sum of the
     # updates. FedAvg only; shares and threshold as fractions of the sampled sites; parameters are
     # clipped to +-secagg-clipping-range; a site's weight (training labels) must be <= max-weight,

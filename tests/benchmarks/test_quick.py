@@ -32,7 +32,8 @@ BENCHMARKS: dict[str, tuple[tuple[str, ...], tuple[str, ...], bool]] = {
     # time the two-set run took before; SIDER's data facts: tests/benchmarks/test_federation_gain.py
     "federation_gain": (("federation_gain_quick.json", "federation_gain_quick.md", "federation_gain_quick.png"),
                         ("--work", "{work}", "--only", "tox21", "--only", "chembl_5thresh"), True),
-    "privacy_cost": (("privacy_cost_quick.json", "privacy_cost_quick.md"), ("--work", "{work}"), True),
+    "privacy_cost": (("privacy_cost_quick.json", "privacy_cost_quick.md", "privacy_cost_quick.png"),
+                     ("--work", "{work}"), True),
     "scale": (("scale_quick.json", "scale_quick.md"), ("--work", "{work}"), True),
     "rounds": (("rounds_quick.json", "rounds_quick.md"), (), True),
     "recipes": (("recipes_quick.json", "recipes_quick.md"), ("--work", "{work}"), False),

@@ -109,10 +109,13 @@ def _federation(store_path: Path, cfg: FederationConfig) -> None:
     """One round of a one-site federation in process, with the final evaluation (personalisation on)."""
     from fedmol.client.site import SiteNode
     from fedmol.server.federation import initial_shared_arrays
+    from fedmol.transport import decode_update
 
     node = SiteNode(store_path, SITE)
-    shared, _ = initial_shared_arrays(cfg)
-    shared = node.train_round(cfg, shared, server_round=1, federation_id="fed-1").arrays
+    sent, _ = initial_shared_arrays(cfg)
+    reply = node.train_round(cfg, sent, server_round=1, federation_id="fed-1").arrays
+    assert reply is not None
+    shared = decode_update(reply, sent)  # what the server makes of the reply (int8 by default)
     node.evaluate_round(cfg, shared, server_round=1, federation_id="fed-1", final=True)
 
 

@@ -35,7 +35,7 @@ def _cfg(**kw) -> FederationConfig:
                 local_epochs=2, lr=0.1, optimizer="sgd", batch_size=32, eval_min_labels=5, num_threads=1,
                 patience=0, head_epochs=0, finetune_epochs=2, finetune_lr=0.01, finetune_patience=1,
                 local_baseline=False, register_model=True, report_task_names=True, seed=1)
-    return FederationConfig(**{**base, **kw})
+    return FederationConfig(**{"transport_dtype": "float32", **base, **kw})
 
 
 def _heads(path: Path) -> dict[str, torch.Tensor]:
@@ -99,7 +99,9 @@ def test_final_evaluation_of_round_1_uses_round_1_heads(tmp_path, monkeypatch, h
 
 
 def test_kept_rounds_are_bounded_and_a_missing_round_falls_back_to_the_latest(tmp_path, caplog):
-    cfg = FederationConfig(n_bits=128, hidden="8", consortium_tasks="c1:classification", seed=3)
+    cfg = FederationConfig(
+        transport_dtype="float32",  # a reply goes on as the next model, as a float32 server takes it
+        n_bits=128, hidden="8", consortium_tasks="c1:classification", seed=3)
     store = synthetic_store(60, 128, [("c1", "classification"), ("p", "regression")], seed=0, site_name="acme")
     shared = MultiTaskNet(site_spec(store, cfg, "acme"), seed=0).shared_state_dict()
     model, _ = site_model(store, tmp_path, cfg, shared, FID, site="acme")

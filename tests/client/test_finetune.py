@@ -19,10 +19,12 @@ from tests.server.synthetic import write_sites
 @pytest.fixture()
 def site_and_cfg(tmp_path):
     path = write_sites(tmp_path, 1, n=300, n_bits=256)[0]
-    cfg = FederationConfig(n_bits=256, hidden="32", dropout=0.0, consortium_tasks="c1:classification",
-                           num_server_rounds=2, local_epochs=1, lr=0.05, eval_min_labels=5, num_threads=1,
-                           finetune_epochs=4, finetune_lr=0.003, finetune_patience=2, report_task_names=True,
-                           register_model=False)  # the site's own registry: tests/client/test_site_registry.py
+    cfg = FederationConfig(
+        transport_dtype="float32",  # a reply goes on as the next model, as a float32 server takes it
+        n_bits=256, hidden="32", dropout=0.0, consortium_tasks="c1:classification",
+        num_server_rounds=2, local_epochs=1, lr=0.05, eval_min_labels=5, num_threads=1,
+        finetune_epochs=4, finetune_lr=0.003, finetune_patience=2, report_task_names=True,
+        register_model=False)  # the site's own registry: tests/client/test_site_registry.py
     node = SiteNode(path, "site0", report_task_names=True)
     shared, _ = initial_shared_arrays(cfg)
     shared = node.train_round(cfg, shared, server_round=1, federation_id="fid").arrays

@@ -14,9 +14,11 @@ from tests.server.synthetic import write_sites
 
 
 def _cfg(**kw) -> FederationConfig:
-    return FederationConfig(n_bits=256, hidden="16", dropout=0.0, consortium_tasks="c1:classification",
-                            num_server_rounds=3, optimizer="adamw", lr=0.001, batch_size=64, eval_min_labels=5,
-                            num_threads=1, local_baseline=False, **kw)
+    return FederationConfig(
+        transport_dtype="float32",  # a reply goes on as the next model, as a float32 server takes it
+        n_bits=256, hidden="16", dropout=0.0, consortium_tasks="c1:classification",
+        num_server_rounds=3, optimizer="adamw", lr=0.001, batch_size=64, eval_min_labels=5,
+        num_threads=1, local_baseline=False, **kw)
 
 
 def _steps(path) -> float:

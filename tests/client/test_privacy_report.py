@@ -345,10 +345,11 @@ def test_the_report_of_a_real_federation_is_the_ledgers(federated, tmp_path: Pat
     for name, fid in feds.items():
         mine = [e for e in entries if e["federation_id"] == fid]
         secure = name == "secure"
-        assert all(e["secure_aggregation"] is secure and e["transport"] == "float32" for e in mine)
+        transport = "float32" if secure else "int8"  # the default, int8; SecAgg+ falls back to float32
+        assert all(e["secure_aggregation"] is secure and e["transport"] == transport for e in mine)
         n = sum(e["bytes_total"] for e in mine)
         assert overview[fid][3:10] == [str(len({e["round"] for e in mine})), str(len(mine)), size(n), f"{n:,}",
-                                       "yes" if secure else "no", "float32", "no"]
+                                       "yes" if secure else "no", transport, "no"]
         section = _section(text, f"What left the site: federation {fid}")
         rounds = {int(r[0]): r for r in _table(section, "round")}
         assert set(rounds) == {e["round"] for e in mine} and set(rounds) >= {1, 2}
@@ -356,12 +357,16 @@ def test_the_report_of_a_real_federation_is_the_ledgers(federated, tmp_path: Pat
             sent = sum(e["bytes_total"] for e in mine if e["round"] == rnd)
             assert row[4] == f"{sent:,}" and row[6] == ("yes" if secure else "no")
         train = [e for e in mine if e["phase"] == "train"]
-        assert len(train) == 2 and all(e["bytes_total"] > 1024 * 32 * 4 for e in train)
+        # float32: at least the input layer; int8: at least its float32 scale per row (the int8 may be compressed)
+        assert len(train) == 2 and all(e["bytes_total"] > 1024 * (32 if secure else 1) * 4 for e in train)
         arrays = _table(section, "array")
         assert [a[0] for a in arrays] == [a["name"] for a in train[0]["arrays"]]
         for a in arrays:
             sent_bytes = sum(x["bytes"] for e in train for x in e["arrays"] if x["name"] == a[0])
-            assert a[5] == f"{sent_bytes:,}" and a[2] == "float32" and a[3] == "1-2"
+            dtypes = ", ".join(dict.fromkeys(x["dtype"] for e in train for x in e["arrays"] if x["name"] == a[0]))
+            assert a[5] == f"{sent_bytes:,}" and a[2] == dtypes and a[3] == "1-2"
+            assert dtypes == "float32" if secure or a[0].endswith("#int8-scale") else set(dtypes.split(", ")) <= {
+                "int8", "uint8"}
         app = dict(_table(section, "app"))
         assert app["flwr"] == mine[0]["app"]["flwr"] and app["run config"] == mine[0]["app"]["run_config_sha256"]
         assert app["FAB hash"] == federated["fab_hash"] == mine[0]["app"]["fab_hash"]  # the site runtime saw it

@@ -20,7 +20,7 @@ def _cfg(**kw) -> FederationConfig:
     base = dict(n_bits=256, hidden="16", dropout=0.0, consortium_tasks="c1:classification", num_server_rounds=2,
                 batch_size=32, eval_min_labels=5, num_threads=1, local_baseline=False, local_epochs=1,
                 dp="site-dp-sgd", dp_epsilon=4.0)
-    return FederationConfig(**{**base, **kw})
+    return FederationConfig(**{"transport_dtype": "float32", **base, **kw})
 
 
 @pytest.fixture(scope="module")

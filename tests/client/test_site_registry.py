@@ -48,11 +48,13 @@ def private_site(tmp_path_factory: pytest.TempPathFactory) -> dict:
     result = prepare_frame(frame, load_key(key_path), None, prep, workers=1)
     result.store.settings["site_name"] = SITE
     store_path = result.store.save(root / "store")
-    cfg = FederationConfig(n_bits=256, hidden="32", dropout=0.1, consortium_tasks="", num_server_rounds=1,
-                           local_epochs=5, lr=0.05, optimizer="sgd", batch_size=32, eval_min_labels=5,
-                           num_threads=1, finetune_epochs=3, finetune_lr=0.01, finetune_patience=2,
-                           local_baseline=False, register_model=True, output_dir=str(root / "server"),
-                           tracking_uri=f"sqlite:///{root / 'server' / 'mlflow.db'}")
+    cfg = FederationConfig(
+        transport_dtype="float32",  # a reply goes on as the next model, as a float32 server takes it
+        n_bits=256, hidden="32", dropout=0.1, consortium_tasks="", num_server_rounds=1,
+        local_epochs=5, lr=0.05, optimizer="sgd", batch_size=32, eval_min_labels=5,
+        num_threads=1, finetune_epochs=3, finetune_lr=0.01, finetune_patience=2,
+        local_baseline=False, register_model=True, output_dir=str(root / "server"),
+        tracking_uri=f"sqlite:///{root / 'server' / 'mlflow.db'}")
     return {"root": root, "key": key_path, "store": store_path, "cfg": cfg}
 
 

@@ -216,5 +216,8 @@ def test_secure_aggregation_falls_back_to_float32_by_a_stated_rule():
         assert note is not None and f"transport-dtype={dtype} falls back to float32" in note
         plain = FederationConfig(transport_dtype=dtype)
         assert effective_transport(plain) == transport_label(plain) == dtype and fallback_note(plain) is None
-    secure = FederationConfig(secure_aggregation=True)
+    secure = FederationConfig(secure_aggregation=True, transport_dtype="float32")
     assert transport_label(secure) == "float32" and fallback_note(secure) is None
+    # The default transport is int8: a secure-aggregation run with the defaults sends float32 by the rule.
+    default = FederationConfig(secure_aggregation=True)
+    assert default.transport_dtype == "int8" and effective_transport(default) == "float32"
