@@ -99,6 +99,7 @@ def federation_check(stores: Path, device: str, rounds: int, overrides: list[str
     from fedmol.client.site import SiteNode
     from fedmol.config import FederationConfig
     from fedmol.models.network import MultiTaskNet
+    from fedmol.transport import decode_update
 
     cfg = FederationConfig(num_server_rounds=rounds, device=device, min_sites=N_SITES,
                            consortium_tasks=",".join(f"{t}:classification" for t in TASKS),
@@ -114,7 +115,8 @@ def federation_check(stores: Path, device: str, rounds: int, overrides: list[str
         replies = [s.train_round(cfg, shared, server_round=server_round, federation_id=fid) for s in sites]
         weights = np.array([r.metrics[wire.NUM_TRAIN_LABELS] for r in replies], dtype=np.float64)
         weights /= weights.sum()
-        shared = {k: sum(w * r.arrays[k].astype(np.float64) for w, r in zip(weights, replies, strict=True))
+        trained = [decode_update(r.arrays or {}, shared) for r in replies]  # as the server does
+        shared = {k: sum(w * t[k].astype(np.float64) for w, t in zip(weights, trained, strict=True))
                   .astype(np.float32) for k in shared}
         per_round.append(time.perf_counter() - t0)
     evals = [s.evaluate_round(cfg, shared, server_round=rounds, federation_id=fid, final=True) for s in sites]

@@ -110,6 +110,7 @@ def run_recipe(name: str, overrides: list[str], stores: list[Path], consortium: 
     from fedmol.server.rounds import SiteReport
     from fedmol.server.selection import federated_valid_score
     from fedmol.server.strategies import outer_nesterov_step
+    from fedmol.transport import decode_update
 
     cfg = FederationConfig(num_server_rounds=rounds, min_sites=len(stores), consortium_tasks=consortium, seed=seed,
                            device="cpu", local_baseline=False, eval_min_labels=10).with_overrides(overrides)
@@ -128,7 +129,8 @@ def run_recipe(name: str, overrides: list[str], stores: list[Path], consortium: 
         w = np.array([r.metrics[wire.NUM_TRAIN_LABELS] for r in replies], dtype=np.float64)
         w /= w.sum()
         assert all(r.arrays is not None for r in replies)
-        mean = {k: sum(wi * r.arrays[k].astype(np.float64) for wi, r in zip(w, replies, strict=True))  # type: ignore[index]
+        trained = [decode_update(r.arrays or {}, shared) for r in replies]  # as the server does
+        mean = {k: sum(wi * t[k].astype(np.float64) for wi, t in zip(w, trained, strict=True))
                 .astype(np.float32) for k in shared}
         if cfg.strategy == "fednesterov":
             shared = outer_nesterov_step(shared, mean, momentum, lr=cfg.outer_lr, mu=cfg.outer_momentum)
