@@ -50,7 +50,8 @@ def dp_sample_rate(n_train: int, batch_size: int) -> float:
     return min(1.0, batch_size / n_train) if n_train > 0 else 0.0
 
 
-def poisson_rows(n: int, sample_rate: float, steps: int, seed: int | Sequence[int]) -> Iterator[np.ndarray]:
+def poisson_rows(n: int, sample_rate: float, steps: int,
+                 seed: int | Sequence[int] | np.random.SeedSequence) -> Iterator[np.ndarray]:
     """``steps`` batches of row indices (sorted, int64), each row in a batch independently with
     probability ``sample_rate``; a function of ``seed`` only. A batch may be empty."""
     rng = np.random.default_rng(seed)
@@ -59,7 +60,8 @@ def poisson_rows(n: int, sample_rate: float, steps: int, seed: int | Sequence[in
 
 
 def iter_poisson_batches(
-    data: TaskData, batch_size: int, *, seed: int | Sequence[int], device: torch.device | None = None
+    data: TaskData, batch_size: int, *, seed: int | Sequence[int] | np.random.SeedSequence,
+    device: torch.device | None = None,
 ) -> Iterator[tuple[SparseBatch, dict[str, LabelBatch]] | None]:
     """One epoch of Poisson batches at rate q = batch_size / n (`steps_per_epoch` steps).
 
@@ -190,16 +192,20 @@ class GhostClipper:
         return norms
 
 
-def add_noise_(params: Sequence[Tensor], std: float, divisor: float) -> None:
+def add_noise_(params: Sequence[Tensor], std: float, divisor: float, *,
+               generator: torch.Generator | None = None) -> None:
     """``p.grad = (p.grad + N(0, std^2)) / divisor`` for each parameter (a missing grad is 0).
 
-    The noise comes from torch's default generator (seeded per epoch by the trainer): reproducible,
-    not a cryptographically secure source.
+    generator: where the noise comes from (torch's default one when None). The trainer passes its
+    own, seeded from OS entropy unless a test fixes it (`fedmol.models.training.TrainConfig.dp_seed`):
+    noise that the server could regenerate from the run config's seed would protect nothing. A
+    Mersenne-Twister stream seeded with 256 fresh bits, not a cryptographic generator.
     """
     with torch.no_grad():
         for p in params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
             if std > 0:
-                p.grad.add_(torch.randn_like(p.grad), alpha=std)
+                draw = torch.randn(p.grad.shape, generator=generator, device=p.grad.device, dtype=p.grad.dtype)
+                p.grad.add_(draw, alpha=std)
             p.grad.div_(divisor)

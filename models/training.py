@@ -13,6 +13,7 @@ import contextlib
 import copy
 import logging
 import math
+import secrets
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, get_args
@@ -87,6 +88,11 @@ class TrainConfig:
     # to the lr (Tox21, 1,024 bits, sigma 1, C 1: Adam 0.45 ROC-AUC, SGD momentum 0.69-0.73).
     dp_max_grad_norm: float | None = None
     dp_noise_multiplier: float = 0.0
+    # The seed of DP-SGD's own randomness (the Poisson batches and the noise). None, the default and
+    # what a site uses: fresh OS entropy every epoch. ``seed`` comes from the run config, which the
+    # server knows: noise drawn from it could be regenerated and subtracted, and the guarantee would
+    # be void. Set it only to reproduce a run in a test or a benchmark.
+    dp_seed: int | None = None
 
     def __post_init__(self) -> None:
         if self.optimizer not in get_args(Optimizer):
@@ -395,7 +401,13 @@ def _dp_epoch(
     expected_batch = dp_sample_rate(train.n, config.batch_size) * train.n
     params = [p for p in model.parameters() if p.requires_grad]
     loss_sum, n_labels, steps = 0.0, 0, 0
-    for item in iter_poisson_batches(train, config.batch_size, seed=[config.seed, epoch], device=device):
+    # Never from `config.seed` (the run config's, known to the server): see TrainConfig.dp_seed.
+    entropy = [config.dp_seed, epoch] if config.dp_seed is not None else [secrets.randbits(64) for _ in range(4)]
+    sequence = np.random.SeedSequence(entropy)
+    sampling, noise_seed = sequence.spawn(2)
+    noise = torch.Generator(device=device)
+    noise.manual_seed(int(noise_seed.generate_state(1, dtype=np.uint64)[0] & 0x7FFFFFFFFFFFFFFF))
+    for item in iter_poisson_batches(train, config.batch_size, seed=sampling, device=device):
         optimizer.zero_grad(set_to_none=False)
         if item is not None:
             batch, labels = item
@@ -407,7 +419,7 @@ def _dp_epoch(
                 clipper.clipped_backward(parts.total, outputs, clip)
                 loss_sum += float(parts.total.detach().item())
                 n_labels += count
-        add_noise_(params, std, expected_batch)
+        add_noise_(params, std, expected_batch, generator=noise)
         if prox:
             with torch.no_grad():
                 for p, ref in prox:

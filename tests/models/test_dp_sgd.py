@@ -159,7 +159,7 @@ def test_noise_std_per_coordinate_is_sigma_c_over_batch_size():
     before = net.trunk.input.bag.weight.detach().clone()
     sigma, clip, batch = 1.3, 0.7, 25
     config = TrainConfig(epochs=1, batch_size=batch, lr=1.0, optimizer="sgd", momentum=0.0, device="cpu",
-                         dp_max_grad_norm=clip, dp_noise_multiplier=sigma)
+                         dp_max_grad_norm=clip, dp_noise_multiplier=sigma, dp_seed=0)
     result = train_epochs(net, data, config)
     assert result.dp_steps == 2 and result.dp_sample_rate == 0.5
     # Two steps of independent noise: the sum has std sqrt(2) sigma C / batch per coordinate.
@@ -196,20 +196,29 @@ def test_dp_training_learns_separable_data_and_reports_its_steps():
     test = TaskData.from_arrays(spec, X, Y, None, ["act"], rows=np.arange(1600, 2000))
     net = MultiTaskNet(spec, seed=0)
     config = TrainConfig(epochs=20, batch_size=200, optimizer="sgd", lr=0.3, momentum=0.9, device="cpu", seed=1,
-                         dp_max_grad_norm=1.0, dp_noise_multiplier=1.0)
+                         dp_max_grad_norm=1.0, dp_noise_multiplier=1.0, dp_seed=1)
     result = train_epochs(net, train, config)
     auc = evaluate(net, test).per_task["act"]["roc_auc"]
     assert auc > 0.7, auc
     assert result.dp_steps == 20 * 8 and result.dp_sample_rate == pytest.approx(0.125)
     assert result.history[-1].train_loss < result.history[0].train_loss - 0.1
 
-    # Reproducible from the seed, sampling and noise included.
-    short = TrainConfig(epochs=2, batch_size=200, device="cpu", seed=1, dp_max_grad_norm=1.0, dp_noise_multiplier=1.0)
+    # Reproducible from dp_seed, sampling and noise included (a test's or a benchmark's choice) ...
+    short = TrainConfig(epochs=2, batch_size=200, device="cpu", seed=1, dp_max_grad_norm=1.0, dp_noise_multiplier=1.0,
+                        dp_seed=5)
     twins = [MultiTaskNet(spec, seed=0) for _ in range(2)]
     for twin in twins:
         train_epochs(twin, train, short)
     for p, q in zip(*(t.parameters() for t in twins), strict=True):
         assert torch.equal(p, q)
+    # ... but never from the run config's seed, which the server knows: by default (a site) two runs
+    # with the same seed draw different batches and noise, so nobody can regenerate and subtract it.
+    fresh = TrainConfig(epochs=1, batch_size=200, device="cpu", seed=1, dp_max_grad_norm=1.0, dp_noise_multiplier=1.0)
+    assert fresh.dp_seed is None
+    runs = [MultiTaskNet(spec, seed=0) for _ in range(2)]
+    for run in runs:
+        train_epochs(run, train, fresh)
+    assert not torch.equal(runs[0].trunk.input.bag.weight, runs[1].trunk.input.bag.weight)
 
 
 def test_without_dp_the_result_reports_no_dp():
