@@ -370,10 +370,11 @@ class SiteNode:
         if cfg.keep_optimizer_state:
             self.save_optimizer(result.optimizer, federation_id)
         self.save_private(model, federation_id, server_round, keep=kept_head_rounds(cfg))
-        out = self._inject_fault({k: v.detach().cpu().numpy() for k, v in model.shared_state_dict().items()})
+        out = {k: v.detach().cpu().numpy() for k, v in model.shared_state_dict().items()}
         # float16, or the int8 update against the received arrays (`fedmol.transport`); float32 with SecAgg+.
         out = encode_update(out, shared, effective_transport(cfg),
                             seed=round_seed(cfg.seed, server_round, self.name))
+        out = self._inject_fault(out)  # a drill corrupts what is sent, as a hostile site would
         n_labels = int(train.n_labels())
         metrics = {
             wire.NUM_TRAIN_LABELS: float(max(n_labels, 1)),
@@ -478,6 +479,9 @@ class SiteNode:
         return reply
 
     def _inject_fault(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The node config's ``fault-drill`` applied to the arrays as sent (after the transport's
+        encoding, which refuses non-finite updates): ``nan`` makes every float array NaN (with int8:
+        the scales), ``scale:K`` multiplies them by K (with int8: the update, through its scales)."""
         if not self.fault:
             return arrays
         log.warning("site %s: fault drill %r is ON: this site sends a corrupted update", self.name, self.fault)

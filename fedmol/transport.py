@@ -203,6 +203,6 @@ def _dequantise(name: str, value: np.ndarray, scale: np.ndarray | None,
         raise TransportError(f"array {name!r}: scales must be float32 of shape ({n_rows},), "
                              f"got {scale.dtype} of shape {scale.shape}")
     if not np.all(np.isfinite(scale)) or np.any(scale < 0):
-        raise TransportError(f"array {name!r}: scales must be finite and >= 0")
+        raise TransportError(f"array {name!r}: scales must be finite and >= 0 (got NaN, infinite or negative)")
     rows = value.reshape(n_rows, -1).astype(np.float32) * scale[:, None]
     return reference + rows.reshape(value.shape)
