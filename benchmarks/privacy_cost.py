@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
     previous = args.out / f"privacy_cost{suffix}.json"
     if args.only and previous.exists():  # keep the rows of the variants not rerun, in their order
         fresh = {r["variant"]: r for r in rows}
-        old = [r for r in json.loads(previous.read_text()) if r["variant"] not in fresh]
+        old = [r for r in json.loads(previous.read_text()) if r["variant"] not in fresh and r["variant"] in VARIANTS]
         rows = sorted(old + rows, key=lambda r: list(VARIANTS).index(r["variant"]))
     ref = next((r["mean_test_roc_auc"] for r in rows if r["variant"] == REFERENCE), None)
     lines = [f"| variant | mean test ROC-AUC | change vs {REFERENCE} | epsilon spent | attack AUC (max over sites) | "
