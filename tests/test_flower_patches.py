@@ -109,6 +109,25 @@ def test_upstream_code_is_the_code_fedmol_patched(up: Upstream):
         f"with flwr {version('flwr')}). Re-check {up.site}: {up.recheck}. Then record the new hash in UPSTREAM.")
 
 
+def _assert_backs_off_briefly(pull_objects) -> None:
+    """A patched ``pull_objects`` fetches an object that is there only at the 4th try in well under
+    Flower's own backoff (1 + 2 + 4 s)."""
+    from flwr.supercore.inflatable import inflatable_utils
+
+    calls = []
+
+    def flaky(object_id: str) -> bytes:  # the object reaches the SuperLink after 3 tries
+        calls.append(object_id)
+        if len(calls) < 4:
+            raise inflatable_utils.ObjectUnavailableError(object_id)
+        return b"content"
+
+    started = time.perf_counter()
+    assert pull_objects(object_ids=["a"], pull_object_fn=flaky) == {"a": b"content"}
+    assert time.perf_counter() - started < 1.0  # Flower's own backoff: 1 + 2 + 4 s
+    assert len(calls) == 4
+
+
 # -- 1. the SuperNode's idle wait and its object backoff (fedmol.client.supernode) ---------------
 
 def test_supernode_idle_wait_is_the_sleep_fedmol_shortens():
@@ -175,18 +194,7 @@ def test_supernode_object_pulls_back_off_briefly(monkeypatch):
     monkeypatch.setattr(sci, "pull_objects", inflatable_utils.pull_objects)  # the unpatched name; restored after
     assert supernode.patch_object_pulls() is True
     assert supernode.patch_object_pulls() is False  # already patched: not stacked
-    calls = []
-
-    def flaky(object_id: str) -> bytes:  # the object reaches the SuperLink after 3 tries
-        calls.append(object_id)
-        if len(calls) < 4:
-            raise inflatable_utils.ObjectUnavailableError(object_id)
-        return b"content"
-
-    started = time.perf_counter()
-    assert sci.pull_objects(["a"], pull_object_fn=flaky) == {"a": b"content"}
-    assert time.perf_counter() - started < 1.0  # Flower's own backoff: 1 + 2 + 4 s
-    assert len(calls) == 4
+    _assert_backs_off_briefly(sci.pull_objects)
 
 
 # -- 2. the ServerApp's reply-object backoff (fedmol.server.grid._fast_object_pulls) -------------
@@ -214,18 +222,7 @@ def test_http_grid_object_pulls_back_off_briefly(monkeypatch):
     monkeypatch.setattr(http_grid, "pull_objects", inflatable_utils.pull_objects)  # restored after
     FastPollGrid(inner=SimpleNamespace(), pull_backoff=0.02)
     assert isinstance(http_grid.pull_objects, functools.partial)
-    calls = []
-
-    def flaky(object_id: str) -> bytes:  # the object reaches the SuperLink after 3 tries
-        calls.append(object_id)
-        if len(calls) < 4:
-            raise inflatable_utils.ObjectUnavailableError(object_id)
-        return b"content"
-
-    started = time.perf_counter()
-    assert http_grid.pull_objects(object_ids=["a"], pull_object_fn=flaky) == {"a": b"content"}
-    assert time.perf_counter() - started < 1.0  # Flower's own backoff: 1 + 2 + 4 s
-    assert len(calls) == 4
+    _assert_backs_off_briefly(http_grid.pull_objects)
 
 
 def test_fast_poll_grid_delegates_every_grid_method():
