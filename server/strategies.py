@@ -108,6 +108,24 @@ class _CentralAccounting:
             for rec, value in saved:
                 rec[wire.NUM_TRAIN_LABELS] = value
 
+    # Both wrappers' rounds: count the sites sampled, aggregate uniformly, account what the round cost.
+    # (Cooperative: `super()` is the Flower DP wrapper each class also derives from.)
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        return self._count_sampled(super().configure_train(server_round, arrays, config, grid))  # type: ignore[misc]
+
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        arrays, metrics = self._aggregate_uniform(server_round, replies, super().aggregate_train)  # type: ignore[misc]
+        if arrays is not None:
+            self._account(replies, self._round_cost(sum(not m.has_error() for m in replies)))
+        return arrays, metrics
+
+    def _round_cost(self, answered: int) -> float:
+        """The effective noise multiplier of the round just released, for each site that took part."""
+        return self._round_multiplier(answered, self.num_sampled_clients)
+
     def _account(self, replies: list[Message], multiplier: float) -> None:
         for msg in replies:
             if not msg.has_error():
@@ -127,18 +145,6 @@ class AccountedFixedClipping(_CentralAccounting, DifferentialPrivacyServerSideFi
                          clipping_norm=cfg.dp_clipping_norm, num_sampled_clients=cfg.min_sites)
         self._setup_accounting(cfg)
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
-        return self._count_sampled(super().configure_train(server_round, arrays, config, grid))
-
-    def aggregate_train(self, server_round: int,
-                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
-        arrays, metrics = self._aggregate_uniform(server_round, replies, super().aggregate_train)
-        if arrays is not None:
-            answered = sum(not m.has_error() for m in replies)
-            self._account(replies, self._round_multiplier(answered, self.num_sampled_clients))
-        return arrays, metrics
 
 
 class AccountedAdaptiveClipping(_CentralAccounting, DifferentialPrivacyServerSideAdaptiveClipping):
@@ -164,19 +170,10 @@ class AccountedAdaptiveClipping(_CentralAccounting, DifferentialPrivacyServerSid
         self.noise_multiplier = (z ** -2 - self.clipped_count_stddev ** -2) ** -0.5  # Flower assumed centred bits
         self._setup_accounting(cfg)
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
-        return self._count_sampled(super().configure_train(server_round, arrays, config, grid))
-
-    def aggregate_train(self, server_round: int,
-                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
-        arrays, metrics = self._aggregate_uniform(server_round, replies, super().aggregate_train)
-        if arrays is not None:
-            answered = sum(not m.has_error() for m in replies)
-            z_update = self._round_multiplier(answered, self.num_sampled_clients)
-            self._account(replies, (z_update ** -2 + self.clipped_count_stddev ** -2) ** -0.5)
-        return arrays, metrics
+    def _round_cost(self, answered: int) -> float:
+        """The update's noise and the clipped count's together: one Gaussian mechanism."""
+        z_update = self._round_multiplier(answered, self.num_sampled_clients)
+        return float((z_update ** -2 + self.clipped_count_stddev ** -2) ** -0.5)
 
 
 def _base_strategy(cfg: FederationConfig) -> Strategy:
