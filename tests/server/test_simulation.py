@@ -7,6 +7,7 @@ checked on what the sites and the server left on disk and in MLflow.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -21,6 +22,7 @@ import psutil
 import pytest
 
 from fedmol.config import FederationConfig
+from fedmol.deploy import launcher
 from fedmol.deploy.launcher import LocalSuperLink, flwr_run
 
 pytestmark = pytest.mark.slow
@@ -91,7 +93,12 @@ def federation(tmp_path_factory):
     with LocalSuperLink(root / "flower") as link:
         watcher = threading.Thread(target=_kill_after_round_1, args=(link, root / "server"), daemon=True)
         watcher.start()
-        first_code = flwr_run(link, cfg.to_run_config(), federation_config=sim, on_line=lines.append, timeout=600)
+        # The killed run's status is asked once, not awaited (flwr_run would wait up to 30 s for a run the
+        # SuperLink still thinks is running): the resume below needs only the checkpoint.
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(launcher, "run_status", functools.partial(launcher.run_status, wait=0))
+            first_code = flwr_run(link, cfg.to_run_config(), federation_config=sim, on_line=lines.append,
+                                  timeout=600)
         watcher.join(timeout=5)
         ckpt_state = json.loads(next((root / "server" / "checkpoints").glob("*/state.json")).read_text())
         code = flwr_run(link, cfg.replace(resume="latest").to_run_config(), federation_config=sim,
