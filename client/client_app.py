@@ -28,6 +28,7 @@ from fedmol.client.provenance import FAB_HASH, outbox_provenance
 from fedmol.config import FederationConfig
 from fedmol.errors import ConfigError
 from fedmol.records import config_record, from_array_record, metric_record, scalar, to_array_record
+from fedmol.transport import as_received
 
 LEGACY_FIT = "fitins.parameters"  # Flower's legacy record names (flwr.compat recorddict_compat)
 LEGACY_EVALUATE = "evaluateins.parameters"
@@ -109,7 +110,7 @@ def _handle(op: str, msg: Message, context: Context) -> Message:
                               "federation_id": str(scalar(config, wire.CFG_FEDERATION_ID))}
     if op == "train":
         kwargs["proximal_mu"] = float(scalar(config, wire.CFG_PROXIMAL_MU, 0.0))
-    shared = from_array_record(msg.content.array_records[wire.ARRAYS])
+    shared = as_received(from_array_record(msg.content.array_records[wire.ARRAYS]))  # float16 download: float32
     site = site_for(node_config, cfg)
     site.provenance = outbox_provenance(cfg, run_config, secure_aggregation=cfg.secure_aggregation,
                                         fab_hash=FAB_HASH.get())

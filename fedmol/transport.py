@@ -26,6 +26,16 @@ The rows a site's compounds did not touch are zeros, so this pays most at the de
 (a Tox21 site of 800 compounds left 79% of the input layer's rows unchanged in a round: 13.2 MB of
 int8 became 2.2 MB); an update that is noise everywhere (per-compound DP) stays as it is.
 
+The other way, the train messages carry the global model in float16 whenever the sites send float16
+or int8 (`download_dtype`): half the 52 MB of the default model, which every site receives every
+round. An array float16 cannot hold (a value beyond +-65,504 or not finite) goes in float32. The
+server keeps its float32 model and applies each site's update to it, not to the rounded copy the
+site trained from (`decode_update`'s ``received``): the rounding never accumulates in the shared
+model (error feedback), and a round moves the model by what the sites learned, even where that is
+less than float16's step. With evaluate-in-train a site's evaluation of round r is of the float16
+copy it received (relative error < 2^-11 per weight); the model the server registers and sends for
+the final evaluation is float32.
+
 Arrays of another dtype (none in today's models) travel unchanged. `encode_update` runs on the
 site (`fedmol.client.site.SiteNode.train_round`), `decode_update` on the server
 (`fedmol.server.rounds`) with the arrays it sent that round.
@@ -72,6 +82,12 @@ def transport_label(cfg: FederationConfig) -> str:
     """The transport as the run's MLflow tag ``fedmol.transport`` says it."""
     used = effective_transport(cfg)
     return used if used == cfg.transport_dtype else f"{used} (SecAgg+ fallback from {cfg.transport_dtype})"
+
+
+def download_dtype(cfg: FederationConfig) -> str:
+    """The dtype of the global model in train messages: float16 when the sites send float16 or int8,
+    else float32 (float32 transport, and secure aggregation)."""
+    return "float16" if effective_transport(cfg) in ("float16", "int8") else "float32"
 
 
 def round_seed(seed: int, server_round: int, site: str) -> list[int]:
@@ -161,22 +177,54 @@ def quantise_int8(update: np.ndarray, rng: np.random.Generator, *,
     return values.astype(np.int8).reshape(update.shape), scales
 
 
+# -- the server: the global model it sends, and the site: what it received -----------------------
+FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65,504
+
+
+def encode_download(arrays: Mapping[str, np.ndarray], dtype: str) -> dict[str, np.ndarray]:
+    """The global model's arrays as a train message carries them (``dtype``: `download_dtype`):
+    float32 arrays in float16 (round to nearest) unless a value is beyond float16's range or not
+    finite; any other array, and everything when ``dtype`` is float32, unchanged."""
+    if dtype == "float32":
+        return dict(arrays)
+    if dtype != "float16":
+        raise TransportError(f"download dtype {dtype!r} is not one of float32, float16")
+    out: dict[str, np.ndarray] = {}
+    for name, value in arrays.items():
+        fits = value.dtype == np.float32 and bool(np.all(np.abs(value) <= FLOAT16_MAX))  # False for NaN/inf
+        out[name] = value.astype(np.float16) if fits else value
+    return out
+
+
+def as_received(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A message's shared arrays as the site trains from them: float16 (`encode_download`) upcast to
+    float32 (exactly), anything else as it came."""
+    return {k: v.astype(np.float32) if v.dtype == np.float16 else v for k, v in arrays.items()}
+
+
 # -- the server: decode ---------------------------------------------------------------------------
-def decode_update(arrays: Mapping[str, np.ndarray], sent: Mapping[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+def decode_update(arrays: Mapping[str, np.ndarray], sent: Mapping[str, np.ndarray] | None, *,
+                  received: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """A site's reply as float32 shared arrays: float16 upcast; int8 + scales added to ``sent``
-    (the shared arrays the server sent that round; needed only when the reply holds int8 arrays).
-    Raises `TransportError` naming the array when the reply is malformed."""
+    (the server's float32 shared arrays of that round; needed only when the reply holds int8 arrays).
+
+    ``received``: the arrays as the sites received them (`as_received` of `encode_download`), when
+    the train message carried them rounded; a trained float16/float32 array then gets back what the
+    rounding took (+ ``sent`` - ``received``), so every decoded array is ``sent`` plus the site's
+    update (error feedback). Raises `TransportError` naming the array when the reply is malformed."""
     scales = {k[: -len(SCALE_SUFFIX)]: v for k, v in arrays.items() if k.endswith(SCALE_SUFFIX)}
     out: dict[str, np.ndarray] = {}
     for name, value in arrays.items():
         if name.endswith(SCALE_SUFFIX):
             continue
-        if value.dtype == np.float16:
-            out[name] = value.astype(np.float32)
-        elif value.dtype in (np.int8, np.uint8):  # uint8: int8 compressed on the wire
+        if value.dtype in (np.int8, np.uint8):  # uint8: int8 compressed on the wire
             out[name] = _dequantise(name, value, scales.pop(name, None), sent)
-        else:
-            out[name] = value
+            continue
+        out[name] = value.astype(np.float32) if value.dtype == np.float16 else value
+        base, got = (sent or {}).get(name), (received or {}).get(name)
+        if (base is not None and got is not None and base.dtype == got.dtype == out[name].dtype == np.float32
+                and base.shape == got.shape == out[name].shape):
+            out[name] = out[name] + (base - got)
     if scales:
         raise TransportError(f"int8 scale(s) without an int8 array: {sorted(k + SCALE_SUFFIX for k in scales)[:5]}")
     return out

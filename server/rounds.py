@@ -36,7 +36,7 @@ from flwr.serverapp.strategy import Strategy
 
 from fedmol import wire
 from fedmol.records import from_array_record, metric_record, scalar, to_array_record
-from fedmol.transport import TransportError, decode_update
+from fedmol.transport import TransportError, as_received, decode_update, encode_download
 
 log = logging.getLogger("fedmol.server")
 
@@ -145,17 +145,21 @@ def validate_update(msg: Message, expected: dict[str, tuple[tuple[int, ...], str
     return None
 
 
-def _as_float32(msg: Message, sent: Callable[[], dict[str, np.ndarray]]) -> str | None:
+def _as_float32(msg: Message, sent: Callable[[], dict[str, np.ndarray]],
+                received: dict[str, np.ndarray] | None = None) -> str | None:
     """Turn a reduced-precision reply (transport-dtype float16 or int8, `fedmol.transport`) into
-    float32 shared arrays, in place, before it is validated and aggregated. ``sent``: the shared
-    arrays the server sent this round (int8 replies are updates against them). Returns why the
-    reply cannot be decoded, or None."""
+    float32 shared arrays, in place, before it is validated and aggregated. ``sent``: the server's
+    float32 shared arrays of this round (int8 replies are updates against them); ``received``: the
+    same as the sites received them when the train message carried them in float16 (then every
+    reply is decoded against ``sent``: error feedback, `decode_update`). Returns why the reply
+    cannot be decoded, or None."""
     for key, record in list(msg.content.array_records.items()):
-        if any(a.dtype in ("float16", "int8", "uint8") for a in record.values()):  # uint8: compressed int8
+        # uint8: compressed int8
+        if received is not None or any(a.dtype in ("float16", "int8", "uint8") for a in record.values()):
             arrays = from_array_record(record)
             try:
-                updates = any(v.dtype in (np.int8, np.uint8) for v in arrays.values())
-                decoded = decode_update(arrays, sent() if updates else None)
+                updates = received is not None or any(v.dtype in (np.int8, np.uint8) for v in arrays.values())
+                decoded = decode_update(arrays, sent() if updates else None, received=received)
             except TransportError as exc:
                 return str(exc)
             msg.content[key] = to_array_record(decoded)
@@ -225,8 +229,12 @@ class HookedStrategy(RoundBook, Strategy):
         expected_fingerprint: str = "",
         evaluate_in_train: bool = False,
         should_stop: Callable[[], bool] | None = None,
+        download_dtype: str = "float32",
     ) -> None:
         self.inner: Strategy = inner
+        # The global model's dtype in train messages (`fedmol.transport.download_dtype`).
+        self.download_dtype = download_dtype
+        self._received: dict[str, np.ndarray] | None = None  # this round's download as the sites got it
         self.evaluate_in_train = evaluate_in_train
         self.should_stop = should_stop  # asked after each round's evaluation
         self._evaluate_round: int | None = None  # the round evaluated inside this round's train replies
@@ -265,6 +273,15 @@ class HookedStrategy(RoundBook, Strategy):
             config = ConfigRecord({**dict(config), wire.CFG_EVALUATE_FIRST: True,
                                    wire.CFG_EVALUATE_ROUND: self._evaluate_round})
         messages = list(self.inner.configure_train(rnd, arrays, config, grid))
+        self._received = None
+        if self.download_dtype != "float32" and messages:
+            down = encode_download(from_array_record(arrays), self.download_dtype)
+            record = to_array_record(down)
+            for msg in messages:  # the strategy's own message, with the model in float16
+                for key, sent in list(msg.content.array_records.items()):
+                    if sent is arrays or set(sent.keys()) == set(arrays.keys()):
+                        msg.content[key] = record
+            self._received = as_received(down)
         self._sampled["train"] = [m.metadata.dst_node_id for m in messages]
         return messages
 
@@ -288,7 +305,7 @@ class HookedStrategy(RoundBook, Strategy):
                             self.site_names.get(node, f"node-{node}"), msg.error.reason)
                 continue
             report = SiteReport.from_message(msg)
-            reason = (_as_float32(msg, self._sent_arrays) or validate_update(msg, self._expected)
+            reason = (_as_float32(msg, self._sent_arrays, self._received) or validate_update(msg, self._expected)
                       or self._check_fingerprint(report))
             if reason:
                 log.warning("round %d: update from site %s rejected: %s", rnd, report.site, reason)

@@ -8,11 +8,15 @@ import pytest
 
 from fedmol.config import FederationConfig
 from fedmol.transport import (
+    FLOAT16_MAX,
     SCALE_SUFFIX,
     TransportError,
+    as_received,
     compress_int8,
     decode_update,
+    download_dtype,
     effective_transport,
+    encode_download,
     encode_update,
     fallback_note,
     inflate_int8,
@@ -221,3 +225,42 @@ def test_secure_aggregation_falls_back_to_float32_by_a_stated_rule():
     # The default transport is int8: a secure-aggregation run with the defaults sends float32 by the rule.
     default = FederationConfig(secure_aggregation=True)
     assert default.transport_dtype == "int8" and effective_transport(default) == "float32"
+
+
+def test_the_download_is_float16_exactly_when_the_sites_send_float16_or_int8():
+    assert download_dtype(FederationConfig()) == "float16"  # the default transport, int8
+    assert download_dtype(FederationConfig(transport_dtype="float16")) == "float16"
+    assert download_dtype(FederationConfig(transport_dtype="float32")) == "float32"
+    assert download_dtype(FederationConfig(secure_aggregation=True)) == "float32"  # SecAgg+ sums float32
+    rng = np.random.default_rng(4)
+    model = _model(rng) | {"count": np.arange(3), "huge": np.array([1.0, 2 * FLOAT16_MAX], np.float32)}
+    assert encode_download(model, "float32") == model
+    down = encode_download(model, "float16")
+    for k in _model(rng):
+        assert down[k].dtype == np.float16 and np.array_equal(down[k], model[k].astype(np.float16))
+    assert down["huge"] is model["huge"] and down["count"] is model["count"]  # beyond float16: as it was
+    got = as_received(down)
+    assert all(got[k].dtype == np.float32 for k in _model(rng)) and got["count"] is model["count"]
+    with pytest.raises(TransportError, match="download dtype"):
+        encode_download(model, "int8")
+
+
+@pytest.mark.parametrize("transport", ["float16", "int8"])
+def test_updates_to_a_float16_download_are_applied_to_the_servers_float32_model(transport):
+    """Error feedback: a site trains from the float16 copy; the server adds the site's update to its
+    own float32 model, so updates smaller than float16's step are not lost."""
+    sent = {"w": np.full((4, 8), 1.0 + 1e-4, np.float32), "b": np.linspace(-1, 1, 8, dtype=np.float32)}
+    received = as_received(encode_download(sent, "float16"))
+    assert not np.array_equal(received["w"], sent["w"])  # 1 + 1e-4 is between two float16 values
+    step = 3e-5  # well under float16's step at 1.0 (2^-10)
+    trained = {k: v + np.float32(step) for k, v in received.items()}
+    reply = encode_update(trained, received, transport, seed=0)
+    decoded = decode_update(reply, sent, received=received)
+    for k in sent:
+        # int8: within a step of the row's scale (float32 rounding of the update); float16: its rounding
+        tol = 1e-6 if transport == "int8" else 2 ** -11 + 1e-6
+        np.testing.assert_allclose(decoded[k], sent[k] + step, atol=tol, rtol=0)
+    # Without the correction a float16 reply would pull the model back to the rounded copy.
+    if transport == "float16":
+        plain = decode_update(reply, None)
+        assert np.abs(plain["w"] - (sent["w"] + step)).max() > 1e-5

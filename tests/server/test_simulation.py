@@ -100,7 +100,9 @@ def federation(tmp_path_factory):
             first_code = flwr_run(link, cfg.to_run_config(), federation_config=sim, on_line=lines.append,
                                   timeout=600)
         watcher.join(timeout=5)
-        ckpt_state = json.loads(next((root / "server" / "checkpoints").glob("*/state.json")).read_text())
+        states = sorted((root / "server" / "checkpoints").glob("*/state.json"))
+        assert states, "no checkpoint after the killed run:\n" + "\n".join(lines[-60:])
+        ckpt_state = json.loads(states[0].read_text())
         code = flwr_run(link, cfg.replace(resume="latest").to_run_config(), federation_config=sim,
                         on_line=lines.append, timeout=600)
     assert first_code != 0, "the first run should have been killed after round 1"

@@ -15,13 +15,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from flwr.app import ConfigRecord
 from flwr.serverapp.strategy import FedAvg
 
 from fedmol import wire
 from fedmol.config import FederationConfig
 from fedmol.records import from_array_record, to_array_record
 from fedmol.server.rounds import HookedStrategy
-from fedmol.transport import SCALE_SUFFIX, encode_update
+from fedmol.transport import SCALE_SUFFIX, as_received, download_dtype, encode_update
 from tests.server.messages import reply
 
 GLOBAL = {"trunk.w": np.linspace(-1, 1, 12, dtype=np.float32).reshape(4, 3),
@@ -91,7 +92,9 @@ def tox21_sites(tmp_path_factory) -> list[Path]:
 
 
 def _federate(cfg: FederationConfig, stores: list[Path], tmp: Path) -> tuple[dict[str, np.ndarray], list[dict]]:
-    """ROUNDS rounds of FedAvg in process; the final global model and the sites' train ledger entries."""
+    """ROUNDS rounds of FedAvg in process (the server's `HookedStrategy.configure_train` and
+    `aggregate_train`, the sites' `train_round` on what the message carries: float16 with int8); the
+    final global model and the sites' train ledger entries."""
     import shutil
 
     from fedmol.client.site import SiteNode
@@ -100,15 +103,22 @@ def _federate(cfg: FederationConfig, stores: list[Path], tmp: Path) -> tuple[dic
     nodes = []
     for i, path in enumerate(stores):  # fresh copies: private heads and ledgers of this run only
         nodes.append(SiteNode(shutil.copytree(path, tmp / f"site-{i}"), f"site{i}"))
+    class Grid:
+        def get_node_ids(self) -> list[int]:
+            return list(range(1, len(nodes) + 1))
+
     shared, _ = initial_shared_arrays(cfg)
-    s = HookedStrategy(FedAvg(weighted_by_key=wire.NUM_TRAIN_LABELS, arrayrecord_key=wire.ARRAYS))
+    s = HookedStrategy(FedAvg(weighted_by_key=wire.NUM_TRAIN_LABELS, arrayrecord_key=wire.ARRAYS),
+                       download_dtype=download_dtype(cfg))
     for rnd in range(1, ROUNDS + 1):
-        s._expected = {k: (v.shape, str(v.dtype)) for k, v in shared.items()}
-        s._sent, s._sent_numpy = to_array_record(shared), None
-        s._sampled["train"] = list(range(1, len(nodes) + 1))
+        messages = list(s.configure_train(rnd, to_array_record(shared), ConfigRecord(), Grid()))
+        assert len(messages) == len(nodes)
+        carried = from_array_record(messages[0].content[wire.ARRAYS])  # what every site receives
+        assert {str(v.dtype) for v in carried.values()} == {download_dtype(cfg)}
+        received = as_received(carried)  # as the ClientApp hands it to the site
         replies = []
         for n, node in enumerate(nodes, start=1):
-            out = node.train_round(cfg, shared, server_round=rnd, federation_id="int8-test")
+            out = node.train_round(cfg, received, server_round=rnd, federation_id="int8-test")
             assert out.arrays is not None
             replies.append(reply(n, out.arrays, out.metrics[wire.NUM_TRAIN_LABELS], site=node.name))
         agg, _ = s.aggregate_train(rnd, replies)
@@ -118,7 +128,18 @@ def _federate(cfg: FederationConfig, stores: list[Path], tmp: Path) -> tuple[dic
     return shared, [e for e in ledgers if e["phase"] == "train"]
 
 
-def test_an_int8_federation_learns_the_float32_model_at_a_quarter_of_the_upload(tox21_sites, tmp_path):
+@pytest.fixture
+def serverapp_task(monkeypatch):
+    """Flower's strategies build messages for the ServerApp's own task (as in a real run)."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+
+
+def test_an_int8_federation_learns_the_float32_model_at_a_quarter_of_the_upload(tox21_sites, tmp_path,
+                                                                                 serverapp_task):
     cfg = FederationConfig(n_bits=N_BITS, hidden="32", num_threads=1, local_epochs=1, min_sites=N_SITES,
                            consortium_tasks=",".join(f"{t}:classification" for t in TASKS),
                            finetune_epochs=0, local_baseline=False)
