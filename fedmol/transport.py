@@ -252,5 +252,10 @@ def _dequantise(name: str, value: np.ndarray, scale: np.ndarray | None,
                              f"got {scale.dtype} of shape {scale.shape}")
     if not np.all(np.isfinite(scale)) or np.any(scale < 0):
         raise TransportError(f"array {name!r}: scales must be finite and >= 0 (got NaN, infinite or negative)")
-    rows = value.reshape(n_rows, -1).astype(np.float32) * scale[:, None]
-    return reference + rows.reshape(value.shape)
+    # Only the rows with a scale moved (most of the input layer's rows did not: the bits no compound of
+    # the site set); the others are the reference as it is. Same float32 arithmetic as reference + q * scale.
+    out = np.array(reference, dtype=np.float32, copy=True).reshape(n_rows, -1)
+    moved = np.flatnonzero(scale)
+    if moved.size:
+        out[moved] += value.reshape(n_rows, -1)[moved].astype(np.float32) * scale[moved, None]
+    return out.reshape(value.shape)

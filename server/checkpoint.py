@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,9 @@ class Checkpoint:
         best = self.best_file()
         if best and self.best_arrays is not None:
             _atomic_npz(folder / best, self.best_arrays)
-        meta = {k: v for k, v in asdict(self).items() if k not in ("arrays", "strategy_state", "best_arrays")}
+        # Not `asdict`: it would deep-copy the arrays (2 x 52 MB at the default model) only to drop them.
+        meta = {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name not in ("arrays", "strategy_state", "best_arrays")}
         _atomic_write(folder / "state.json", json.dumps(meta, indent=2).encode())
         _atomic_write(root / "checkpoints" / "LATEST", self.federation_id.encode())
         for old in folder.glob("best-round-*.npz"):  # earlier best rounds, no longer named by state.json

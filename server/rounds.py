@@ -113,10 +113,12 @@ class FederationStopped(Exception):  # noqa: N818 - a signal, not an error
         self.discarded_round = discarded_round
 
 
-def validate_update(msg: Message, expected: dict[str, tuple[tuple[int, ...], str]]) -> str | None:
+def validate_update(msg: Message, expected: dict[str, tuple[tuple[int, ...], str]],
+                    values: dict[str, np.ndarray] | None = None) -> str | None:
     """Why a training reply cannot be aggregated, or None when it can.
 
-    expected: array name -> (shape, dtype) of the global model that was sent.
+    expected: array name -> (shape, dtype) of the global model that was sent; values: the reply's
+    arrays as numpy when the caller has them already (decoded), else read from the message.
     """
     content = msg.content
     if len(content.array_records) != 1:
@@ -124,6 +126,7 @@ def validate_update(msg: Message, expected: dict[str, tuple[tuple[int, ...], str
     if len(content.metric_records) != 1:
         return f"expected one MetricRecord, got {len(content.metric_records)}"
     record = next(iter(content.array_records.values()))
+    values_by_name = values if values is not None and set(values) == set(record.keys()) else None
     names = set(record.keys())
     if names != set(expected):
         extra = sorted(names - set(expected))[:5]
@@ -133,10 +136,10 @@ def validate_update(msg: Message, expected: dict[str, tuple[tuple[int, ...], str
         shape, _ = expected[name]
         if tuple(arr.shape) != shape:
             return f"array {name!r} has shape {tuple(arr.shape)}, expected {shape}"
-        values = arr.numpy()
-        if not np.issubdtype(values.dtype, np.floating) and not np.issubdtype(values.dtype, np.integer):
-            return f"array {name!r} has dtype {values.dtype}"
-        if not np.all(np.isfinite(values)):
+        data = arr.numpy() if values_by_name is None else values_by_name[name]
+        if not np.issubdtype(data.dtype, np.floating) and not np.issubdtype(data.dtype, np.integer):
+            return f"array {name!r} has dtype {data.dtype}"
+        if not np.all(np.isfinite(data)):
             return f"array {name!r} holds NaN or infinite values"
     metrics = next(iter(content.metric_records.values()))
     weight = metrics.get(wire.NUM_TRAIN_LABELS)
@@ -146,13 +149,14 @@ def validate_update(msg: Message, expected: dict[str, tuple[tuple[int, ...], str
 
 
 def _as_float32(msg: Message, sent: Callable[[], dict[str, np.ndarray]],
-                received: dict[str, np.ndarray] | None = None) -> str | None:
+                received: dict[str, np.ndarray] | None = None) -> tuple[str | None, dict[str, np.ndarray] | None]:
     """Turn a reduced-precision reply (transport-dtype float16 or int8, `fedmol.transport`) into
     float32 shared arrays, in place, before it is validated and aggregated. ``sent``: the server's
     float32 shared arrays of this round (int8 replies are updates against them); ``received``: the
     same as the sites received them when the train message carried them in float16 (then every
     reply is decoded against ``sent``: error feedback, `decode_update`). Returns why the reply
-    cannot be decoded, or None."""
+    cannot be decoded (or None), and the decoded arrays (None when nothing was decoded)."""
+    decoded: dict[str, np.ndarray] | None = None
     for key, record in list(msg.content.array_records.items()):
         # uint8: compressed int8
         if received is not None or any(a.dtype in ("float16", "int8", "uint8") for a in record.values()):
@@ -161,9 +165,9 @@ def _as_float32(msg: Message, sent: Callable[[], dict[str, np.ndarray]],
                 updates = received is not None or any(v.dtype in (np.int8, np.uint8) for v in arrays.values())
                 decoded = decode_update(arrays, sent() if updates else None, received=received)
             except TransportError as exc:
-                return str(exc)
+                return str(exc), None
             msg.content[key] = to_array_record(decoded)
-    return None
+    return None, decoded
 
 
 class RoundBook:
@@ -305,8 +309,8 @@ class HookedStrategy(RoundBook, Strategy):
                             self.site_names.get(node, f"node-{node}"), msg.error.reason)
                 continue
             report = SiteReport.from_message(msg)
-            reason = (_as_float32(msg, self._sent_arrays, self._received) or validate_update(msg, self._expected)
-                      or self._check_fingerprint(report))
+            reason, decoded = _as_float32(msg, self._sent_arrays, self._received)
+            reason = reason or validate_update(msg, self._expected, decoded) or self._check_fingerprint(report)
             if reason:
                 log.warning("round %d: update from site %s rejected: %s", rnd, report.site, reason)
                 rejected.append((report.site, reason))

@@ -264,3 +264,18 @@ def test_updates_to_a_float16_download_are_applied_to_the_servers_float32_model(
     if transport == "float16":
         plain = decode_update(reply, None)
         assert np.abs(plain["w"] - (sent["w"] + step)).max() > 1e-5
+
+
+def test_int8_decoding_touches_only_the_rows_with_a_scale_and_matches_the_plain_formula():
+    rng = np.random.default_rng(5)
+    sent = {"w": rng.normal(size=(50, 7)).astype(np.float32)}
+    trained = {"w": sent["w"].copy()}
+    trained["w"][::3] += rng.normal(0, 1e-2, size=trained["w"][::3].shape).astype(np.float32)  # 1 row in 3 moved
+    reply = encode_update(trained, sent, "int8", seed=1)
+    q = inflate_int8("w", reply["w"], (50, 7)) if reply["w"].dtype == np.uint8 else reply["w"]
+    scale = reply["w" + SCALE_SUFFIX]
+    assert np.count_nonzero(scale) == 17
+    plain = sent["w"] + q.astype(np.float32) * scale[:, None]  # every row, as the formula says
+    decoded = decode_update(reply, sent)["w"]
+    assert decoded.dtype == np.float32 and np.array_equal(decoded, plain)
+    assert np.array_equal(decoded[1::3], sent["w"][1::3]) and decoded is not sent["w"]
