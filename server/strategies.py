@@ -264,11 +264,12 @@ _OPT_STATE = ("m_t", "v_t")
 
 
 _DP_RELEASES = "dp-releases"  # central DP: each site's effective noise multipliers, one per round
+_DP_CLIPPING_NORM = "dp-clipping-norm"  # server-adaptive: the clipping norm adapted so far
 
 
 def strategy_state(strategy: object) -> dict[str, np.ndarray]:
-    """Arrays to checkpoint so a resumed run continues the server optimiser exactly, and central DP's
-    account (``dp-releases/<site>``).
+    """Arrays to checkpoint so a resumed run continues the server optimiser exactly, central DP's
+    account (``dp-releases/<site>``) and server-adaptive's clipping norm (``dp-clipping-norm``).
 
     Keys are ``<attribute>/<parameter name>``; empty for strategies without state.
     """
@@ -276,6 +277,8 @@ def strategy_state(strategy: object) -> dict[str, np.ndarray]:
     if isinstance(strategy, _CentralAccounting):
         for site, sigmas in strategy.releases.items():
             out[f"{_DP_RELEASES}/{site}"] = np.asarray(sigmas, dtype=np.float64)
+    if isinstance(strategy, AccountedAdaptiveClipping):  # the clipping norm it has adapted so far
+        out[_DP_CLIPPING_NORM] = np.asarray([strategy.clipping_norm], dtype=np.float64)
     strategy = _unwrap(strategy)
     for attr in _OPT_STATE:
         state = getattr(strategy, attr, None)
@@ -294,6 +297,11 @@ def restore_strategy_state(strategy: object, arrays: dict[str, np.ndarray]) -> N
             raise ValueError("checkpoint has a central-DP account but the strategy has no central DP: resume with "
                              "the same dp setting")
         strategy.releases = releases
+    if _DP_CLIPPING_NORM in arrays:
+        if not isinstance(strategy, AccountedAdaptiveClipping):
+            raise ValueError("checkpoint has an adaptive clipping norm but the strategy has no adaptive central DP: "
+                             "resume with the same dp setting")
+        strategy.clipping_norm = float(arrays[_DP_CLIPPING_NORM][0])
     target = _unwrap(strategy)
     for attr in _OPT_STATE:
         prefix = f"{attr}/"

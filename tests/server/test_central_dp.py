@@ -96,3 +96,16 @@ def test_adaptive_clipping_accounts_its_clipped_count():
         _round(dp, rnd, [reply(1, _arrays(1.0), 5), reply(2, _arrays(0.001), 5)])
     assert dp.epsilon_by_site()["site1"] == pytest.approx(central_epsilon([z] * 4, 1e-5))
     assert dp.epsilon_by_site()["site1"] <= 3.0
+
+
+def test_the_adapted_clipping_norm_survives_a_checkpoint():
+    dp = make_strategy(_cfg(dp="server-adaptive"))
+    for rnd in (1, 2):
+        _round(dp, rnd, [reply(1, _arrays(1.0), 5), reply(2, _arrays(0.001), 5)])
+    assert dp.clipping_norm != 10.0  # adapted from dp-clipping-norm
+    fresh = make_strategy(_cfg(dp="server-adaptive"))
+    restore_strategy_state(fresh, strategy_state(dp))
+    assert fresh.clipping_norm == dp.clipping_norm
+    assert fresh.epsilon_by_site() == pytest.approx(dp.epsilon_by_site())
+    with pytest.raises(ValueError, match="adaptive clipping norm"):
+        restore_strategy_state(make_strategy(_cfg()), {"dp-clipping-norm": np.array([3.0])})
