@@ -14,9 +14,9 @@ SuperNode authentication, one SuperNode per site, all on 127.0.0.1):
 * ``warm-two-messages``: `fedmol-supernode` (0.25 s idle wait) with ``--isolation process`` and
   the site runtime (`fedmol site worker`) running the ClientApp warm; train and evaluate messages;
 * ``warm``: the same with ``evaluate-in-train`` (the default): one message per round;
-* ``warm-fp16``: the same with ``transport-dtype=float16`` (half the upload);
+* ``warm-fp16``: the same with ``transport-dtype=float16`` (half the upload and the download);
 * ``warm-int8``: the same with ``transport-dtype=int8`` (the update in 8 bits with a float32 scale
-  per row, `fedmol.transport`: about a quarter of the upload).
+  per row, zlib-compressed, `fedmol.transport`; the model comes down in float16). The default.
 
 ``--n-bits`` takes one or more fingerprint sizes: each configuration runs at each (a row per size
 and configuration; the default, 32,768 bits, gives the float32, float16 and int8 rows at the
@@ -27,7 +27,8 @@ Per round r: wall time on the server's clock (MLflow ``round-wall-seconds``: fro
 aggregation to this one), the slowest site's own compute in that time (its evaluation of round
 r-1's model plus its round-r training, as the sites report them), and the overhead = wall -
 compute. Per site per round: bytes uploaded (from the sites' outbox ledgers) against the size of
-the trunk in float32. Round 1 is reported apart (it includes start-up). Results go to
+the trunk in float32, and bytes downloaded (the shared model in the train message's dtype: float16
+with float16 and int8 transport). Round 1 is reported apart (it includes start-up). Results go to
 ``rounds.json`` and ``.md`` in ``--out`` (default benchmarks/results; ``rounds_quick.*`` with
 ``--quick``). The machine may be shared: compare within one run. Scratch space (PKI, Flower
 state, site stores) is a fresh temporary folder, removed after a successful run (``--workdir``
@@ -115,6 +116,11 @@ def measure(label: str, root: Path, stores: dict[str, Path], tasks: tuple[str, .
             if e["phase"] == "train" and e["federation_id"] == out["federation_id"]:
                 uploads.append(e["bytes_total"])
     trunk_bytes = 4 * (n_bits * args.hidden + args.hidden)
+    # What each site receives per round: the shared model as the train message carries it.
+    from fedmol.server.federation import initial_shared_arrays
+    from fedmol.transport import download_dtype, encode_download
+
+    download = sum(a.nbytes for a in encode_download(initial_shared_arrays(cfg)[0], download_dtype(cfg)).values())
     later = slice(1, None)
     return {
         "label": label, "n_bits": n_bits, "warm": warm, "transport_dtype": dtype, "evaluate_in_train": fold,
@@ -123,6 +129,7 @@ def measure(label: str, root: Path, stores: dict[str, Path], tasks: tuple[str, .
         "median_overhead_s_after_round_1": statistics.median(overhead[later]) if len(overhead) > 1 else None,
         "median_wall_s_after_round_1": statistics.median(walls[later]) if len(walls) > 1 else None,
         "bytes_per_site_per_round": statistics.median(uploads) if uploads else None,
+        "download_bytes_per_site_per_round": download, "download_dtype": download_dtype(cfg),
         "trunk_bytes_float32": trunk_bytes,
         "upload_over_trunk": (statistics.median(uploads) / trunk_bytes) if uploads else None,
     }
@@ -179,13 +186,15 @@ def main(argv: list[str] | None = None) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2))
     lines = ["| bits | configuration | median round wall (s) | median overhead (s) | round-1 overhead (s) | "
-             "upload / site / round (MB) | upload / trunk |", "|---:|---|---:|---:|---:|---:|---:|"]
+             "upload / site / round (MB) | upload / trunk | download / site / round (MB) |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         lines.append(f"| {r['n_bits']} | {r['label']} | {_fmt(r['median_wall_s_after_round_1'], '.1f')} "
                      f"| {_fmt(r['median_overhead_s_after_round_1'], '.1f')} "
                      f"| {_fmt(r['first_round_overhead_s'], '.1f')} "
                      f"| {_fmt(r['bytes_per_site_per_round'] and r['bytes_per_site_per_round'] / 1e6, '.2f')} "
-                     f"| {_fmt(r['upload_over_trunk'], '.2f')} |")
+                     f"| {_fmt(r['upload_over_trunk'], '.2f')} "
+                     f"| {_fmt(_mb(r.get('download_bytes_per_site_per_round')), '.2f')} |")
     title = (f"# Round overhead, {args.sites} sites, {' and '.join(map(str, args.n_bits))} bits, hidden {args.hidden}"
              f"{' (quick smoke run, not a result)' if args.quick else ''}\n\n"
              f"Load average at the end (1/5/15 min, 2 cores): {', '.join(f'{x:.1f}' for x in os.getloadavg())}\n\n")
@@ -193,6 +202,10 @@ def main(argv: list[str] | None = None) -> dict:
     (args.out / f"{stem}.md").write_text(text)
     print(text)
     return report
+
+
+def _mb(n_bytes: float | None) -> float | None:
+    return None if n_bytes is None else n_bytes / 1e6
 
 
 def _fmt(value: float | None, spec: str) -> str:
