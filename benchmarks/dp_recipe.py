@@ -37,13 +37,17 @@ from benchmarks.recipes import SITES, run_recipe, site_stores
 
 SET = "tox21"
 FULL_BITS = 32768
-# Candidate recipes: run-config overrides (dp and dp-epsilon are added per run).
+# Candidate recipes: run-config overrides (dp and dp-epsilon are added per run). Since the DP recipe
+# keys (fedmol.config: dp-hidden, dp-batch-size, dp-local-epochs, dp-lr, dp-lr-decay) exist, a DP
+# candidate changes those; hidden, batch-size, local-epochs, lr and lr-decay no longer reach DP training.
+# The rows of dp_recipe.md dated before 13:35 on 2026-12-01 ran before those keys, when the general
+# keys drove DP training: their overrides name the general keys.
 CANDIDATES: dict[str, list[str]] = {
-    "defaults": [],
-    "h128-B512": ["hidden=128", "batch-size=512", "local-epochs=1", "num-server-rounds=20", "patience=20",
-                  "dropout=0.0", "lr=1.0", "lr-decay=1.0"],
-    "b2048-h128-B512": ["n-bits=2048", "hidden=128", "batch-size=512", "local-epochs=1", "num-server-rounds=20",
-                        "patience=20", "dropout=0.0", "lr=1.0", "lr-decay=1.0"],
+    "defaults": [],  # what dp="site-dp-sgd" dp-epsilon=E gives with nothing else set
+    "b512": ["n-bits=512"],  # the features folded to 512 bits (needs data prepared at that width)
+    "b1024": ["n-bits=1024"],
+    "dropout0": ["dropout=0.0"],
+    "dp-hidden400": ["dp-hidden=400"],
 }
 
 

@@ -281,13 +281,14 @@ class SiteNode:
         """This federation's budget at this site: continued from its file, or planned afresh.
 
         The plan: the smallest noise multiplier that keeps the whole federation, ``num-server-rounds``
-        rounds of ``local_epochs x ceil(n_train / batch-size)`` DP-SGD steps at Poisson rate
-        q = batch-size / n_train, within the target epsilon at ``dp-delta`` (`fedmol.privacy`). The
+        rounds of ``dp-local-epochs x ceil(n_train / b)`` DP-SGD steps at Poisson rate q = b / n_train
+        (b: `FederationConfig.dp_batch`, all the compounds by default), within the target epsilon at
+        ``dp-delta`` (`fedmol.privacy`). The
         target is the run config's ``dp-epsilon``, or the site's own (node config) when smaller. A
         resumed federation continues the file: the same noise, the steps already spent counted.
         """
         target = min(cfg.dp_epsilon, self.dp_epsilon) if self.dp_epsilon > 0 else cfg.dp_epsilon
-        q = dp_sample_rate(n_train, cfg.batch_size)
+        q = dp_sample_rate(n_train, cfg.dp_batch(n_train))
         path = self.budget_path(federation_id)
         if path.exists():
             budget = SiteBudget.load(path)
@@ -346,9 +347,12 @@ class SiteNode:
             self.check_budget(budget, dp_steps_per_round(cfg, train.n), server_round, federation_id)
         if fresh:
             fit_target_scaling(model, train)  # private regression heads only
+        # DP-SGD trains with its own recipe (dp-batch-size, dp-local-epochs, dp-lr, dp-lr-decay: fedmol.config).
+        epochs, batch, lr, decay = ((cfg.dp_local_epochs, cfg.dp_batch(train.n), cfg.dp_lr, cfg.dp_lr_decay)
+                                    if budget is not None else
+                                    (local_epochs(cfg, train.n), cfg.batch_size, cfg.lr, cfg.lr_decay))
         tc = TrainConfig(
-            epochs=local_epochs(cfg, train.n), batch_size=cfg.batch_size, optimizer=cfg.optimizer,
-            lr=cfg.lr * cfg.lr_decay ** max(server_round - 1, 0),
+            epochs=epochs, batch_size=batch, optimizer=cfg.optimizer, lr=lr * decay ** max(server_round - 1, 0),
             momentum=cfg.momentum, weight_decay=cfg.weight_decay, lr_step_epoch=10**6, lr_gamma=1.0,
             regression_weight=cfg.regression_weight,
             device=cfg.device, seed=cfg.seed * 100_003 + server_round, proximal_mu=proximal_mu,
@@ -599,8 +603,9 @@ def node_dp_epsilon(node_config: dict[str, Any]) -> float:
 
 
 def dp_steps_per_round(cfg: FederationConfig, n_train: int) -> int:
-    """DP-SGD steps of one round: local_epochs x ceil(n_train / batch-size) (`fedmol.models.dp`)."""
-    return local_epochs(cfg, n_train) * steps_per_epoch(n_train, cfg.batch_size)
+    """DP-SGD steps of one round: dp-local-epochs x ceil(n_train / b), b = `FederationConfig.dp_batch`
+    (`fedmol.models.dp`): dp-local-epochs steps with the default full batch."""
+    return cfg.dp_local_epochs * steps_per_epoch(n_train, cfg.dp_batch(n_train))
 
 
 def local_epochs(cfg: FederationConfig, n_train: int) -> int:

@@ -11,14 +11,14 @@ import pytest
 from fedmol.client.site import SiteNode, dp_steps_per_round, node_dp_epsilon, site_for
 from fedmol.config import FederationConfig
 from fedmol.errors import ConfigError
-from fedmol.privacy import EPSILON_SPENT, PrivacyBudgetExceeded, SiteBudget, dp_sgd_epsilon
+from fedmol.privacy import EPSILON_SPENT, PrivacyBudgetExceeded, SiteBudget, dp_sgd_epsilon, noise_for_epsilon
 from fedmol.server.federation import initial_shared_arrays
 from tests.server.synthetic import write_sites
 
 
 def _cfg(**kw) -> FederationConfig:
-    base = dict(n_bits=256, hidden="16", dropout=0.0, consortium_tasks="c1:classification", num_server_rounds=2,
-                batch_size=32, eval_min_labels=5, num_threads=1, local_baseline=False, local_epochs=1,
+    base = dict(n_bits=256, dp_hidden="16", dropout=0.0, consortium_tasks="c1:classification", num_server_rounds=2,
+                dp_batch_size=32, eval_min_labels=5, num_threads=1, local_baseline=False, dp_local_epochs=1,
                 dp="site-dp-sgd", dp_epsilon=4.0)
     return FederationConfig(**{"transport_dtype": "float32", **base, **kw})
 
@@ -68,6 +68,27 @@ def test_a_site_spends_its_budget_over_the_planned_rounds_and_refuses_one_more(s
         {"mechanism": "site-dp-sgd", "epsilon_spent": pytest.approx(s), "target_epsilon": 4.0, "delta": 1e-5}
         for s in (spent1, spent2)]
     assert all(EPSILON_SPENT in e["metric_names"] for e in train_entries)
+
+
+def test_site_dp_trains_with_its_own_recipe_full_batch_by_default(store):
+    """Without dp-* settings a DP site takes the DP recipe (fedmol.config): every training compound in
+    each step (q = 1), dp-local-epochs steps a round, the noise planned for all of them, and the shared
+    model of dp-hidden (64) whatever hidden, batch-size and local-epochs say."""
+    node = SiteNode(store, "site0")
+    cfg = FederationConfig(n_bits=256, consortium_tasks="c1:classification", num_server_rounds=2, eval_min_labels=5,
+                           num_threads=1, local_baseline=False, transport_dtype="float32", dp="site-dp-sgd",
+                           dp_epsilon=8.0, hidden="400", batch_size=128, local_epochs=2)
+    assert (cfg.dp_hidden, cfg.dp_batch_size, cfg.dp_local_epochs) == ("64", 0, 2)
+    shared, _ = initial_shared_arrays(cfg)
+    reply = node.train_round(cfg, shared, server_round=1, federation_id="fdefault")
+    assert reply.arrays is not None and reply.arrays["trunk.input.bag.weight"].shape == (256, 64)
+    budget = SiteBudget.load(node.budget_path("fdefault"))
+    n_train = node.rows(cfg, "train").size
+    assert budget.sample_rate == 1.0 and dp_steps_per_round(cfg, n_train) == 2
+    assert [r["steps"] for r in budget.rounds] == [2]
+    assert budget.noise_multiplier == pytest.approx(noise_for_epsilon(8.0, 1e-5, 1.0, 2 * 2), rel=1e-3)
+    # Outside site-dp-sgd the dp-* keys do nothing: the model is hidden's.
+    assert initial_shared_arrays(cfg.replace(dp="off", dp_epsilon=0.0))[0]["trunk.input.bag.weight"].shape == (256, 400)
 
 
 def test_without_dp_the_ledger_says_so_and_no_budget_file_is_written(store):

@@ -84,3 +84,28 @@ def test_device_is_checked_when_the_config_is_read(device, ok):
     else:
         with pytest.raises(ConfigError, match="device .* auto, cpu, cuda or cuda:N"):
             FederationConfig.from_run_config({"device": device})
+
+
+def test_site_dp_has_its_own_recipe_that_applies_only_under_site_dp_sgd():
+    plain = FederationConfig()
+    assert plain.hidden_sizes == (400,) and not plain.site_dp
+    dp = FederationConfig.from_run_config({"dp": "site-dp-sgd", "dp-epsilon": 8})
+    assert dp.site_dp and dp.hidden_sizes == (64,)  # the shared model the server and every site build
+    assert dp.dp_batch(1070) == 1070 and dp.replace(dp_batch_size=256).dp_batch(1070) == 256  # 0: full batch
+    assert dp.replace(dp_hidden="128,32").hidden_sizes == (128, 32)
+    central = FederationConfig.from_run_config({"dp": "server-fixed", "dp-epsilon": 8})
+    assert central.hidden_sizes == (400,)  # central DP keeps the model and training of the defaults
+
+
+@pytest.mark.parametrize("changes, match", [
+    ({"dp-hidden": "64,x"}, "dp-hidden"),
+    ({"dp-hidden": "0"}, "dp-hidden"),
+    ({"dp-batch-size": -1}, "dp-batch-size"),
+    ({"dp-local-epochs": 0}, "dp-local-epochs"),
+    ({"dp-lr": 0.0}, "dp-lr"),
+    ({"dp-lr-decay": 1.5}, "dp-lr-decay"),
+    ({"hidden": "x", "dp": "site-dp-sgd", "dp-epsilon": 8}, "hidden='x'"),
+])
+def test_bad_site_dp_recipe_values_are_refused(changes, match):
+    with pytest.raises(ConfigError, match=match):
+        FederationConfig.from_run_config(changes)
