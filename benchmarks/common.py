@@ -46,6 +46,28 @@ def json_default(o: Any) -> Any:
     return str(o)
 
 
+def fedavg_round(sites: list[Any], cfg: Any, shared: dict[str, Any], *, server_round: int,
+                 federation_id: str) -> tuple[dict[str, Any], list[Any]]:
+    """One round of the federation in process, without Flower's transport (it moves the same numpy
+    arrays): every site's `SiteNode.train_round` on ``shared``, each reply decoded as the server
+    decodes it (`fedmol.transport.decode_update`), and FedAvg's label-weighted mean. Returns the mean
+    (float32) and the sites' replies."""
+    import numpy as np
+
+    from fedmol import wire
+    from fedmol.transport import decode_update
+
+    replies = [s.train_round(cfg, shared, server_round=server_round, federation_id=federation_id) for s in sites]
+    weights = np.array([r.metrics[wire.NUM_TRAIN_LABELS] for r in replies], dtype=np.float64)
+    weights /= weights.sum()
+    if any(r.arrays is None for r in replies):
+        raise RuntimeError(f"round {server_round}: a site sent no arrays")
+    trained = [decode_update(r.arrays or {}, shared) for r in replies]
+    mean = {k: sum(w * t[k].astype(np.float64) for w, t in zip(weights, trained, strict=True)).astype(np.float32)
+            for k in shared}
+    return mean, replies
+
+
 @dataclass
 class FlowerRun:
     """What one simulated federation did."""

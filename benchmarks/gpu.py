@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import DATA_DIR, ROOT
+from benchmarks.common import DATA_DIR, ROOT, fedavg_round
 from benchmarks.sets import TOX21_TASKS as TASKS
 from benchmarks.sets import benchmark_key
 
@@ -99,7 +99,6 @@ def federation_check(stores: Path, device: str, rounds: int, overrides: list[str
     from fedmol.client.site import SiteNode
     from fedmol.config import FederationConfig
     from fedmol.models.network import MultiTaskNet
-    from fedmol.transport import decode_update
 
     cfg = FederationConfig(num_server_rounds=rounds, device=device, min_sites=N_SITES,
                            consortium_tasks=",".join(f"{t}:classification" for t in TASKS),
@@ -112,12 +111,7 @@ def federation_check(stores: Path, device: str, rounds: int, overrides: list[str
     per_round = []
     for server_round in range(1, rounds + 1):
         t0 = time.perf_counter()
-        replies = [s.train_round(cfg, shared, server_round=server_round, federation_id=fid) for s in sites]
-        weights = np.array([r.metrics[wire.NUM_TRAIN_LABELS] for r in replies], dtype=np.float64)
-        weights /= weights.sum()
-        trained = [decode_update(r.arrays or {}, shared) for r in replies]  # as the server does
-        shared = {k: sum(w * t[k].astype(np.float64) for w, t in zip(weights, trained, strict=True))
-                  .astype(np.float32) for k in shared}
+        shared, _ = fedavg_round(sites, cfg, shared, server_round=server_round, federation_id=fid)
         per_round.append(time.perf_counter() - t0)
     evals = [s.evaluate_round(cfg, shared, server_round=rounds, federation_id=fid, final=True) for s in sites]
     aucs = [float(json.loads(e.report[wire.REP_SUMMARY])["test_roc_auc"]) for e in evals]

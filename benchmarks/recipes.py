@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import DATA_DIR, RESULTS, log, quiet_warnings
+from benchmarks.common import DATA_DIR, RESULTS, fedavg_round, log, quiet_warnings
 from benchmarks.sets import TOX21_TASKS, prepared_store, split_sites
 
 # The sets: how a consortium of that data would be split (shared tasks or private assays).
@@ -110,7 +110,6 @@ def run_recipe(name: str, overrides: list[str], stores: list[Path], consortium: 
     from fedmol.server.rounds import SiteReport
     from fedmol.server.selection import federated_valid_score
     from fedmol.server.strategies import outer_nesterov_step
-    from fedmol.transport import decode_update
 
     cfg = FederationConfig(num_server_rounds=rounds, min_sites=len(stores), consortium_tasks=consortium, seed=seed,
                            device="cpu", local_baseline=False, eval_min_labels=10).with_overrides(overrides)
@@ -125,13 +124,7 @@ def run_recipe(name: str, overrides: list[str], stores: list[Path], consortium: 
     best = (-np.inf, 0, shared)
     t0 = time.perf_counter()
     for rnd in range(1, rounds + 1):
-        replies = [s.train_round(cfg, shared, server_round=rnd, federation_id=fid) for s in sites]
-        w = np.array([r.metrics[wire.NUM_TRAIN_LABELS] for r in replies], dtype=np.float64)
-        w /= w.sum()
-        assert all(r.arrays is not None for r in replies)
-        trained = [decode_update(r.arrays or {}, shared) for r in replies]  # as the server does
-        mean = {k: sum(wi * t[k].astype(np.float64) for wi, t in zip(w, trained, strict=True))
-                .astype(np.float32) for k in shared}
+        mean, _ = fedavg_round(sites, cfg, shared, server_round=rnd, federation_id=fid)
         if cfg.strategy == "fednesterov":
             shared = outer_nesterov_step(shared, mean, momentum, lr=cfg.outer_lr, mu=cfg.outer_momentum)
         else:
