@@ -1,7 +1,7 @@
 """How the simulated federation scales with the number of sites: time per round and memory.
 
     .venv/bin/python -m benchmarks.scale            # 10, 30 and 100 sites, 3 rounds each (~10 min)
-    .venv/bin/python -m benchmarks.scale --quick    # smoke run: 2 sites, 2 rounds, 2,500 compounds
+    .venv/bin/python -m benchmarks.scale --quick    # smoke run: 2 sites, 2 rounds, 800 compounds
     .venv/bin/python -m benchmarks.scale --sites 10,30,100,200 --rounds 2
 
 Setup: Tox21 prepared once (ECFP4, 2,048 bits, the fixed public benchmark key; cached like
@@ -47,7 +47,7 @@ GiB = 1024**3
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("--quick", action="store_true", help="a smoke run: 2 sites, 2 rounds, 2,500 compounds")
+    p.add_argument("--quick", action="store_true", help="a smoke run: 2 sites, 2 rounds, 800 compounds")
     p.add_argument("--sites", default=None, help="comma-separated site counts (default 10,30,100)")
     p.add_argument("--rounds", type=int, default=None, help="server rounds per federation (default 3)")
     p.add_argument("--hidden", default="64")
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     t0 = time.perf_counter()
     args.work.mkdir(parents=True, exist_ok=True)
     store = prepared_store(DATA_DIR / "tox21.csv.gz", args.work, radius=2, n_bits=2048,
-                           nrows=2500 if args.quick else None, id_col="mol_id")
+                           nrows=800 if args.quick else None, id_col="mol_id")
     rows = []
     try:
         for n in sites:
