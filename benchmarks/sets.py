@@ -44,7 +44,7 @@ SETS: dict[str, dict[str, Any]] = {
     "chembl_5thresh": {
         "file": "chembl_5thresh.csv.gz", "id_col": None, "sites": 5, "split": "by_task", "metric": "R²",
         "consortium": "",
-        "quick": {"nrows": 2000, "num_server_rounds": 2},
+        "quick": {"nrows": 1000, "num_server_rounds": 2},
     },
     "sider": {  # side-effect classes of 1,427 drugs, no missing label: 3 sites of private classes
         "file": "sider.csv.gz", "id_col": None, "sites": 3, "split": "by_task", "metric": "ROC-AUC",
