@@ -37,6 +37,7 @@ BENCHMARKS: dict[str, tuple[tuple[str, ...], tuple[str, ...], bool]] = {
     "scale": (("scale_quick.json", "scale_quick.md"), ("--work", "{work}"), True),
     "rounds": (("rounds_quick.json", "rounds_quick.md"), (), True),
     "recipes": (("recipes_quick.json", "recipes_quick.md"), ("--work", "{work}"), False),
+    "dp_recipe": (("dp_recipe_quick.json", "dp_recipe_quick.md"), ("--work", "{work}"), False),
     "train_defaults": (("train_defaults_quick.json", "train_defaults_quick.md"), ("--work", "{work}/train"), False),
 }
 LIBRARY = {"__init__", "common", "sets", "gain_report"}  # imported by the benchmarks, not run
