@@ -75,20 +75,13 @@ def folded_stores(stores: list[Path], n_bits: int) -> list[Path]:
     return out
 
 
-def overrides_value(overrides: list[str], key: str, default: Any) -> str:
-    found = [o.partition("=")[2] for o in overrides if o.partition("=")[0] == key]
-    return found[-1] if found else str(default)
-
-
 def run_candidate(name: str, overrides: list[str], stores: list[Path], epsilon: float, seed: int) -> dict[str, Any]:
     from fedmol.client.site import SiteNode
     from fedmol.config import FederationConfig
     from fedmol.privacy import SiteBudget
 
-    defaults = FederationConfig()
-    n_bits = int(overrides_value(overrides, "n-bits", defaults.n_bits))
-    rounds = int(overrides_value(overrides, "num-server-rounds", defaults.num_server_rounds))
-    patience = int(overrides_value(overrides, "patience", defaults.patience))
+    planned = FederationConfig().with_overrides(overrides)  # the candidate's width, rounds and patience
+    n_bits, rounds, patience = planned.n_bits, planned.num_server_rounds, planned.patience
     dp = [] if epsilon <= 0 else ["dp=site-dp-sgd", f"dp-epsilon={epsilon:g}"]
     fid = f"dpr-{name}-eps{epsilon:g}-{time.strftime('%H%M%S')}"
     sites = folded_stores(stores, n_bits)

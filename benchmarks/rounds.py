@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> dict:
         lines.append(f"| {r['n_bits']} | {r['label']} | {_fmt(r['median_wall_s_after_round_1'], '.1f')} "
                      f"| {_fmt(r['median_overhead_s_after_round_1'], '.1f')} "
                      f"| {_fmt(r['first_round_overhead_s'], '.1f')} "
-                     f"| {_fmt(r['bytes_per_site_per_round'] and r['bytes_per_site_per_round'] / 1e6, '.2f')} "
+                     f"| {_fmt(_mb(r['bytes_per_site_per_round']), '.2f')} "
                      f"| {_fmt(r['upload_over_trunk'], '.2f')} "
                      f"| {_fmt(_mb(r.get('download_bytes_per_site_per_round')), '.2f')} |")
     title = (f"# Round overhead, {args.sites} sites, {' and '.join(map(str, args.n_bits))} bits, hidden {args.hidden}"

@@ -279,7 +279,8 @@ class HookedStrategy(RoundBook, Strategy):
         messages = list(self.inner.configure_train(rnd, arrays, config, grid))
         self._received = None
         if self.download_dtype != "float32" and messages:
-            down = encode_download(from_array_record(arrays), self.download_dtype)
+            self._sent_numpy = from_array_record(arrays)  # read once: the replies are decoded against it too
+            down = encode_download(self._sent_numpy, self.download_dtype)
             record = to_array_record(down)
             for msg in messages:  # the strategy's own message, with the model in float16
                 for key, sent in list(msg.content.array_records.items()):

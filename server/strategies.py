@@ -146,7 +146,6 @@ class AccountedFixedClipping(_CentralAccounting, DifferentialPrivacyServerSideFi
         self._setup_accounting(cfg)
 
 
-
 class AccountedAdaptiveClipping(_CentralAccounting, DifferentialPrivacyServerSideAdaptiveClipping):
     """Flower's central DP with adaptive clipping (Andrew et al. 2021), accounted (`_CentralAccounting`).
 
