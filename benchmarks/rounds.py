@@ -16,7 +16,8 @@ SuperNode authentication, one SuperNode per site, all on 127.0.0.1):
 * ``warm``: the same with ``evaluate-in-train`` (the default): one message per round;
 * ``warm-fp16``: the same with ``transport-dtype=float16`` (half the upload and the download);
 * ``warm-int8``: the same with ``transport-dtype=int8`` (the update in 8 bits with a float32 scale
-  per row, zlib-compressed, `fedmol.transport`; the model comes down in float16). The default.
+  per row, zlib-compressed, `fedmol.transport`; the model comes down as its change against the copy
+  each site kept, encoded the same way, after a first round in float16). The default.
 
 ``--n-bits`` takes one or more fingerprint sizes: each configuration runs at each (a row per size
 and configuration; the default, 32,768 bits, gives the float32, float16 and int8 rows at the
@@ -28,8 +29,9 @@ aggregation to this one), the slowest site's own compute in that time (its evalu
 r-1's model plus its round-r training, as the sites report them), and the overhead = wall -
 compute. Per site per round: bytes uploaded (from the sites' outbox ledgers) against the size of
 the trunk in float32, and bytes downloaded (the shared model in the train message's dtype: float16
-with float16 and int8 transport). Round 1 is reported apart (it includes start-up). Results go to
-``rounds.json`` and ``.md`` in ``--out`` (default benchmarks/results; ``rounds_quick.*`` with
+with float16 transport; with int8 its change against the sites' copy; the server's metric
+``download-bytes-per-site``, median of rounds 2 and later). Round 1 is reported apart (it includes
+start-up). Results go to ``rounds.json`` and ``.md`` in ``--out`` (default benchmarks/results; ``rounds_quick.*`` with
 ``--quick``). The machine may be shared: compare within one run. Scratch space (PKI, Flower
 state, site stores) is a fresh temporary folder, removed after a successful run (``--workdir``
 keeps it where you say).
@@ -116,11 +118,11 @@ def measure(label: str, root: Path, stores: dict[str, Path], tasks: tuple[str, .
             if e["phase"] == "train" and e["federation_id"] == out["federation_id"]:
                 uploads.append(e["bytes_total"])
     trunk_bytes = 4 * (n_bits * args.hidden + args.hidden)
-    # What each site receives per round: the shared model as the train message carries it.
-    from fedmol.server.federation import initial_shared_arrays
-    from fedmol.transport import download_dtype, encode_download
+    # What each site receives per round: the shared model as the train messages carried it (the
+    # server's metric; int8: the whole model in round 1, then its change against the sites' copy).
+    from fedmol.transport import download_dtype
 
-    download = sum(a.nbytes for a in encode_download(initial_shared_arrays(cfg)[0], download_dtype(cfg)).values())
+    downloads = [history("download-bytes-per-site").get(r) for r in rounds]
     later = slice(1, None)
     return {
         "label": label, "n_bits": n_bits, "warm": warm, "transport_dtype": dtype, "evaluate_in_train": fold,
@@ -129,10 +131,16 @@ def measure(label: str, root: Path, stores: dict[str, Path], tasks: tuple[str, .
         "median_overhead_s_after_round_1": statistics.median(overhead[later]) if len(overhead) > 1 else None,
         "median_wall_s_after_round_1": statistics.median(walls[later]) if len(walls) > 1 else None,
         "bytes_per_site_per_round": statistics.median(uploads) if uploads else None,
-        "download_bytes_per_site_per_round": download, "download_dtype": download_dtype(cfg),
+        "download_bytes_per_site": downloads, "download_dtype": download_dtype(cfg),
+        "download_bytes_per_site_per_round": _median_after_first(downloads),
         "trunk_bytes_float32": trunk_bytes,
         "upload_over_trunk": (statistics.median(uploads) / trunk_bytes) if uploads else None,
     }
+
+
+def _median_after_first(values: list[float | None]) -> float | None:
+    later = [v for v in values[1:] if v is not None]
+    return statistics.median(later) if later else (values[0] if values else None)
 
 
 CONFIGS = {

@@ -28,7 +28,6 @@ from fedmol.client.provenance import FAB_HASH, outbox_provenance
 from fedmol.config import FederationConfig
 from fedmol.errors import ConfigError
 from fedmol.records import config_record, from_array_record, metric_record, scalar, to_array_record
-from fedmol.transport import as_received
 
 LEGACY_FIT = "fitins.parameters"  # Flower's legacy record names (flwr.compat recorddict_compat)
 LEGACY_EVALUATE = "evaluateins.parameters"
@@ -100,6 +99,7 @@ def _handle_legacy(op: str, msg: Message, context: Context) -> Message:
 
 
 def _handle(op: str, msg: Message, context: Context) -> Message:
+    from fedmol.client.download import DownloadError, received_model
     from fedmol.client.site import site_for
 
     node_config = dict(context.node_config)
@@ -110,8 +110,14 @@ def _handle(op: str, msg: Message, context: Context) -> Message:
                               "federation_id": str(scalar(config, wire.CFG_FEDERATION_ID))}
     if op == "train":
         kwargs["proximal_mu"] = float(scalar(config, wire.CFG_PROXIMAL_MU, 0.0))
-    shared = as_received(from_array_record(msg.content.array_records[wire.ARRAYS]))  # float16 download: float32
     site = site_for(node_config, cfg)
+    try:  # float16 upcast; int8: the change applied to the copy this site kept (`fedmol.client.download`)
+        shared = received_model(from_array_record(msg.content.array_records[wire.ARRAYS]), config,
+                                store_path=site.store_path, federation_id=kwargs["federation_id"])
+    except DownloadError as exc:
+        log.warning("site %s: %s", site.name, exc)
+        return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=f"site {site.name}: {exc}"),
+                       reply_to=msg)
     site.provenance = outbox_provenance(cfg, run_config, secure_aggregation=cfg.secure_aggregation,
                                         fab_hash=FAB_HASH.get())
     evaluation = None

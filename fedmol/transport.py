@@ -27,14 +27,21 @@ The rows a site's compounds did not touch are zeros, so this pays most at the de
 int8 became 2.2 MB); an update that is noise everywhere (per-compound DP) stays as it is.
 
 The other way, the train messages carry the global model in float16 whenever the sites send float16
-or int8 (`download_dtype`): half the 52 MB of the default model, which every site receives every
-round. An array float16 cannot hold (a value beyond +-65,504 or not finite) goes in float32. The
-server keeps its float32 model and applies each site's update to it, not to the rounded copy the
-site trained from (`decode_update`'s ``received``): the rounding never accumulates in the shared
-model (error feedback), and a round moves the model by what the sites learned, even where that is
-less than float16's step. With evaluate-in-train a site's evaluation of round r is of the float16
-copy it received (relative error < 2^-11 per weight); the model the server registers and sends for
-the final evaluation is float32.
+(`download_dtype`): half the 52 MB of the default model, which every site receives every round. An
+array float16 cannot hold (a value beyond +-65,504 or not finite) goes in float32. With int8 (the
+default) only the first round sends the model whole, in float16; from then on a site that answered
+the last round holds last round's copy, and its train message carries the change against that copy
+in int8 with a scale per row (`encode_download_delta`: the same encoding as the updates, rounded to
+nearest, a row that moved less than float16's relative step left for a later round): about the size
+of an update instead of 26 MB. The message names the copy it applies to and the copy it makes
+(`model_tag`, a checksum); a site that no longer holds that copy refuses the round, and the next
+round sends it the whole copy (float32). In every case the server keeps its float32 model and
+applies each site's update to it, not to the rounded copy the site trained from (`decode_update`'s
+``received``): the rounding never accumulates in the shared model (error feedback), and a round
+moves the model by what the sites learned, even where that is less than a rounding step. With
+evaluate-in-train a site's evaluation of round r is of the copy it received (float16: relative
+error < 2^-11 per weight; int8: per row, within the deadband and half a step); the model the server
+registers and sends for the final evaluation is float32.
 
 Arrays of another dtype (none in today's models) travel unchanged. `encode_update` runs on the
 site (`fedmol.client.site.SiteNode.train_round`), `decode_update` on the server
@@ -85,9 +92,11 @@ def transport_label(cfg: FederationConfig) -> str:
 
 
 def download_dtype(cfg: FederationConfig) -> str:
-    """The dtype of the global model in train messages: float16 when the sites send float16 or int8,
-    else float32 (float32 transport, and secure aggregation)."""
-    return "float16" if effective_transport(cfg) in ("float16", "int8") else "float32"
+    """How train messages carry the global model: ``int8`` when the sites send int8 (the change
+    against the copy a site already holds, `encode_download_delta`; the whole model in float16 to a
+    site that holds none), ``float16`` when they send float16, else ``float32`` (float32 transport,
+    and secure aggregation)."""
+    return {"int8": "int8", "float16": "float16"}.get(effective_transport(cfg), "float32")
 
 
 def round_seed(seed: int, server_round: int, site: str) -> list[int]:
@@ -200,6 +209,79 @@ def as_received(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """A message's shared arrays as the site trains from them: float16 (`encode_download`) upcast to
     float32 (exactly), anything else as it came."""
     return {k: v.astype(np.float32) if v.dtype == np.float16 else v for k, v in arrays.items()}
+
+
+# -- int8 downloads: the change of the global model against the copy a site already holds ------
+DOWNLOAD_DEADBAND = 2.0 ** -11  # float16's relative step: a row smaller than this stays for a later round
+
+
+def model_tag(arrays: Mapping[str, np.ndarray]) -> str:
+    """A checksum of a model's arrays (names, dtypes, shapes and bytes; CRC-32, ~0.05 s for 52 MB): the
+    server and a site compare their copies by it."""
+    crc = 0
+    for name in sorted(arrays):
+        value = np.ascontiguousarray(arrays[name])
+        crc = zlib.crc32(f"{name}|{value.dtype.str}|{value.shape}".encode(), crc)
+        crc = zlib.crc32(value.reshape(-1).view(np.uint8).data, crc)
+    return f"{crc:08x}"
+
+
+def encode_download_delta(model: Mapping[str, np.ndarray], held: Mapping[str, np.ndarray]
+                          ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """A train message's arrays for a site that holds ``held`` (the copy every site got last round),
+    and the copy that site holds once it applies them (`apply_download`), which is the copy the next
+    round's change is taken against: ``(wire arrays, new held copy)``.
+
+    Per float32 array: the change ``model - held`` in int8 with a float32 scale per row (as a site's
+    update, `quantise_int8`'s rows, zlib-compressed where that pays), rounded to nearest. A row whose
+    largest change is at most `DOWNLOAD_DEADBAND` of the row's largest weight does not travel this
+    round (scale 0). Whatever a round leaves out or rounds off is still in the next round's change
+    (``model`` is the server's float32 model, ``held`` the sites' copy): the copy follows the model
+    within a step, and the rounding never accumulates. An array that is new, of another shape or
+    dtype, or not finite travels whole."""
+    wire: dict[str, np.ndarray] = {}
+    after: dict[str, np.ndarray] = {}
+    for name, value in model.items():
+        base = held.get(name)
+        if (value.dtype != np.float32 or base is None or base.dtype != np.float32 or base.shape != value.shape
+                or name.endswith(SCALE_SUFFIX)):
+            wire[name] = after[name] = value
+            continue
+        n_rows = value.shape[0] if value.ndim >= 2 else 1
+        rows = value.reshape(n_rows, -1)
+        change = rows - base.reshape(n_rows, -1)
+        if not np.all(np.isfinite(change)):
+            wire[name] = after[name] = value
+            continue
+        largest = np.max(np.abs(change), axis=1) if change.size else np.zeros(n_rows, np.float32)
+        moved = largest > DOWNLOAD_DEADBAND * (np.max(np.abs(rows), axis=1) if rows.size else largest)
+        scales = np.where(moved, largest / INT8_LEVELS, 0).astype(np.float32)
+        steps = np.zeros(change.shape, np.int8)
+        idx = np.flatnonzero(moved)
+        if idx.size:
+            steps[idx] = np.clip(np.rint(change[idx] / scales[idx, None]), -INT8_LEVELS, INT8_LEVELS)
+        steps = steps.reshape(value.shape)
+        after[name] = _dequantise(name, steps, scales, held)  # exactly what the site computes
+        wire[name] = compress_int8(steps)
+        wire[name + SCALE_SUFFIX] = scales
+    return wire, after
+
+
+def apply_download(arrays: Mapping[str, np.ndarray], held: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The site's side of `encode_download_delta`: its ``held`` copy moved by the int8 changes, and
+    every array that travelled whole as it came (float16 upcast). `TransportError` names a malformed array."""
+    scales = {k[: -len(SCALE_SUFFIX)]: v for k, v in arrays.items() if k.endswith(SCALE_SUFFIX)}
+    out: dict[str, np.ndarray] = {}
+    for name, value in arrays.items():
+        if name.endswith(SCALE_SUFFIX):
+            continue
+        if value.dtype in (np.int8, np.uint8):
+            out[name] = _dequantise(name, value, scales.pop(name, None), held)
+        else:
+            out[name] = value.astype(np.float32) if value.dtype == np.float16 else value
+    if scales:
+        raise TransportError(f"int8 scale(s) without an int8 array: {sorted(k + SCALE_SUFFIX for k in scales)[:5]}")
+    return out
 
 
 # -- the server: decode ---------------------------------------------------------------------------

@@ -40,6 +40,10 @@ CFG_PROXIMAL_MU = "proximal-mu"  # Flower's FedProx injects this key
 CFG_EVALUATE_FIRST = "evaluate-first"
 CFG_EVALUATE_ROUND = "evaluate-round"
 CFG_ARRAY_NAMES = "array-names"  # secure aggregation: JSON list, the order of the legacy parameter list
+# int8 downloads (fedmol.transport.encode_download_delta): the checksum (`model_tag`) of the copy the
+# message's int8 changes apply to (absent when the model travels whole), and of the copy they make.
+CFG_DOWNLOAD_BASE = "download-base"
+CFG_DOWNLOAD_TAG = "download-tag"
 
 # Extra records of a train reply that carries an evaluation (evaluate-in-train).
 EVAL_METRICS = "eval-metrics"

@@ -36,7 +36,14 @@ from flwr.serverapp.strategy import Strategy
 
 from fedmol import wire
 from fedmol.records import from_array_record, metric_record, scalar, to_array_record
-from fedmol.transport import TransportError, as_received, decode_update, encode_download
+from fedmol.transport import (
+    TransportError,
+    as_received,
+    decode_update,
+    encode_download,
+    encode_download_delta,
+    model_tag,
+)
 
 log = logging.getLogger("fedmol.server")
 
@@ -92,6 +99,8 @@ class RoundOutcome:
     # The final evaluation (wire.CFG_FINAL) of the chosen model, after the rounds: phase
     # "evaluate", server_round the chosen model's round. Never a candidate for best-round selection.
     final: bool = False
+    # train: the mean bytes of the global model in this round's train messages (None: not measured)
+    download_bytes: float | None = None
 
 
 class RoundHook(Protocol):
@@ -170,6 +179,10 @@ def _as_float32(msg: Message, sent: Callable[[], dict[str, np.ndarray]],
     return None, decoded
 
 
+def _nbytes(arrays: dict[str, np.ndarray]) -> int:
+    return sum(int(a.nbytes) for a in arrays.values())
+
+
 class RoundBook:
     """What every round loop of the consortium keeps about its sites, shared by `HookedStrategy`
     (Message API) and `fedmol.server.secagg.SecureFedAvg` (Flower's legacy path, for SecAgg+): the sites'
@@ -239,6 +252,12 @@ class HookedStrategy(RoundBook, Strategy):
         # The global model's dtype in train messages (`fedmol.transport.download_dtype`).
         self.download_dtype = download_dtype
         self._received: dict[str, np.ndarray] | None = None  # this round's download as the sites got it
+        # int8 downloads: the copy of the model the sites that answered the last round hold, its
+        # checksum, and those sites (node ids); bytes per site of this round's train messages.
+        self._held: dict[str, np.ndarray] | None = None
+        self._held_tag = ""
+        self._holders: set[int] = set()
+        self.download_bytes: float | None = None
         self.evaluate_in_train = evaluate_in_train
         self.should_stop = should_stop  # asked after each round's evaluation
         self._evaluate_round: int | None = None  # the round evaluated inside this round's train replies
@@ -278,17 +297,60 @@ class HookedStrategy(RoundBook, Strategy):
                                    wire.CFG_EVALUATE_ROUND: self._evaluate_round})
         messages = list(self.inner.configure_train(rnd, arrays, config, grid))
         self._received = None
+        self.download_bytes = None
         if self.download_dtype != "float32" and messages:
             self._sent_numpy = from_array_record(arrays)  # read once: the replies are decoded against it too
-            down = encode_download(self._sent_numpy, self.download_dtype)
-            record = to_array_record(down)
-            for msg in messages:  # the strategy's own message, with the model in float16
-                for key, sent in list(msg.content.array_records.items()):
-                    if sent is arrays or set(sent.keys()) == set(arrays.keys()):
-                        msg.content[key] = record
-            self._received = as_received(down)
+            self._download(messages, arrays)
         self._sampled["train"] = [m.metadata.dst_node_id for m in messages]
         return messages
+
+    def _download(self, messages: list[Message], arrays: ArrayRecord) -> None:
+        """Put the global model into the strategy's train ``messages`` as the sites receive it
+        (`fedmol.transport`): float16; or with int8, the int8 change against the copy the site holds
+        (the sites that answered the last round hold the same one) and the whole copy, in float32, to
+        the others (the first round, and after a restart: everyone gets the model in float16, and
+        that becomes the copy). Sets what the replies are decoded against (``_received``)."""
+        assert self._sent_numpy is not None
+        model = self._sent_numpy
+        holders = {id(m) for m in messages if self.download_dtype == "int8" and self._held is not None
+                   and m.metadata.dst_node_id in self._holders}
+        records: dict[int, tuple[ArrayRecord, dict[str, Any], int]] = {}  # per message: arrays, config, bytes
+        if holders:
+            assert self._held is not None
+            change, held = encode_download_delta(model, self._held)
+            tag = model_tag(held)
+            delta_record, delta_bytes = to_array_record(change), _nbytes(change)
+            whole = None
+            for msg in messages:
+                if id(msg) in holders:
+                    records[id(msg)] = (delta_record, {wire.CFG_DOWNLOAD_BASE: self._held_tag,
+                                                       wire.CFG_DOWNLOAD_TAG: tag}, delta_bytes)
+                else:
+                    whole = whole or to_array_record(held)
+                    records[id(msg)] = (whole, {wire.CFG_DOWNLOAD_TAG: tag}, _nbytes(held))
+        else:
+            down = encode_download(model, "float16")
+            held = as_received(down)
+            tag = model_tag(held) if self.download_dtype == "int8" else ""
+            record = to_array_record(down)
+            extra = {wire.CFG_DOWNLOAD_TAG: tag} if self.download_dtype == "int8" else {}
+            records = {id(msg): (record, extra, _nbytes(down)) for msg in messages}
+        sizes = []
+        for msg in messages:  # the strategy's own message, with the model as this site receives it
+            record, extra, size = records[id(msg)]
+            # Flower's strategies give every message the same RecordDict: each gets its own here.
+            msg.content = RecordDict(dict(msg.content.items()))
+            for key, sent in list(msg.content.array_records.items()):
+                if sent is arrays or set(sent.keys()) == set(arrays.keys()):
+                    msg.content[key] = record
+            if extra:
+                config = msg.content.config_records.get(wire.CONFIG, ConfigRecord())
+                msg.content[wire.CONFIG] = ConfigRecord({**dict(config), **extra})
+            sizes.append(size)
+        self.download_bytes = float(np.mean(sizes))
+        self._received = held
+        if self.download_dtype == "int8":
+            self._held, self._held_tag = held, tag
 
     def _sent_arrays(self) -> dict[str, np.ndarray]:
         if self._sent_numpy is None:
@@ -318,13 +380,16 @@ class HookedStrategy(RoundBook, Strategy):
             else:
                 accepted.append(msg)
         missing = self._missing("train", replies)
+        # They hold this round's copy of the model: the next round sends them only its change.
+        self._holders = {m.metadata.src_node_id for m in replies if not m.has_error()}
         arrays, metrics = (None, None)
         if accepted:
             arrays, metrics = self.inner.aggregate_train(rnd, accepted)
         if arrays is not None:
             self.last_arrays = arrays
         reports = [self._remember(SiteReport.from_message(m)) for m in accepted]
-        self._fire(RoundOutcome(rnd, "train", reports, rejected, missing, metrics, arrays))
+        self._fire(RoundOutcome(rnd, "train", reports, rejected, missing, metrics, arrays,
+                                download_bytes=self.download_bytes))
         return arrays, metrics
 
     def configure_evaluate(

@@ -119,6 +119,8 @@ class MlflowTracker:
         if phase == "train":  # wall time from the previous aggregation (or the start) to this one
             now = time.monotonic()
             metrics["round-wall-seconds"] = now - self._last_aggregation
+            if outcome.download_bytes is not None:  # the model as it travelled to each site
+                metrics["download-bytes-per-site"] = float(outcome.download_bytes)
             self._last_aggregation = now
         if outcome.phase == "evaluate":  # final/federated-valid-score: the chosen model's, evaluated again
             score = federated_valid_score(outcome.reports).score

@@ -8,18 +8,22 @@ import pytest
 
 from fedmol.config import FederationConfig
 from fedmol.transport import (
+    DOWNLOAD_DEADBAND,
     FLOAT16_MAX,
     SCALE_SUFFIX,
     TransportError,
+    apply_download,
     as_received,
     compress_int8,
     decode_update,
     download_dtype,
     effective_transport,
     encode_download,
+    encode_download_delta,
     encode_update,
     fallback_note,
     inflate_int8,
+    model_tag,
     quantise_int8,
     round_seed,
     transport_label,
@@ -227,8 +231,8 @@ def test_secure_aggregation_falls_back_to_float32_by_a_stated_rule():
     assert default.transport_dtype == "int8" and effective_transport(default) == "float32"
 
 
-def test_the_download_is_float16_exactly_when_the_sites_send_float16_or_int8():
-    assert download_dtype(FederationConfig()) == "float16"  # the default transport, int8
+def test_the_download_follows_the_sites_transport():
+    assert download_dtype(FederationConfig()) == "int8"  # the default transport, int8: changes in int8
     assert download_dtype(FederationConfig(transport_dtype="float16")) == "float16"
     assert download_dtype(FederationConfig(transport_dtype="float32")) == "float32"
     assert download_dtype(FederationConfig(secure_aggregation=True)) == "float32"  # SecAgg+ sums float32
@@ -279,3 +283,55 @@ def test_int8_decoding_touches_only_the_rows_with_a_scale_and_matches_the_plain_
     decoded = decode_update(reply, sent)["w"]
     assert decoded.dtype == np.float32 and np.array_equal(decoded, plain)
     assert np.array_equal(decoded[1::3], sent["w"][1::3]) and decoded is not sent["w"]
+
+
+def test_an_int8_download_makes_at_the_site_exactly_the_copy_the_server_keeps():
+    rng = np.random.default_rng(11)
+    held = as_received(encode_download(_model(rng), "float16"))  # round 1: the model whole, in float16
+    model = _trained(held, rng, 0.05)
+    model["trunk.0.weight"][2] = held["trunk.0.weight"][2]  # a row that did not move
+    model["count"] = np.arange(3)  # not float32: travels as it is
+    wire, after = encode_download_delta(model, held)
+    assert wire["trunk.0.weight"].dtype in (np.int8, np.uint8) and wire["count"] is model["count"]
+    assert wire["trunk.0.weight" + SCALE_SUFFIX][2] == 0  # the unchanged row: no scale, nothing to add
+    site = apply_download({k: v.copy() for k, v in wire.items()}, held)
+    assert set(site) == set(model) and model_tag(site) == model_tag(after)
+    assert all(np.array_equal(site[k], after[k]) for k in after)
+    for k, v in model.items():  # within half a step of the row's change
+        if v.dtype == np.float32:
+            rows = v.reshape(v.shape[0] if v.ndim >= 2 else 1, -1)
+            change = np.abs(rows - held[k].reshape(rows.shape)).max(axis=1, keepdims=True)
+            assert np.all(np.abs(after[k].reshape(rows.shape) - rows) <= change / 254 + 1e-7)
+    assert model_tag(held) != model_tag(after)
+    # int8 of every float32 array plus a scale per row: under a third of float32 here (6 x 40 is small)
+    assert sum(v.nbytes for v in wire.values()) < 0.35 * sum(v.nbytes for v in model.values())
+
+
+def test_what_an_int8_download_leaves_out_travels_in_a_later_round():
+    """A change under the deadband stays out of the copy, but not out of the next round's change: the
+    sites' copy follows the server's float32 model, and the rounding never accumulates."""
+    held = {"w": np.ones((3, 5), np.float32)}
+    model = {"w": held["w"] + np.float32(DOWNLOAD_DEADBAND / 4)}  # a quarter of the deadband
+    for _ in range(3):  # three rounds of slow drift: each change alone is under the deadband
+        wire, held = encode_download_delta(model, held)
+        model = {"w": model["w"] + np.float32(DOWNLOAD_DEADBAND / 4)}
+    assert np.all(wire["w" + SCALE_SUFFIX] == 0) and np.array_equal(held["w"], np.ones((3, 5), np.float32))
+    model = {"w": model["w"] + np.float32(DOWNLOAD_DEADBAND / 2)}
+    wire, held = encode_download_delta(model, held)  # the drift has passed the deadband: it travels whole
+    assert np.all(wire["w" + SCALE_SUFFIX] > 0)
+    np.testing.assert_allclose(held["w"], model["w"], atol=1e-7, rtol=0)
+    for k in range(20):  # many rounds of changes: the copy stays within a step of the model
+        model = {"w": model["w"] + np.float32(0.01) * np.float32(np.sin(k + np.arange(15))).reshape(3, 5)}
+        wire, held = encode_download_delta(model, held)
+        assert np.abs(held["w"] - model["w"]).max() <= DOWNLOAD_DEADBAND * np.abs(model["w"]).max() + 1e-6
+
+
+def test_an_int8_download_sends_whole_what_has_no_held_copy_or_is_not_finite():
+    held = {"a": np.zeros((2, 2), np.float32), "b": np.zeros(3, np.float32)}
+    model = {"a": np.array([[1, np.inf], [0, 0]], np.float32), "b": np.ones(3, np.float32),
+             "new": np.ones((2, 2), np.float32)}
+    wire, after = encode_download_delta(model, held)
+    assert wire["a"] is model["a"] and wire["new"] is model["new"] and "a" + SCALE_SUFFIX not in wire
+    assert wire["b"].dtype == np.int8 and np.array_equal(apply_download(wire, held)["b"], model["b"])
+    with pytest.raises(TransportError, match="scales"):
+        apply_download({"b": wire["b"]}, held)

@@ -19,10 +19,11 @@ from flwr.app import ConfigRecord
 from flwr.serverapp.strategy import FedAvg
 
 from fedmol import wire
+from fedmol.client.download import received_model
 from fedmol.config import FederationConfig
 from fedmol.records import from_array_record, to_array_record
 from fedmol.server.rounds import HookedStrategy
-from fedmol.transport import SCALE_SUFFIX, as_received, download_dtype, encode_update
+from fedmol.transport import SCALE_SUFFIX, apply_download, as_received, download_dtype, encode_update
 from tests.server.messages import reply
 
 GLOBAL = {"trunk.w": np.linspace(-1, 1, 12, dtype=np.float32).reshape(4, 3),
@@ -91,10 +92,12 @@ def tox21_sites(tmp_path_factory) -> list[Path]:
     return paths
 
 
-def _federate(cfg: FederationConfig, stores: list[Path], tmp: Path) -> tuple[dict[str, np.ndarray], list[dict]]:
+def _federate(cfg: FederationConfig, stores: list[Path], tmp: Path
+              ) -> tuple[dict[str, np.ndarray], list[dict], list[int]]:
     """ROUNDS rounds of FedAvg in process (the server's `HookedStrategy.configure_train` and
-    `aggregate_train`, the sites' `train_round` on what the message carries: float16 with int8); the
-    final global model and the sites' train ledger entries."""
+    `aggregate_train`, the sites' `train_round` on what the message carries, as the ClientApp reads
+    it: `received_model`); the final global model, the sites' train ledger entries and the bytes of
+    the model in every train message (round by round, site by site)."""
     import shutil
 
     from fedmol.client.site import SiteNode
@@ -110,14 +113,20 @@ def _federate(cfg: FederationConfig, stores: list[Path], tmp: Path) -> tuple[dic
     shared, _ = initial_shared_arrays(cfg)
     s = HookedStrategy(FedAvg(weighted_by_key=wire.NUM_TRAIN_LABELS, arrayrecord_key=wire.ARRAYS),
                        download_dtype=download_dtype(cfg))
+    downloads = []
     for rnd in range(1, ROUNDS + 1):
         messages = list(s.configure_train(rnd, to_array_record(shared), ConfigRecord(), Grid()))
         assert len(messages) == len(nodes)
-        carried = from_array_record(messages[0].content[wire.ARRAYS])  # what every site receives
-        assert {str(v.dtype) for v in carried.values()} == {download_dtype(cfg)}
-        received = as_received(carried)  # as the ClientApp hands it to the site
         replies = []
         for n, node in enumerate(nodes, start=1):
+            msg = next(m for m in messages if m.metadata.dst_node_id == n)
+            carried = from_array_record(msg.content[wire.ARRAYS])  # what the site receives
+            downloads.append(sum(v.nbytes for v in carried.values()))
+            if download_dtype(cfg) != "int8" or rnd == 1:  # int8: the first round sends the model whole
+                want = "float32" if download_dtype(cfg) == "float32" else "float16"
+                assert {str(v.dtype) for v in carried.values()} == {want}
+            received = received_model(carried, msg.content[wire.CONFIG], store_path=node.store_path,
+                                      federation_id="int8-test")  # as the ClientApp hands it to the site
             out = node.train_round(cfg, received, server_round=rnd, federation_id="int8-test")
             assert out.arrays is not None
             replies.append(reply(n, out.arrays, out.metrics[wire.NUM_TRAIN_LABELS], site=node.name))
@@ -125,7 +134,7 @@ def _federate(cfg: FederationConfig, stores: list[Path], tmp: Path) -> tuple[dic
         assert agg is not None, f"round {rnd}: no aggregate"
         shared = from_array_record(agg)
     ledgers = [json.loads(line) for node in nodes for line in node.ledger_path.read_text().splitlines()]
-    return shared, [e for e in ledgers if e["phase"] == "train"]
+    return shared, [e for e in ledgers if e["phase"] == "train"], downloads
 
 
 @pytest.fixture
@@ -145,7 +154,7 @@ def test_an_int8_federation_learns_the_float32_model_at_a_quarter_of_the_upload(
                            finetune_epochs=0, local_baseline=False)
     runs = {dtype: _federate(cfg.replace(transport_dtype=dtype), tox21_sites, tmp_path / dtype)
             for dtype in ("float32", "int8")}
-    (full, full_ledger), (small, small_ledger) = runs["float32"], runs["int8"]
+    (full, full_ledger, full_down), (small, small_ledger, small_down) = runs["float32"], runs["int8"]
     assert set(small) == set(full) and all(small[k].dtype == np.float32 for k in small)
     moved = np.sqrt(sum(float(np.sum((full[k] - v) ** 2)) for k, v in initial(cfg).items()))
     diff = np.sqrt(sum(float(np.sum((small[k] - full[k]) ** 2)) for k in full))
@@ -155,6 +164,12 @@ def test_an_int8_federation_learns_the_float32_model_at_a_quarter_of_the_upload(
     # (measured: 0.0013 and 0.0034)
     assert diff / norm < 0.01, (diff, norm)
     assert diff / moved < 0.03, (diff, moved)
+    # The model comes down whole in round 1 (float16: half of float32), then as its change against
+    # the copy each site kept, in int8 with a scale per row (about a quarter of float32 or less).
+    per_round = [sum(small_down[r * N_SITES:(r + 1) * N_SITES]) / sum(full_down[r * N_SITES:(r + 1) * N_SITES])
+                 for r in range(ROUNDS)]
+    assert abs(per_round[0] - 0.5) < 0.01, per_round
+    assert all(r <= 0.25 + 1 / 32 + 0.01 for r in per_round[1:]), per_round  # (measured: 0.28, 0.24)
     # The ledger records what was sent: int8 arrays plus their float32 scales, at most ~1/4 of the
     # bytes: the input layer (n_bits, hidden) has a scale per row, 4 bytes per `hidden` int8 values,
     # so 1/4 + 1/hidden of float32 before compression (0.281 at hidden 32; 0.2525 at the default
@@ -198,3 +213,44 @@ def test_the_ledger_holds_exactly_the_int8_bytes_a_site_sends(tmp_path):
         assert logged[name]["sha256"] == hashlib.sha256(data.tobytes()).hexdigest()
         assert (logged[name]["dtype"], logged[name]["bytes"]) == (str(data.dtype), data.nbytes)
     assert entry["bytes_total"] == sum(a.nbytes for a in out.arrays.values())
+
+
+def test_int8_downloads_send_the_change_to_the_sites_that_hold_last_rounds_copy(serverapp_task):
+    """Round 1 sends the model whole (float16) to everyone; round 2 the change to the sites that answered
+    round 1 (against the copy they hold) and the whole copy, float32, to the one that did not."""
+    class Grid:
+        def get_node_ids(self) -> list[int]:
+            return [1, 2, 3]
+
+    rng = np.random.default_rng(0)
+    model = {"trunk.w": rng.normal(size=(64, 16)).astype(np.float32), "b": np.zeros(16, np.float32)}
+    s = HookedStrategy(FedAvg(weighted_by_key=wire.NUM_TRAIN_LABELS, arrayrecord_key=wire.ARRAYS),
+                       download_dtype="int8")
+
+    def send(rnd: int) -> dict[int, tuple[dict[str, np.ndarray], ConfigRecord]]:
+        messages = s.configure_train(rnd, to_array_record(model), ConfigRecord(), Grid())
+        return {m.metadata.dst_node_id: (from_array_record(m.content[wire.ARRAYS]), m.content[wire.CONFIG])
+                for m in messages}
+
+    first = send(1)
+    assert all(v.dtype == np.float16 for arrays, _ in first.values() for v in arrays.values())
+    tags = {str(config[wire.CFG_DOWNLOAD_TAG]) for _, config in first.values()}
+    assert len(tags) == 1 and all(wire.CFG_DOWNLOAD_BASE not in config for _, config in first.values())
+    held = as_received(first[1][0])
+    s.aggregate_train(1, [reply(n, encode_update(held, held, "int8", seed=n), 10) for n in (1, 2)])  # 3: silent
+    assert s.download_bytes == sum(v.nbytes for v in first[1][0].values())
+    model["trunk.w"][:8] += 0.5  # the federation moved 8 rows
+    second = send(2)
+    (tag,) = tags
+    for n in (1, 2):
+        arrays, config = second[n]
+        assert str(config[wire.CFG_DOWNLOAD_BASE]) == tag and arrays["trunk.w"].dtype in (np.int8, np.uint8)
+    whole, config = second[3]
+    assert wire.CFG_DOWNLOAD_BASE not in config and whole["trunk.w"].dtype == np.float32
+    # The sites that applied the change and the one sent the whole copy hold the same model: the server's.
+    applied = apply_download(second[1][0], held)
+    assert all(np.array_equal(applied[k], whole[k]) for k in whole)
+    assert all(np.array_equal(applied[k], s._received[k]) for k in whole)  # replies are decoded against it
+    assert str(second[1][1][wire.CFG_DOWNLOAD_TAG]) == str(config[wire.CFG_DOWNLOAD_TAG])
+    # 8 of 64 rows moved: the change is a small fraction of the float16 model
+    assert sum(v.nbytes for v in second[1][0].values()) < 0.2 * sum(v.nbytes for v in first[1][0].values())
