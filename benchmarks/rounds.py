@@ -18,6 +18,10 @@ SuperNode authentication, one SuperNode per site, all on 127.0.0.1):
 * ``warm-int8``: the same with ``transport-dtype=int8`` (the update in 8 bits with a float32 scale
   per row, zlib-compressed, `fedmol.transport`; the model comes down as its change against the copy
   each site kept, encoded the same way, after a first round in float16). The default.
+* ``warm-int8-db``: the same with the SuperLink's link state (registered SuperNodes, runs, message
+  headers) in a SQLite file, as the production templates keep it (deploy/systemd, deploy/compose);
+  the other rows keep it in memory, as `fedmol consortium up` does. Every row runs
+  `fedmol-superlink`, which keeps the messages' arrays in memory (`fedmol.server.superlink`).
 
 ``--n-bits`` takes one or more fingerprint sizes: each configuration runs at each (a row per size
 and configuration; the default, 32,768 bits, gives the float32, float16 and int8 rows at the
@@ -75,13 +79,13 @@ def make_sites(root: Path, n_sites: int, rows: int, n_bits: int) -> dict[str, Pa
 
 
 def measure(label: str, root: Path, stores: dict[str, Path], tasks: tuple[str, ...], args: argparse.Namespace,
-            *, n_bits: int, warm: bool, dtype: str, fold: bool = True) -> dict:
+            *, n_bits: int, warm: bool, dtype: str, fold: bool = True, persistent: bool = False) -> dict:
     from mlflow.tracking import MlflowClient
 
     from fedmol.deploy.consortium import LocalConsortium
 
     log(f"{label}: starting the consortium ({len(stores)} sites, {'warm site runtime' if warm else 'Flower'})")
-    cons = LocalConsortium(root / label, stores, mlflow_server=False, warm=warm)
+    cons = LocalConsortium(root / label, stores, mlflow_server=False, warm=warm, persistent_link=persistent)
     with cons:
         cons.wait_for_nodes(len(stores), timeout=120)
         log(f"{label}: {len(stores)} nodes connected; {args.rounds} rounds")
@@ -149,6 +153,7 @@ CONFIGS = {
     "warm": {"warm": True, "dtype": "float32"},
     "warm-fp16": {"warm": True, "dtype": "float16"},
     "warm-int8": {"warm": True, "dtype": "int8"},
+    "warm-int8-db": {"warm": True, "dtype": "int8", "persistent": True},
 }
 
 

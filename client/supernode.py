@@ -13,7 +13,8 @@ header, and then fetches the message's arrays, which the server is still uploadi
 52 MB at the default model size). Flower backs off 1, 2, 4, 8 s between tries of an object that is
 not there yet, so a site started its round up to several seconds after its arrays had arrived.
 Here it tries again after 0.05 s, doubling up to 0.5 s (``patch_object_pulls``): at most two small
-requests a second per waiting object. Every other behaviour is Flower's.
+requests a second per waiting object. Its log lines carry their time (colours only on a terminal).
+Every other behaviour is Flower's.
 
     fedmol-supernode --superlink server.example.org:9092 --root-certificates ca.crt ...
 """
@@ -92,7 +93,12 @@ def main() -> None:
     if not patch_object_pulls():
         print("fedmol-supernode: this Flower version's SuperNode fetches message arrays another way; "
               "keeping its own backoff (1 s, 2 s, ...)", file=sys.stderr)
+    from flwr.supercore.logger import update_console_handler
     from flwr.supernode.cli.flower_supernode import flower_supernode
+
+    # An operator reads these logs beside the site runtime's: every line with its time, and colours
+    # only on a terminal (a log file or journald gets plain text).
+    update_console_handler(timestamps=True, colored=sys.stderr.isatty())
 
     sys.argv[0] = "flower-supernode"
     flower_supernode()

@@ -54,6 +54,9 @@ class LocalConsortium:
     auth: bool = True
     mlflow_server: bool = True
     warm: bool = True  # a warm site worker per SuperNode (see client/worker.py)
+    # the SuperLink's link state in a file, as the production templates keep it (`LocalSuperLink`);
+    # this consortium admits its sites at every start, so by default it keeps it in memory
+    persistent_link: bool = False
     link: LocalSuperLink | None = None
     mlflow: LocalMlflowServer | None = None
     nodes: dict[str, LocalSuperNode] = field(default_factory=dict)
@@ -84,7 +87,8 @@ class LocalConsortium:
         if self.mlflow_server:
             self.mlflow = LocalMlflowServer(self.workdir / "mlflow").start()
         self.link = LocalSuperLink(self.workdir / "flower", simulation=False,
-                                   tls_dir=self.pki if self.tls else None, supernode_auth=self.auth).start()
+                                   tls_dir=self.pki if self.tls else None, supernode_auth=self.auth,
+                                   persistent=self.persistent_link).start()
         for site in self.stores:
             if self.auth:
                 self.link.admit(self.pki / "sites" / f"{site}.pub")

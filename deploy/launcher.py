@@ -1,9 +1,10 @@
 """Start Flower processes on loopback, run the fedmol app, and stop everything afterwards.
 
-`LocalSuperLink` starts ``flower-superlink`` (simulation or deployment engine) as a child process
-on 127.0.0.1 with its own FLWR_HOME, so no user configuration is touched and nothing outlives
-the ``with`` block. `flwr_run` submits the app with a run config, streams its log and returns
-non-zero unless the SuperLink reports the run completed.
+`LocalSuperLink` starts ``fedmol-superlink`` (Flower's SuperLink with the message arrays in memory,
+`fedmol.server.superlink`; simulation or deployment engine) as a child process on 127.0.0.1 with
+its own FLWR_HOME, so no user configuration is touched and nothing outlives the ``with`` block.
+`flwr_run` submits the app with a run config, streams its log and returns non-zero unless the
+SuperLink reports the run completed.
 
 Every child is started by `spawn`: in a new session (its own process group, which `stop_process_groups`
 stops as a whole, grandchildren included) and, on Linux, with ``PR_SET_PDEATHSIG`` so that it gets
@@ -35,6 +36,7 @@ from fedmol.errors import FedmolError
 # The components of the Flower app: imported from the fedmol installed where they run, never from the FAB.
 COMPONENTS = {"serverapp": "fedmol.server.server_app:app", "clientapp": "fedmol.client.client_app:app"}
 CONNECTION = "fedmol-local"
+IN_MEMORY_DATABASE = ":flwr-in-memory:"  # flower-superlink --database: its default, the link state in memory
 
 
 class LaunchError(FedmolError):
@@ -163,10 +165,16 @@ class LocalSuperLink:
 
     def __init__(self, workdir: Path, *, simulation: bool = True, port: int | None = None,
                  extra_args: list[str] | None = None, startup_timeout: float = 60.0,
-                 tls_dir: Path | None = None, supernode_auth: bool = False) -> None:
+                 tls_dir: Path | None = None, supernode_auth: bool = False, persistent: bool = False) -> None:
         """tls_dir: a folder with ca.crt, server.pem, server.key (`fedmol.deploy.pki`); None = insecure.
-        supernode_auth: only SuperNodes whose public key was registered (`admit`) may connect."""
+        supernode_auth: only SuperNodes whose public key was registered (`admit`) may connect.
+        persistent: keep the link state (registered SuperNodes, runs) in ``superlink-state.db`` in
+        ``workdir``, as a production SuperLink does; by default it lives in the process's memory
+        (Flower's default), which a SuperLink that lives only as long as this object loses nothing by,
+        and which makes a round at the default model size seconds shorter (every message's header,
+        object tree and status is a SQLite transaction otherwise)."""
         self.workdir = Path(workdir).resolve()
+        self.persistent = persistent
         self.simulation = simulation
         self.tls_dir = Path(tls_dir).resolve() if tls_dir else None
         self.supernode_auth = supernode_auth
@@ -201,8 +209,8 @@ class LocalSuperLink:
             f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
             f'address = "{self.address}"\n{security}'
         )
-        cmd = [_bin("flower-superlink"), *self._security_args(), "--host", "127.0.0.1", "--port", str(self.port),
-               "--database", str(self.workdir / "superlink-state.db"),
+        cmd = [_bin("fedmol-superlink"), *self._security_args(), "--host", "127.0.0.1", "--port", str(self.port),
+               "--database", str(self.workdir / "superlink-state.db") if self.persistent else IN_MEMORY_DATABASE,
                "--disable-runtime-dependency-installation", *self.extra_args]
         if self.simulation:
             cmd.append("--simulation")
@@ -219,7 +227,7 @@ class LocalSuperLink:
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
-                raise LaunchError(f"flower-superlink exited with code {self.proc.returncode}; see {self.log_path}")
+                raise LaunchError(f"fedmol-superlink exited with code {self.proc.returncode}; see {self.log_path}")
             try:
                 if httpx.get(f"{self.url}/health", timeout=0.5, verify=self._verify()).is_success:
                     return
@@ -227,7 +235,7 @@ class LocalSuperLink:
                 pass
             time.sleep(0.2)
         self.stop()
-        raise LaunchError(f"flower-superlink did not answer on {self.address} within {self.startup_timeout:.0f} s")
+        raise LaunchError(f"fedmol-superlink did not answer on {self.address} within {self.startup_timeout:.0f} s")
 
     @property
     def url(self) -> str:

@@ -301,6 +301,9 @@ class HookedStrategy(RoundBook, Strategy):
         if self.download_dtype != "float32" and messages:
             self._sent_numpy = from_array_record(arrays)  # read once: the replies are decoded against it too
             self._download(messages, arrays)
+        elif messages:  # the model as it is
+            self.download_bytes = float(sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize
+                                            for a in arrays.values()))
         self._sampled["train"] = [m.metadata.dst_node_id for m in messages]
         return messages
 

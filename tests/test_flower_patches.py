@@ -79,6 +79,13 @@ UPSTREAM = [
     Upstream("flwr.server.workflow.default_workflows:DefaultWorkflow.__call__", "866c7974d30c0149",
              "fedmol.server.secagg (run_secure_rounds replaces fit_workflow/evaluate_workflow)",
              "each round still calls self.fit_workflow then self.evaluate_workflow, looked up on the instance"),
+    Upstream("flwr.superlink.config_loader:get_objectstore_linkstate_factories", "9f697d33f4936d22",
+             "fedmol.server.superlink (patch_object_store)",
+             "a SQLite --database still builds the object store with the module-level name "
+             "`ObjectStoreFactory(database)` and hands that one store to the LinkStateFactory"),
+    Upstream("flwr.server.superlink.linkstate.linkstate_factory:LinkStateFactory.state", "8b1e223d09999587",
+             "fedmol.server.superlink (patch_object_store)",
+             "the link state still takes the object store from its factory, whatever database the state uses"),
 ]
 
 
@@ -352,3 +359,41 @@ def test_secaggplus_setup_sends_the_bound_configure_fit_set(monkeypatch):
     strategy.workflow.setup_stage(grid, context, WorkflowState())
     assert sorted(m.metadata.dst_node_id for m in sent) == [1, 2]
     assert {m.content.config_records[RECORD_KEY_CONFIGS][Key.MAX_WEIGHT] for m in sent} == {300.0}
+
+
+# -- 6. the SuperLink's object store in memory (fedmol.server.superlink) ----------------------------
+
+def test_superlink_builds_its_object_store_through_the_name_fedmol_replaces():
+    from flwr.supercore.object_store import ObjectStoreFactory
+    from flwr.superlink import config_loader, main
+
+    from fedmol.server import superlink
+
+    current = config_loader.ObjectStoreFactory
+    assert current is ObjectStoreFactory or current is superlink._in_memory_object_store_factory, (
+        "flwr.superlink.config_loader no longer imports ObjectStoreFactory by name: patch_object_store does "
+        "nothing and fedmol-superlink writes every message's arrays to its --database again")
+    assert main.get_objectstore_linkstate_factories is config_loader.get_objectstore_linkstate_factories, (
+        "the SuperLink no longer configures its stores with config_loader.get_objectstore_linkstate_factories")
+
+
+def test_superlink_object_store_patch_keeps_the_link_state_in_the_file(monkeypatch, tmp_path):
+    from flwr.server.superlink.linkstate.sql_linkstate import SqlLinkState
+    from flwr.supercore.object_store import ObjectStoreFactory
+    from flwr.supercore.object_store.in_memory_object_store import InMemoryObjectStore
+    from flwr.superlink import config_loader
+    from flwr.superlink.federation import NoOpFederationManager
+
+    from fedmol.server import superlink
+
+    monkeypatch.setattr(config_loader, "ObjectStoreFactory", ObjectStoreFactory)  # unpatched; restored after
+    database = str(tmp_path / "superlink.db")
+    objects, _ = config_loader.get_objectstore_linkstate_factories(database, NoOpFederationManager())
+    assert type(objects.store()).__name__ == "SqlObjectStore"  # Flower's own: the arrays in the file
+    assert superlink.patch_object_store() is True
+    assert superlink.patch_object_store() is False  # already patched: not stacked
+    objects, states = config_loader.get_objectstore_linkstate_factories(database, NoOpFederationManager())
+    state = states.state()
+    assert isinstance(objects.store(), InMemoryObjectStore)
+    assert isinstance(state, SqlLinkState) and (tmp_path / "superlink.db").exists()  # registrations, runs: the file
+    assert state.object_store is objects.store()  # the one store the servicers and the state share

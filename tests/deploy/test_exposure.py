@@ -74,8 +74,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     assert "--enable-supernode-auth" in cmd and "--insecure" not in cmd
     template = shlex.split(_swap(_swap(shlex.join(cmd), "/srv/fedmol/pki/", f"{pki}/"), "/srv/fedmol/state/",
                                  f"{tmp}/state/"))
-    assert Path(template[0]).name == "flower-superlink"
-    template[0] = _bin("flower-superlink")
+    assert Path(template[0]).name == "fedmol-superlink"
+    template[0] = _bin("fedmol-superlink")
     flwr_home = tmp / "flwr-home"
     flwr_home.mkdir()
     env = {**flower_env(flwr_home), **unit_env}

@@ -130,6 +130,7 @@ def _federate(cfg: FederationConfig, stores: list[Path], tmp: Path
             out = node.train_round(cfg, received, server_round=rnd, federation_id="int8-test")
             assert out.arrays is not None
             replies.append(reply(n, out.arrays, out.metrics[wire.NUM_TRAIN_LABELS], site=node.name))
+        assert s.download_bytes == np.mean(downloads[-N_SITES:])  # the server's download-bytes-per-site
         agg, _ = s.aggregate_train(rnd, replies)
         assert agg is not None, f"round {rnd}: no aggregate"
         shared = from_array_record(agg)
