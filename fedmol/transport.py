@@ -171,19 +171,22 @@ def quantise_int8(update: np.ndarray, rng: np.random.Generator, *,
     """
     rows = update.reshape(update.shape[0], -1) if update.ndim >= 2 else update.reshape(1, -1)
     rows = rows.astype(np.float32, copy=False)
-    if not np.all(np.isfinite(rows)):
-        bad = int(np.flatnonzero(~np.all(np.isfinite(rows), axis=1))[0])
+    largest = np.max(np.abs(rows), axis=1) if rows.size else np.zeros(rows.shape[0], np.float32)
+    if not np.all(np.isfinite(largest)):  # a row's maximum is NaN or infinite exactly when one of its values is
+        bad = int(np.flatnonzero(~np.isfinite(largest))[0])
         raise TransportError(f"array {name!r}: the update holds NaN or infinite values (row {bad}): "
                              "it cannot be quantised; the site's training diverged")
-    scales = (np.max(np.abs(rows), axis=1) / INT8_LEVELS).astype(np.float32) if rows.size else \
-        np.zeros(rows.shape[0], np.float32)
-    divisor = np.where(scales > 0, scales, np.float32(1))[:, None]
-    # Clip guards the last ulp: x/scale can exceed 127 by rounding when x is the row's maximum.
-    steps = np.clip(rows / divisor, -INT8_LEVELS, INT8_LEVELS)
-    low = np.floor(steps)
-    # Round up with probability equal to the fraction: E[result] = steps (unbiased).
-    values = low + (rng.random(steps.shape, dtype=np.float32) < (steps - low))
-    return values.astype(np.int8).reshape(update.shape), scales
+    scales = (largest / INT8_LEVELS).astype(np.float32)
+    values = np.zeros(rows.shape, np.int8)
+    # Only the rows that moved: most of the input layer's rows are zeros (the bits no compound of the site set).
+    moved = np.flatnonzero(scales)
+    if moved.size:
+        # Clip guards the last ulp: x/scale can exceed 127 by rounding when x is the row's maximum.
+        steps = np.clip(rows[moved] / scales[moved, None], -INT8_LEVELS, INT8_LEVELS)
+        low = np.floor(steps)
+        # Round up with probability equal to the fraction: E[result] = steps (unbiased).
+        values[moved] = low + (rng.random(steps.shape, dtype=np.float32) < (steps - low))
+    return values.reshape(update.shape), scales
 
 
 # -- the server: the global model it sends, and the site: what it received -----------------------

@@ -5,8 +5,9 @@ state (registered SuperNodes and their public keys, runs, message headers) and i
 (the arrays of every message, `flwr.supercore.object_store.SqlObjectStore`). With a database file,
 which an operator wants so that a restart keeps the sites' registrations, every model on its way
 to a site and every update on its way back is written to SQLite and read back: at the default
-32,768 x 400 model that was most of a round's overhead (benchmarks/results/rounds_32k_download.md:
-9.8 s a round with the file, 4.0 s with Flower's in-memory database).
+32,768 x 400 model an int8 round's overhead was 9.8 s with the file, 7.6-9.6 s with the arrays in
+memory, 4.0-4.5 s with Flower's in-memory database for everything (benchmarks/results/
+rounds_32k_download.md).
 
 This entry point takes exactly `flower-superlink`'s arguments and keeps the object store in memory
 (`patch_object_store`; Flower's own in-memory store, its default without ``--database``) while the
