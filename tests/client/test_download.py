@@ -51,3 +51,44 @@ def test_a_site_refuses_a_change_against_a_copy_it_does_not_hold(tmp_path):
         received_model(encode_download(_model(3), "float16"), config, store_path=tmp_path, federation_id="f")
     with pytest.raises(DownloadError, match="without their checksum"):
         received_model(change, {}, store_path=tmp_path, federation_id="f")
+
+
+def test_the_client_app_refuses_a_change_it_cannot_apply_and_sends_nothing(tmp_path):
+    """The ClientApp's error reply names the site and the reason; the site trains nothing and its outbox
+    ledger stays empty (nothing left the site). With the copy in place the same message trains."""
+    import time
+
+    from flwr.app import ConfigRecord, Context, Metadata, RecordDict
+    from flwr.app.message.message import make_message
+
+    from fedmol.client import client_app
+    from fedmol.config import FederationConfig
+    from fedmol.records import to_array_record
+    from fedmol.server.federation import initial_shared_arrays
+    from tests.server.synthetic import write_sites
+
+    store = write_sites(tmp_path, 1, n=60, n_bits=128)[0]
+    cfg = FederationConfig(n_bits=128, hidden="8", consortium_tasks="c1:classification,c2:classification",
+                           num_threads=1)
+    shared, _ = initial_shared_arrays(cfg)
+    held = as_received(encode_download(shared, "float16"))  # what the site would hold, had it been in round 1
+    change, after = encode_download_delta({k: v + 0.01 for k, v in shared.items()}, held)
+    content = RecordDict({wire.ARRAYS: to_array_record(change), wire.CONFIG: ConfigRecord({
+        wire.CFG_ROUND: 2, wire.CFG_FEDERATION_ID: "f", wire.CFG_DOWNLOAD_BASE: model_tag(held),
+        wire.CFG_DOWNLOAD_TAG: model_tag(after)})})
+    meta = Metadata(run_id=1, message_id="m1", src_node_id=0, dst_node_id=5, reply_to_message_id="",
+                    group_id="2", created_at=time.time(), ttl=3600, message_type="train")
+    context = Context(run_id=1, node_id=5, node_config={"site-store": str(store), "site-name": "acme"},
+                      state=RecordDict(), run_config=cfg.to_run_config())
+    reply = client_app._handle("train", make_message(meta, content), context)
+    assert reply.has_error()
+    assert reply.error.reason.startswith("site acme: this round's model is a change against the copy")
+    assert "holds none" in reply.error.reason
+    outbox = store / "outbox.jsonl"
+    assert not outbox.exists() or outbox.read_text().strip() == ""
+    # Once it holds that copy (round 1's whole model), the same message trains: one update leaves.
+    received_model(encode_download(shared, "float16"), {wire.CFG_DOWNLOAD_TAG: model_tag(held)},
+                   store_path=store, federation_id="f")
+    reply = client_app._handle("train", make_message(meta, content), context)
+    assert not reply.has_error() and wire.ARRAYS in reply.content.array_records
+    assert len(outbox.read_text().splitlines()) == 1
