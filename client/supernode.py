@@ -93,15 +93,11 @@ def main() -> None:
     if not patch_object_pulls():
         print("fedmol-supernode: this Flower version's SuperNode fetches message arrays another way; "
               "keeping its own backoff (1 s, 2 s, ...)", file=sys.stderr)
-    from flwr.supercore.logger import update_console_handler
     from flwr.supernode.cli.flower_supernode import flower_supernode
 
-    # An operator reads these logs beside the site runtime's: every line with its time, and colours
-    # only on a terminal (a log file or journald gets plain text).
-    update_console_handler(timestamps=True, colored=sys.stderr.isatty())
+    from fedmol.flower_entry import run_flower_command
 
-    sys.argv[0] = "flower-supernode"
-    flower_supernode()
+    run_flower_command("flower-supernode", flower_supernode)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,6 @@ from fedmol.errors import FedmolError
 # The components of the Flower app: imported from the fedmol installed where they run, never from the FAB.
 COMPONENTS = {"serverapp": "fedmol.server.server_app:app", "clientapp": "fedmol.client.client_app:app"}
 CONNECTION = "fedmol-local"
-IN_MEMORY_DATABASE = ":flwr-in-memory:"  # flower-superlink --database: its default, the link state in memory
 
 
 class LaunchError(FedmolError):
@@ -209,8 +208,10 @@ class LocalSuperLink:
             f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
             f'address = "{self.address}"\n{security}'
         )
+        from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME  # --database's default: the link state in memory
+
         cmd = [_bin("fedmol-superlink"), *self._security_args(), "--host", "127.0.0.1", "--port", str(self.port),
-               "--database", str(self.workdir / "superlink-state.db") if self.persistent else IN_MEMORY_DATABASE,
+               "--database", str(self.workdir / "superlink-state.db") if self.persistent else FLWR_IN_MEMORY_DB_NAME,
                "--disable-runtime-dependency-installation", *self.extra_args]
         if self.simulation:
             cmd.append("--simulation")

@@ -272,19 +272,9 @@ def encode_download_delta(model: Mapping[str, np.ndarray], held: Mapping[str, np
 
 def apply_download(arrays: Mapping[str, np.ndarray], held: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The site's side of `encode_download_delta`: its ``held`` copy moved by the int8 changes, and
-    every array that travelled whole as it came (float16 upcast). `TransportError` names a malformed array."""
-    scales = {k[: -len(SCALE_SUFFIX)]: v for k, v in arrays.items() if k.endswith(SCALE_SUFFIX)}
-    out: dict[str, np.ndarray] = {}
-    for name, value in arrays.items():
-        if name.endswith(SCALE_SUFFIX):
-            continue
-        if value.dtype in (np.int8, np.uint8):
-            out[name] = _dequantise(name, value, scales.pop(name, None), held)
-        else:
-            out[name] = value.astype(np.float32) if value.dtype == np.float16 else value
-    if scales:
-        raise TransportError(f"int8 scale(s) without an int8 array: {sorted(k + SCALE_SUFFIX for k in scales)[:5]}")
-    return out
+    every array that travelled whole as it came (float16 upcast). `TransportError` names a malformed array.
+    The server decodes a site's int8 update against the model it sent the same way (`decode_update`)."""
+    return decode_update(arrays, held)
 
 
 # -- the server: decode ---------------------------------------------------------------------------

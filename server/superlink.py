@@ -58,12 +58,11 @@ def main() -> None:
     if objects == "memory" and not patch_object_store():
         print("fedmol-superlink: this Flower version configures its object store another way; "
               "running it unchanged (message arrays in the --database)", file=sys.stderr)
-    from flwr.supercore.logger import update_console_handler
     from flwr.superlink.cli import flower_superlink
 
-    update_console_handler(timestamps=True, colored=sys.stderr.isatty())
-    sys.argv[0] = "flower-superlink"
-    flower_superlink()
+    from fedmol.flower_entry import run_flower_command
+
+    run_flower_command("flower-superlink", flower_superlink)
 
 
 if __name__ == "__main__":
