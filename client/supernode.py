@@ -14,7 +14,14 @@ header, and then fetches the message's arrays, which the server is still uploadi
 not there yet, so a site started its round up to several seconds after its arrays had arrived.
 Here it tries again after 0.05 s, doubling up to 0.5 s (``patch_object_pulls``): at most two small
 requests a second per waiting object. Its log lines carry their time (colours only on a terminal).
-Every other behaviour is Flower's.
+
+And it mends one failure (`patch_object_pulls` too): when a run stops while the SuperNode is still
+fetching one of its message's arrays (a ServerApp killed mid-upload, a run stopped by the operator),
+Flower 1.41 skips the message without finishing the task it created for it. The site runtime then
+waits for arrays that never come (about 4 minutes) and its late error reply puts the SuperNode's
+one-message-one-reply loop one reply behind for good: every later reply of that site is sent only
+when the next message arrives, after its round has timed out. Here that fetch fails like any other
+failed fetch: Flower finishes the task as failed and drops the message. Every other behaviour is Flower's.
 
     fedmol-supernode --superlink server.example.org:9092 --root-certificates ca.crt ...
 """
@@ -68,9 +75,36 @@ def patch_idle_wait(idle: float) -> bool:
     return True
 
 
+class RunStoppedWhilePulling(RuntimeError):
+    """The run of the message whose arrays the SuperNode was fetching is no longer running."""
+
+
+def _pull_objects_of_a_running_run(pull_objects: Any, backoff: float, cap: float) -> Any:
+    """Flower's ``pull_objects`` with a short backoff, where a stopped run is an ordinary failure.
+
+    Flower's `RunNotRunningException` is a `BaseException`: raised from here it passes the
+    ``except Exception`` of `_pull_and_store_message` that finishes the message's task as failed and
+    deletes the message, and lands in the handler that only logs. As a `RunStoppedWhilePulling`
+    (an `Exception`) it takes Flower's own failed-fetch path."""
+    from flwr.supercore.run import RunNotRunningException
+
+    @functools.wraps(pull_objects)
+    def pull(*args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("initial_backoff", backoff)
+        kwargs.setdefault("backoff_cap", cap)
+        try:
+            return pull_objects(*args, **kwargs)
+        except RunNotRunningException:
+            raise RunStoppedWhilePulling("the run stopped while this message's arrays were being fetched") from None
+
+    pull.fedmol_patched = pull_objects  # type: ignore[attr-defined]
+    return pull
+
+
 def patch_object_pulls(backoff: float = OBJECT_PULL_BACKOFF_S, cap: float = OBJECT_PULL_BACKOFF_CAP_S) -> bool:
-    """Make the SuperNode fetch a message's arrays with a short backoff (this process only); False if
-    this Flower has another layout (then Flower's own backoff stays)."""
+    """Make the SuperNode fetch a message's arrays with a short backoff, and give up on a message
+    whose run stopped as on any failed fetch (this process only); False if this Flower has another
+    layout (then Flower's own behaviour stays)."""
     # Patch of a Flower internal: contract tests in tests/test_flower_patches.py (section 1);
     # what upstream would need: deploy/README.md, "Patches of Flower and what upstream would need".
     from flwr.supercore.inflatable.inflatable_utils import pull_objects
@@ -78,8 +112,7 @@ def patch_object_pulls(backoff: float = OBJECT_PULL_BACKOFF_S, cap: float = OBJE
 
     if getattr(start_client_internal, "pull_objects", None) is not pull_objects:
         return False
-    start_client_internal.pull_objects = functools.partial(
-        pull_objects, initial_backoff=backoff, backoff_cap=cap)
+    start_client_internal.pull_objects = _pull_objects_of_a_running_run(pull_objects, backoff, cap)
     return True
 
 

@@ -24,7 +24,7 @@ from fedmol.server.registry import register_model, save_shared_model
 from fedmol.server.rounds import FederationStopped, HookedStrategy, RoundBook, RoundHook, RoundOutcome
 from fedmol.server.secagg import run_secure_rounds
 from fedmol.server.selection import BestRound
-from fedmol.server.strategies import make_strategy, restore_strategy_state, strategy_state
+from fedmol.server.strategies import make_strategy, restore_strategy_state, robust_quorum, strategy_state
 from fedmol.server.tracking import Checkpointer, MlflowTracker
 from fedmol.transport import download_dtype, fallback_note, transport_label
 
@@ -115,7 +115,8 @@ def run_federation(grid: Grid, context: Context) -> dict[str, Any]:
     hooks: list[RoundHook] = [selection, tracker, checkpointer, final]
     hooked = HookedStrategy(inner, hooks, round_offset=start_round, total_rounds=cfg.num_server_rounds,
                             expected_fingerprint=reference, evaluate_in_train=cfg.evaluate_in_train,
-                            should_stop=lambda: selection.should_stop, download_dtype=download_dtype(cfg))
+                            should_stop=lambda: selection.should_stop, download_dtype=download_dtype(cfg),
+                            min_updates=robust_quorum(cfg))
     hooked.last_arrays = to_array_record(arrays)
     try:
         strategy, discarded = _run_rounds(grid, context, cfg, hooked, selection, hooks, arrays,

@@ -101,6 +101,8 @@ class RoundOutcome:
     final: bool = False
     # train: the mean bytes of the global model in this round's train messages (None: not measured)
     download_bytes: float | None = None
+    # train: why the accepted updates were not aggregated ("" when they were)
+    skipped: str = ""
 
 
 class RoundHook(Protocol):
@@ -247,8 +249,12 @@ class HookedStrategy(RoundBook, Strategy):
         evaluate_in_train: bool = False,
         should_stop: Callable[[], bool] | None = None,
         download_dtype: str = "float32",
+        min_updates: int = 1,
     ) -> None:
         self.inner: Strategy = inner
+        # The fewest accepted updates the strategy aggregates (`fedmol.server.strategies.robust_quorum`):
+        # with fewer, the round keeps the global model as it was.
+        self.min_updates = min_updates
         # The global model's dtype in train messages (`fedmol.transport.download_dtype`).
         self.download_dtype = download_dtype
         self._received: dict[str, np.ndarray] | None = None  # this round's download as the sites got it
@@ -386,13 +392,18 @@ class HookedStrategy(RoundBook, Strategy):
         # They hold this round's copy of the model: the next round sends them only its change.
         self._holders = {m.metadata.src_node_id for m in replies if not m.has_error()}
         arrays, metrics = (None, None)
-        if accepted:
+        skipped = ""
+        if accepted and len(accepted) < self.min_updates:
+            skipped = (f"{len(accepted)} update(s) accepted, and this strategy needs {self.min_updates} to outvote "
+                       "a poisoning site: the global model stays as it was this round")
+            log.warning("round %d: %s", rnd, skipped)
+        elif accepted:
             arrays, metrics = self.inner.aggregate_train(rnd, accepted)
         if arrays is not None:
             self.last_arrays = arrays
         reports = [self._remember(SiteReport.from_message(m)) for m in accepted]
         self._fire(RoundOutcome(rnd, "train", reports, rejected, missing, metrics, arrays,
-                                download_bytes=self.download_bytes))
+                                download_bytes=self.download_bytes, skipped=skipped))
         return arrays, metrics
 
     def configure_evaluate(

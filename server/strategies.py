@@ -6,6 +6,7 @@ and reads the shared model from the same record keys.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -173,6 +174,21 @@ class AccountedAdaptiveClipping(_CentralAccounting, DifferentialPrivacyServerSid
         """The update's noise and the clipped count's together: one Gaussian mechanism."""
         z_update = self._round_multiplier(answered, self.num_sampled_clients)
         return float((z_update ** -2 + self.clipped_count_stddev ** -2) ** -0.5)
+
+
+def robust_quorum(cfg: FederationConfig) -> int:
+    """The fewest accepted updates with which ``cfg.strategy`` outvotes one poisoning site; 1 for the
+    strategies that do not claim to (FedAvg and the other means).
+
+    FedMedian needs 3 (the median of 2 is their mean); the trimmed mean cuts int(beta * n) updates
+    at each end (`scipy.stats.trim_mean`), so it drops one only from n >= 1 / beta (and 3).
+    With fewer, `HookedStrategy` keeps the global model for that round instead of letting one
+    site's update through a strategy chosen to stop it."""
+    if cfg.strategy == "fedmedian":
+        return 3
+    if cfg.strategy == "trimmed-mean" and cfg.trimmed_beta > 0:
+        return max(3, math.ceil(1 / cfg.trimmed_beta - 1e-9))
+    return 1
 
 
 def _base_strategy(cfg: FederationConfig) -> Strategy:

@@ -149,6 +149,8 @@ class MlflowTracker:
         if outcome.rejected:
             self.set_tag(f"fedmol.rejected.round-{rnd}",
                          "; ".join(f"{s}: {r}" for s, r in outcome.rejected)[:4900])
+        if outcome.skipped:
+            self.set_tag(f"fedmol.skipped.round-{rnd}", outcome.skipped[:4900])
         if not outcome.final:
             self.set_tag("fedmol.last-round", str(rnd))
 

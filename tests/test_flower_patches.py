@@ -186,7 +186,7 @@ def test_supernode_pulls_message_objects_through_the_name_fedmol_replaces():
 
     current = sci.pull_objects
     assert current is inflatable_utils.pull_objects or (
-        isinstance(current, functools.partial) and current.func is inflatable_utils.pull_objects), (
+        getattr(current, "fedmol_patched", None) is inflatable_utils.pull_objects), (
         "flwr.supernode.start_client_internal no longer imports pull_objects by name: patch_object_pulls "
         "does nothing and a SuperNode waits Flower's 1 s, 2 s, ... for arrays still being uploaded")
     assert "pull_objects(" in inspect.getsource(sci._pull_and_store_message)
@@ -202,6 +202,64 @@ def test_supernode_object_pulls_back_off_briefly(monkeypatch):
     assert supernode.patch_object_pulls() is True
     assert supernode.patch_object_pulls() is False  # already patched: not stacked
     _assert_backs_off_briefly(sci.pull_objects)
+
+
+def _pull_message_of_a_stopped_run(monkeypatch, pull_objects):
+    """Flower's `_pull_and_store_message` on stubs: a message arrives, its run stops while its
+    arrays are fetched. Returns the stub state (what Flower did with the task and the message)."""
+    from unittest import mock
+
+    from flwr.supercore.run import RunNotRunningException
+    from flwr.supernode import start_client_internal as sci
+
+    monkeypatch.setattr(sci, "pull_objects", pull_objects)
+    state, store = mock.MagicMock(), mock.MagicMock()
+    state.create_task.return_value = 7
+    store.preregister.return_value = ["arrays-object"]
+    message = SimpleNamespace(metadata=SimpleNamespace(run_id=3, group_id="", message_type="train",
+                                                       message_id="m-1"))
+
+    def pull_object(run_id: int, object_id: str) -> bytes:
+        raise RunNotRunningException()  # what the Fleet API answers for a run that stopped
+
+    got = sci._pull_and_store_message(
+        state=state, object_store=store, node_config={}, receive=lambda: (message, object()),
+        get_run=mock.MagicMock(), get_fab=mock.MagicMock(), pull_object=pull_object,
+        confirm_message_received=mock.MagicMock(), trusted_entities=None)
+    assert got is None  # no push stage after a message that was not received, with or without the patch
+    return state
+
+
+def test_flower_leaves_the_task_of_a_message_whose_run_stopped_during_its_fetch(monkeypatch):
+    """The upstream behaviour `patch_object_pulls` mends. If this fails, Flower now finishes the task
+    itself: the conversion in `fedmol.client.supernode._pull_objects_of_a_running_run` can go."""
+    from flwr.supercore.inflatable import inflatable_utils
+    from flwr.supercore.run import RunNotRunningException
+
+    assert not issubclass(RunNotRunningException, Exception)
+    state = _pull_message_of_a_stopped_run(monkeypatch, inflatable_utils.pull_objects)
+    state.store_message.assert_called_once()
+    state.finish_task.assert_not_called()  # the task stays open: the site runtime waits for its arrays
+    state.delete_messages.assert_not_called()
+
+
+def test_supernode_finishes_the_task_of_a_message_whose_run_stopped_during_its_fetch(monkeypatch):
+    from flwr.common.constant import SubStatus
+    from flwr.supercore.inflatable import inflatable_utils
+    from flwr.supernode import start_client_internal as sci
+
+    from fedmol.client import supernode
+
+    monkeypatch.setattr(sci, "pull_objects", inflatable_utils.pull_objects)
+    assert supernode.patch_object_pulls() is True
+    state = _pull_message_of_a_stopped_run(monkeypatch, sci.pull_objects)
+    state.finish_task.assert_called_once()
+    task_id = state.finish_task.call_args.args[0] if state.finish_task.call_args.args else \
+        state.finish_task.call_args.kwargs["task_id"]
+    assert task_id == 7
+    assert state.finish_task.call_args.kwargs["sub_status"] == SubStatus.FAILED
+    assert "the run stopped" in state.finish_task.call_args.kwargs["details"]
+    state.delete_messages.assert_called_once_with(message_ids=["m-1"])
 
 
 # -- 2. the ServerApp's reply-object backoff (fedmol.server.grid._fast_object_pulls) -------------

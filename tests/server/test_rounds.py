@@ -74,6 +74,30 @@ def test_median_outvotes_a_scaled_update():
     np.testing.assert_allclose(agg["trunk.w"].numpy(), 1.2)
 
 
+@pytest.mark.parametrize("strategy, beta, quorum", [("fedmedian", 0.2, 3), ("trimmed-mean", 0.2, 5),
+                                                   ("trimmed-mean", 0.34, 3), ("trimmed-mean", 0.0, 1),
+                                                   ("fedavg", 0.2, 1)])
+def test_robust_strategies_name_the_updates_they_need_to_outvote_a_site(strategy, beta, quorum):
+    from fedmol.config import FederationConfig
+    from fedmol.server.strategies import robust_quorum
+
+    assert robust_quorum(FederationConfig(strategy=strategy, trimmed_beta=beta)) == quorum
+
+
+def test_median_of_too_few_updates_keeps_the_global_model():
+    """Two answers (a poisoning site and one honest site): their median is their mean, so the round
+    is not aggregated, and the outcome says why; three are."""
+    s, rec = wrapped(FedMedian(weighted_by_key=wire.NUM_TRAIN_LABELS), min_updates=3)
+    agg, metrics = s.aggregate_train(1, [reply(1, arrays(1.0), 10), reply(3, arrays(1000.0), 10)])
+    assert agg is None and metrics is None
+    out = rec.outcomes[-1]
+    assert [r.site for r in out.reports] == ["site1", "site3"] and out.arrays is None
+    assert "2 update(s) accepted" in out.skipped and "needs 3" in out.skipped
+    agg, _ = s.aggregate_train(2, [reply(1, arrays(1.0), 10), reply(2, arrays(1.2), 10), reply(3, arrays(1000.0), 10)])
+    np.testing.assert_allclose(agg["trunk.w"].numpy(), 1.2)
+    assert rec.outcomes[-1].skipped == ""
+
+
 def test_missing_sites_and_round_offset():
     s, rec = wrapped(FedAvg(weighted_by_key=wire.NUM_TRAIN_LABELS), round_offset=4)
     s.site_names[3] = "hospital"

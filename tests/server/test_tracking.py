@@ -52,3 +52,17 @@ def test_tracker_logs_the_federated_score_per_round_the_final_apart_and_the_choi
     assert tags["fedmol.stop-reason"] == ("best federated validation score 0.8250 at round 2; stopped at round 3 "
                                           "after 1 rounds without improvement (patience 1)")
     assert tags["fedmol.last-round"] == "3"  # the final evaluation (of round 2's model) does not move it
+
+
+def test_tracker_tags_a_round_whose_updates_were_not_aggregated(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    from fedmol.server.tracking import MlflowTracker
+
+    tracker = MlflowTracker(FederationConfig(output_dir=str(tmp_path), experiment="skipped"), run_name="t")
+    why = "2 update(s) accepted, and this strategy needs 3 to outvote a poisoning site"
+    tracker.on_round(RoundOutcome(1, "train", [report("a", 0.7, 30), report("b", 0.5, 10)], [], ["c"],
+                                  None, None, skipped=why), None)
+    tracker.on_round(RoundOutcome(2, "train", [report("a", 0.7, 30)], [], [], None, None), None)
+    tags = tracker.client.get_run(tracker.run_id).data.tags
+    assert tags["fedmol.skipped.round-1"] == why and "fedmol.skipped.round-2" not in tags
+    assert tags["fedmol.missing.round-1.train"] == "c"
