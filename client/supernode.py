@@ -15,8 +15,8 @@ not there yet, so a site started its round up to several seconds after its array
 Here it tries again after 0.05 s, doubling up to 0.5 s (``patch_object_pulls``): at most two small
 requests a second per waiting object. Its log lines carry their time (colours only on a terminal).
 
-And it mends one failure (`patch_object_pulls` too): when a run stops while the SuperNode is still
-fetching one of its message's arrays (a ServerApp killed mid-upload, a run stopped by the operator),
+And it mends one failure (`patch_stopped_run_receive`): when a run stops while the SuperNode is still
+receiving one of its messages' arrays (a ServerApp killed mid-upload, a run stopped by the operator),
 Flower 1.41 skips the message without finishing the task it created for it. The site runtime then
 waits for arrays that never come (about 4 minutes) and its late error reply puts the SuperNode's
 one-message-one-reply loop one reply behind for good: every later reply of that site is sent only
@@ -29,6 +29,7 @@ failed fetch: Flower finishes the task as failed and drops the message. Every ot
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import sys
 import time
@@ -75,36 +76,9 @@ def patch_idle_wait(idle: float) -> bool:
     return True
 
 
-class RunStoppedWhilePulling(RuntimeError):
-    """The run of the message whose arrays the SuperNode was fetching is no longer running."""
-
-
-def _pull_objects_of_a_running_run(pull_objects: Any, backoff: float, cap: float) -> Any:
-    """Flower's ``pull_objects`` with a short backoff, where a stopped run is an ordinary failure.
-
-    Flower's `RunNotRunningException` is a `BaseException`: raised from here it passes the
-    ``except Exception`` of `_pull_and_store_message` that finishes the message's task as failed and
-    deletes the message, and lands in the handler that only logs. As a `RunStoppedWhilePulling`
-    (an `Exception`) it takes Flower's own failed-fetch path."""
-    from flwr.supercore.run import RunNotRunningException
-
-    @functools.wraps(pull_objects)
-    def pull(*args: Any, **kwargs: Any) -> Any:
-        kwargs.setdefault("initial_backoff", backoff)
-        kwargs.setdefault("backoff_cap", cap)
-        try:
-            return pull_objects(*args, **kwargs)
-        except RunNotRunningException:
-            raise RunStoppedWhilePulling("the run stopped while this message's arrays were being fetched") from None
-
-    pull.fedmol_patched = pull_objects  # type: ignore[attr-defined]
-    return pull
-
-
 def patch_object_pulls(backoff: float = OBJECT_PULL_BACKOFF_S, cap: float = OBJECT_PULL_BACKOFF_CAP_S) -> bool:
-    """Make the SuperNode fetch a message's arrays with a short backoff, and give up on a message
-    whose run stopped as on any failed fetch (this process only); False if this Flower has another
-    layout (then Flower's own behaviour stays)."""
+    """Make the SuperNode fetch a message's arrays with a short backoff (this process only); False if
+    this Flower has another layout (then Flower's own backoff stays)."""
     # Patch of a Flower internal: contract tests in tests/test_flower_patches.py (section 1);
     # what upstream would need: deploy/README.md, "Patches of Flower and what upstream would need".
     from flwr.supercore.inflatable.inflatable_utils import pull_objects
@@ -112,7 +86,58 @@ def patch_object_pulls(backoff: float = OBJECT_PULL_BACKOFF_S, cap: float = OBJE
 
     if getattr(start_client_internal, "pull_objects", None) is not pull_objects:
         return False
-    start_client_internal.pull_objects = _pull_objects_of_a_running_run(pull_objects, backoff, cap)
+    start_client_internal.pull_objects = functools.partial(
+        pull_objects, initial_backoff=backoff, backoff_cap=cap)
+    return True
+
+
+class RunStoppedWhileReceiving(RuntimeError):
+    """The run of the message the SuperNode was receiving is no longer running."""
+
+
+def _run_stop_is_a_failure(fn: Any) -> Any:
+    """``fn`` (a Fleet request of `_pull_and_store_message`), raising `RunStoppedWhileReceiving`, an
+    `Exception`, where Flower raises `RunNotRunningException`, a `BaseException`."""
+    from flwr.supercore.run import RunNotRunningException
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except RunNotRunningException:
+            raise RunStoppedWhileReceiving("the run stopped while this message was being received") from None
+
+    return call
+
+
+def patch_stopped_run_receive() -> bool:
+    """When a run stops while the SuperNode fetches one of its messages' arrays, or confirms it, the
+    SuperNode takes Flower's own failed-fetch path: it finishes the message's task as failed and drops
+    the message (this process only). False if this Flower has another layout.
+
+    Flower 1.41's `_pull_and_store_message` creates the task, then fetches; its ``except Exception``
+    does that clean-up, but `RunNotRunningException` is a `BaseException` and lands in a handler that
+    only logs, leaving the task open for the site runtime to wait on."""
+    # Patch of a Flower internal: contract tests in tests/test_flower_patches.py (section 1);
+    # what upstream would need: deploy/README.md, "Patches of Flower and what upstream would need".
+    from flwr.supernode import start_client_internal
+
+    original = getattr(start_client_internal, "_pull_and_store_message", None)
+    if original is None or getattr(original, "fedmol_patched", None) is not None:
+        return False
+    params = inspect.signature(original).parameters
+    if not {"pull_object", "confirm_message_received"} <= set(params):
+        return False
+
+    @functools.wraps(original)
+    def receive(*args: Any, **kwargs: Any) -> Any:
+        bound = inspect.signature(original).bind(*args, **kwargs)
+        for name in ("pull_object", "confirm_message_received"):
+            bound.arguments[name] = _run_stop_is_a_failure(bound.arguments[name])
+        return original(*bound.args, **bound.kwargs)
+
+    receive.fedmol_patched = original  # type: ignore[attr-defined]
+    start_client_internal._pull_and_store_message = receive
     return True
 
 
@@ -126,6 +151,9 @@ def main() -> None:
     if not patch_object_pulls():
         print("fedmol-supernode: this Flower version's SuperNode fetches message arrays another way; "
               "keeping its own backoff (1 s, 2 s, ...)", file=sys.stderr)
+    if not patch_stopped_run_receive():
+        print("fedmol-supernode: this Flower version's SuperNode receives messages another way; a run that "
+              "stops while a message arrives is handled as Flower does", file=sys.stderr)
     from flwr.supernode.cli.flower_supernode import flower_supernode
 
     from fedmol.flower_entry import run_flower_command

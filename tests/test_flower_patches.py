@@ -47,9 +47,10 @@ UPSTREAM = [
              "fedmol.client.supernode (_ShortIdleClock: sleep(0.5) lasts 0.05 s)",
              "its two `time.sleep(0.5)` still wait only for the local reply and its objects, not a network retry"),
     Upstream("flwr.supernode.start_client_internal:_pull_and_store_message", "eaf5d0e36dc34e4c",
-             "fedmol.client.supernode (patch_object_pulls)",
+             "fedmol.client.supernode (patch_object_pulls, patch_stopped_run_receive)",
              "a message's objects are still fetched by the module-level name `pull_objects(...)`, "
-             "without its own initial_backoff/backoff_cap"),
+             "without its own initial_backoff/backoff_cap; the task is created before the fetch, and a "
+             "stopped run (RunNotRunningException) still skips the `except Exception` that finishes it"),
     Upstream("flwr.superlink.grid.http_grid:HttpGrid.pull_messages", "67a5266a5a2ed515",
              "fedmol.server.grid (_fast_object_pulls)",
              "reply objects are still fetched by the module-level name `pull_objects(...)`, "
@@ -186,7 +187,7 @@ def test_supernode_pulls_message_objects_through_the_name_fedmol_replaces():
 
     current = sci.pull_objects
     assert current is inflatable_utils.pull_objects or (
-        getattr(current, "fedmol_patched", None) is inflatable_utils.pull_objects), (
+        isinstance(current, functools.partial) and current.func is inflatable_utils.pull_objects), (
         "flwr.supernode.start_client_internal no longer imports pull_objects by name: patch_object_pulls "
         "does nothing and a SuperNode waits Flower's 1 s, 2 s, ... for arrays still being uploaded")
     assert "pull_objects(" in inspect.getsource(sci._pull_and_store_message)
@@ -204,15 +205,14 @@ def test_supernode_object_pulls_back_off_briefly(monkeypatch):
     _assert_backs_off_briefly(sci.pull_objects)
 
 
-def _pull_message_of_a_stopped_run(monkeypatch, pull_objects):
-    """Flower's `_pull_and_store_message` on stubs: a message arrives, its run stops while its
-    arrays are fetched. Returns the stub state (what Flower did with the task and the message)."""
+def _receive_message_of_a_stopped_run(receive, *, stops_in: str):
+    """Flower's `_pull_and_store_message` (or fedmol's wrapper, ``receive``) on stubs: a message arrives
+    and its run stops while its arrays are fetched (``stops_in="pull"``) or when it is confirmed
+    (``"confirm"``). Returns the stub state: what was done with the task and the message."""
     from unittest import mock
 
     from flwr.supercore.run import RunNotRunningException
-    from flwr.supernode import start_client_internal as sci
 
-    monkeypatch.setattr(sci, "pull_objects", pull_objects)
     state, store = mock.MagicMock(), mock.MagicMock()
     state.create_task.return_value = 7
     store.preregister.return_value = ["arrays-object"]
@@ -220,45 +220,53 @@ def _pull_message_of_a_stopped_run(monkeypatch, pull_objects):
                                                        message_id="m-1"))
 
     def pull_object(run_id: int, object_id: str) -> bytes:
-        raise RunNotRunningException()  # what the Fleet API answers for a run that stopped
+        if stops_in == "pull":
+            raise RunNotRunningException()  # what the Fleet API answers for a run that stopped
+        return b"content"
 
-    got = sci._pull_and_store_message(
+    def confirm(run_id: int, message_id: str) -> None:
+        raise RunNotRunningException()
+
+    got = receive(
         state=state, object_store=store, node_config={}, receive=lambda: (message, object()),
         get_run=mock.MagicMock(), get_fab=mock.MagicMock(), pull_object=pull_object,
-        confirm_message_received=mock.MagicMock(), trusted_entities=None)
+        confirm_message_received=confirm, trusted_entities=None)
     assert got is None  # no push stage after a message that was not received, with or without the patch
+    state.store_message.assert_called_once()
     return state
 
 
-def test_flower_leaves_the_task_of_a_message_whose_run_stopped_during_its_fetch(monkeypatch):
-    """The upstream behaviour `patch_object_pulls` mends. If this fails, Flower now finishes the task
-    itself: the conversion in `fedmol.client.supernode._pull_objects_of_a_running_run` can go."""
-    from flwr.supercore.inflatable import inflatable_utils
+@pytest.mark.parametrize("stops_in", ["pull", "confirm"])
+def test_flower_leaves_the_task_of_a_message_whose_run_stopped_while_it_arrived(stops_in):
+    """The upstream behaviour `patch_stopped_run_receive` mends. If this fails, Flower now finishes the
+    task itself: `fedmol.client.supernode.patch_stopped_run_receive` can go."""
     from flwr.supercore.run import RunNotRunningException
+    from flwr.supernode import start_client_internal as sci
 
     assert not issubclass(RunNotRunningException, Exception)
-    state = _pull_message_of_a_stopped_run(monkeypatch, inflatable_utils.pull_objects)
-    state.store_message.assert_called_once()
+    upstream = getattr(sci._pull_and_store_message, "fedmol_patched", sci._pull_and_store_message)
+    state = _receive_message_of_a_stopped_run(upstream, stops_in=stops_in)
     state.finish_task.assert_not_called()  # the task stays open: the site runtime waits for its arrays
     state.delete_messages.assert_not_called()
 
 
-def test_supernode_finishes_the_task_of_a_message_whose_run_stopped_during_its_fetch(monkeypatch):
+@pytest.mark.parametrize("stops_in", ["pull", "confirm"])
+def test_supernode_finishes_the_task_of_a_message_whose_run_stopped_while_it_arrived(monkeypatch, stops_in):
     from flwr.common.constant import SubStatus
-    from flwr.supercore.inflatable import inflatable_utils
     from flwr.supernode import start_client_internal as sci
 
     from fedmol.client import supernode
 
-    monkeypatch.setattr(sci, "pull_objects", inflatable_utils.pull_objects)
-    assert supernode.patch_object_pulls() is True
-    state = _pull_message_of_a_stopped_run(monkeypatch, sci.pull_objects)
+    upstream = getattr(sci._pull_and_store_message, "fedmol_patched", sci._pull_and_store_message)
+    monkeypatch.setattr(sci, "_pull_and_store_message", upstream)  # the unpatched name; restored after
+    assert supernode.patch_stopped_run_receive() is True
+    assert supernode.patch_stopped_run_receive() is False  # already patched: not stacked
+    state = _receive_message_of_a_stopped_run(sci._pull_and_store_message, stops_in=stops_in)
     state.finish_task.assert_called_once()
-    task_id = state.finish_task.call_args.args[0] if state.finish_task.call_args.args else \
-        state.finish_task.call_args.kwargs["task_id"]
-    assert task_id == 7
-    assert state.finish_task.call_args.kwargs["sub_status"] == SubStatus.FAILED
-    assert "the run stopped" in state.finish_task.call_args.kwargs["details"]
+    call = state.finish_task.call_args
+    assert (call.args[:1] or (call.kwargs.get("task_id"),))[0] == 7
+    assert call.kwargs["sub_status"] == SubStatus.FAILED
+    assert "the run stopped" in call.kwargs["details"]
     state.delete_messages.assert_called_once_with(message_ids=["m-1"])
 
 
