@@ -126,10 +126,13 @@ def site_model(store: SiteStore, store_path: Path, cfg: FederationConfig, shared
     Returns the model and ``fresh``: True when the store holds no private heads of that federation
     yet (the model's private heads, if any, are then newly initialised from ``seed``).
     """
-    model = MultiTaskNet(site_spec(store, cfg, site), seed=cfg.seed)
-    model.load_shared_state_dict(shared)
+    spec = site_spec(store, cfg, site)
     path = private_heads_file(store_path, federation_id, heads_round, site=site)
     fresh = not path.exists()
+    # Every parameter is loaded below, except new private heads: only those are drawn from the seed.
+    model = (MultiTaskNet(spec, seed=cfg.seed) if fresh and any(not h.shared for h in spec.heads)
+             else MultiTaskNet.uninitialised(spec))
+    model.load_shared_state_dict(shared)
     if not fresh:
         model.load_private_state_dict(torch.load(path, weights_only=True))
     return model, fresh

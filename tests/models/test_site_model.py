@@ -43,6 +43,18 @@ def test_private_heads_are_fresh_then_read_back_from_the_store(store, tmp_path):
     again, fresh = site_model(store, tmp_path, CFG, shared, "f/1", site="acme")
     assert not fresh
     assert all(torch.equal(again.private_state_dict()[k], v) for k, v in saved.items())
+    # Built without drawing initial values: every parameter and buffer is the one loaded.
+    assert set(again.state_dict()) == set(shared) | set(saved)
+    assert all(torch.equal(again.state_dict()[k], torch.as_tensor(v)) for k, v in shared.items())
+
+
+def test_new_private_heads_are_drawn_from_the_seed(store, tmp_path):
+    from fedmol.models.network import MultiTaskNet
+
+    shared = {k: v.numpy() for k, v in _shared(store).items()}
+    model, fresh = site_model(store, tmp_path, CFG, shared, "f/2", site="acme")
+    seeded = MultiTaskNet(site_spec(store, CFG, "acme"), seed=CFG.seed)
+    assert fresh and all(torch.equal(model.private_state_dict()[k], v) for k, v in seeded.private_state_dict().items())
 
 
 def test_rows_and_name(store, tmp_path):

@@ -149,6 +149,21 @@ def test_predict_with_mc_dropout_gives_uncertainty():
     assert predict(model, X).std is None
 
 
+def test_the_finite_check_names_nan_and_infinite_weights_only():
+    from fedmol.errors import TrainingDiverged
+    from fedmol.models.training import _check_finite
+
+    model = torch.nn.Linear(4, 3)
+    with torch.no_grad():
+        model.weight.fill_(3e38)  # finite values whose sum overflows
+    _check_finite(model, 0, 0.1)
+    for bad in (float("nan"), float("inf")):
+        with torch.no_grad():
+            model.bias[1] = bad
+        with pytest.raises(TrainingDiverged, match="1 weight tensors hold NaN or infinite"):
+            _check_finite(model, 0, 0.1)
+
+
 def test_divergence_stops_with_a_clear_error():
     from fedmol.errors import TrainingDiverged
 
