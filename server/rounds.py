@@ -252,8 +252,8 @@ class HookedStrategy(RoundBook, Strategy):
         min_updates: int = 1,
     ) -> None:
         self.inner: Strategy = inner
-        # The fewest accepted updates the strategy aggregates (`fedmol.server.strategies.robust_quorum`):
-        # with fewer, the round keeps the global model as it was.
+        # The fewest accepted updates the strategy aggregates (`fedmol.server.strategies.robust_quorum`),
+        # or all the sampled sites' when fewer were sampled: with fewer, the round keeps the global model.
         self.min_updates = min_updates
         # The global model's dtype in train messages (`fedmol.transport.download_dtype`).
         self.download_dtype = download_dtype
@@ -393,9 +393,15 @@ class HookedStrategy(RoundBook, Strategy):
         self._holders = {m.metadata.src_node_id for m in replies if not m.has_error()}
         arrays, metrics = (None, None)
         skipped = ""
-        if accepted and len(accepted) < self.min_updates:
-            skipped = (f"{len(accepted)} update(s) accepted, and this strategy needs {self.min_updates} to outvote "
-                       "a poisoning site: the global model stays as it was this round")
+        # A consortium smaller than the quorum cannot outvote anyone: its rounds aggregate what came.
+        sampled = len(self._sampled["train"]) or len(replies)
+        needed = min(self.min_updates, sampled)
+        if sampled < self.min_updates:
+            log.warning("round %d: %d site(s) sampled; this strategy outvotes a poisoning site only from %d",
+                        rnd, sampled, self.min_updates)
+        if accepted and len(accepted) < needed:
+            skipped = (f"{len(accepted)} of {sampled} sampled sites' updates accepted, and this strategy needs "
+                       f"{needed} to outvote a poisoning site: the global model stays as it was this round")
             log.warning("round %d: %s", rnd, skipped)
         elif accepted:
             arrays, metrics = self.inner.aggregate_train(rnd, accepted)

@@ -182,8 +182,9 @@ def robust_quorum(cfg: FederationConfig) -> int:
 
     FedMedian needs 3 (the median of 2 is their mean); the trimmed mean cuts int(beta * n) updates
     at each end (`scipy.stats.trim_mean`), so it drops one only from n >= 1 / beta (and 3).
-    With fewer, `HookedStrategy` keeps the global model for that round instead of letting one
-    site's update through a strategy chosen to stop it."""
+    With fewer (sites that did not answer, updates rejected), `HookedStrategy` keeps the global model
+    for that round instead of letting one site's update through a strategy chosen to stop it; a
+    consortium that samples fewer sites than this cannot outvote anyone, and aggregates what came."""
     if cfg.strategy == "fedmedian":
         return 3
     if cfg.strategy == "trimmed-mean" and cfg.trimmed_beta > 0:

@@ -92,10 +92,19 @@ def test_median_of_too_few_updates_keeps_the_global_model():
     assert agg is None and metrics is None
     out = rec.outcomes[-1]
     assert [r.site for r in out.reports] == ["site1", "site3"] and out.arrays is None
-    assert "2 update(s) accepted" in out.skipped and "needs 3" in out.skipped
+    assert "2 of 3 sampled sites' updates accepted" in out.skipped and "needs 3" in out.skipped
     agg, _ = s.aggregate_train(2, [reply(1, arrays(1.0), 10), reply(2, arrays(1.2), 10), reply(3, arrays(1000.0), 10)])
     np.testing.assert_allclose(agg["trunk.w"].numpy(), 1.2)
     assert rec.outcomes[-1].skipped == ""
+
+
+def test_a_consortium_smaller_than_the_quorum_aggregates_what_came():
+    s, rec = wrapped(FedMedian(weighted_by_key=wire.NUM_TRAIN_LABELS), min_updates=5)  # 3 sampled
+    agg, _ = s.aggregate_train(1, [reply(1, arrays(1.0), 10), reply(2, arrays(1.2), 10), reply(3, arrays(2.0), 10)])
+    np.testing.assert_allclose(agg["trunk.w"].numpy(), 1.2)
+    assert rec.outcomes[-1].skipped == ""
+    agg, _ = s.aggregate_train(2, [reply(1, arrays(1.0), 10), reply(2, arrays(1.2), 10)])
+    assert agg is None and "needs 3" in rec.outcomes[-1].skipped
 
 
 def test_missing_sites_and_round_offset():
