@@ -163,13 +163,38 @@ def check_app(identity: AppIdentity, node_config: Mapping[str, Any]) -> None:
 # --- Flower's Runtime API, per task -------------------------------------------------------------------
 # Copies of Flower internals (pull_task_input, run_clientapp, SuperExec, heartbeat): tests/test_flower_patches.py.
 
-def _client(address: str, interceptors: list, *, root_certificates: bytes | None) -> RuntimeHttpClient:
+def task_retry_invoker() -> Any:
+    """Flower's retry for Runtime API requests, except for a refused task token (HTTP 401).
+
+    Flower's (`make_simple_http_retry_invoker`) answers a 401 with SIGINT to its own process, made
+    for a `flwr-clientapp` process that runs one task. Here a 401 means the SuperNode finished this
+    task (its run stopped while its message arrived, say), so that one request fails and the task with
+    it. The site runtime, which serves every task of the site, goes on."""
+    import httpx
+    from flwr.supercore.retry import make_simple_http_retry_invoker
+
+    invoker = make_simple_http_retry_invoker()
+    flowers = invoker.should_giveup
+
+    def should_giveup(exc: Exception) -> bool:
+        if isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code == httpx.codes.UNAUTHORIZED:
+            return True
+        return bool(flowers(exc)) if flowers is not None else False
+
+    invoker.should_giveup = should_giveup
+    return invoker
+
+
+def _client(address: str, interceptors: list, *, root_certificates: bytes | None,
+            task: bool) -> RuntimeHttpClient:
+    """A Runtime API client: a task's (``task``: `task_retry_invoker`), or the runtime's own, which asks
+    for tasks with Flower's retry (a refused runtime secret stops the runtime, as in Flower)."""
     from flwr.supercore.retry import make_simple_http_retry_invoker
     from flwr.supercore.runtime import RuntimeHttpClient
 
     return RuntimeHttpClient.from_server_address(
         server_address=address, insecure=root_certificates is None, root_certificates=root_certificates,
-        interceptors=interceptors, retry_invoker=make_simple_http_retry_invoker())
+        interceptors=interceptors, retry_invoker=task_retry_invoker() if task else make_simple_http_retry_invoker())
 
 
 def pull_task_header(client: RuntimeHttpClient) -> tuple[Message, ObjectTree, Context, Run, Fab]:
@@ -338,13 +363,13 @@ class SiteRuntime:
 
             interceptors.append(SuperExecAuthHttpInterceptor(
                 master_secret=self.auth_secret, protected_methods=frozenset({"/flwr.proto.Runtime/AcquireTask"})))
-        return _client(self.address, interceptors, root_certificates=self.certs)
+        return _client(self.address, interceptors, root_certificates=self.certs, task=False)
 
     def _task_client(self, token: str) -> RuntimeHttpClient:
         from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
 
         return _client(self.address, [RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
-                                      RuntimeTokenHttpInterceptor(token)], root_certificates=self.certs)
+                                      RuntimeTokenHttpInterceptor(token)], root_certificates=self.certs, task=True)
 
     def serve(self, max_tasks: int | None = None, *, handle_signals: bool = True) -> str:
         """Run until SIGTERM/SIGINT (or, with ``max_tasks``, until that many tasks were acquired and

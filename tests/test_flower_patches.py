@@ -381,6 +381,49 @@ def test_worker_pull_task_input_uses_its_short_backoff(monkeypatch):
     assert (seen["initial_backoff"], seen["backoff_cap"]) == (worker.PULL_BACKOFF_S, worker.PULL_BACKOFF_CAP_S)
 
 
+def _refused_token(signalled: list, monkeypatch):
+    """A Runtime API request answered 401 (the SuperNode revoked the task's token), with Flower's
+    SIGINT and its wait after it recorded instead of done."""
+    import httpx
+    from flwr.supercore.retry import http_retry
+
+    monkeypatch.setattr(http_retry.os, "kill", lambda pid, sig: signalled.append(sig))
+    monkeypatch.setattr(http_retry.time, "sleep", lambda seconds: None)
+    request = httpx.Request("POST", "http://127.0.0.1:1/v1/runtime/pull-object")
+
+    def call() -> None:
+        raise httpx.HTTPStatusError("401", request=request, response=httpx.Response(401, request=request))
+
+    return call
+
+
+def test_flower_answers_a_refused_task_token_with_sigint(monkeypatch):
+    """The upstream behaviour `fedmol.client.worker.task_retry_invoker` changes for task requests: made
+    for a one-task `flwr-clientapp` process, it would stop the site runtime that serves every task."""
+    import signal
+
+    import httpx
+    from flwr.supercore.retry import make_simple_http_retry_invoker
+
+    signalled: list = []
+    call = _refused_token(signalled, monkeypatch)
+    with pytest.raises(httpx.HTTPStatusError):  # after its SIGINT, the second 401 gives up
+        make_simple_http_retry_invoker().invoke(call)
+    assert signalled == [signal.SIGINT]
+
+
+def test_worker_task_requests_fail_on_a_refused_token_without_a_signal(monkeypatch):
+    import httpx
+
+    from fedmol.client.worker import task_retry_invoker
+
+    signalled: list = []
+    call = _refused_token(signalled, monkeypatch)
+    with pytest.raises(httpx.HTTPStatusError, match="401"):
+        task_retry_invoker().invoke(call)
+    assert signalled == []
+
+
 # -- 4. SecAgg+'s weight bound, changed between rounds (fedmol.server.secagg) -----------------------
 
 def test_secaggplus_setup_sends_the_bound_configure_fit_set(monkeypatch):
