@@ -71,6 +71,9 @@ UPSTREAM = [
              "fedmol.client.worker (the task heartbeat, modelled on it)",
              "the request sent, which errors mean 'retry' (False), and what a refused heartbeat means "
              "(Flower raises SIGINT in its one-task process; the worker marks only that task as gone)"),
+    Upstream("flwr.supercore.retry.http_retry:make_simple_http_retry_invoker", "49e12326a4b17e26",
+             "fedmol.client.worker (task_retry_invoker: replaces should_giveup for a task's requests)",
+             "the invoker still exposes `should_giveup`, and a 401 is still its only answer that signals the process"),
     Upstream("flwr.supercore.superexec.run_superexec:run_superexec", "d11f4e7fbc8f0b12",
              "fedmol.client.worker (serve, modelled on it)",
              "the AcquireTask loop, its request fields, the SuperExec auth interceptor and its protected methods"),
