@@ -125,13 +125,13 @@ def patch_stopped_run_receive() -> bool:
     original = getattr(start_client_internal, "_pull_and_store_message", None)
     if original is None or getattr(original, "fedmol_patched", None) is not None:
         return False
-    params = inspect.signature(original).parameters
-    if not {"pull_object", "confirm_message_received"} <= set(params):
+    signature = inspect.signature(original)  # once: the SuperNode calls it on every poll
+    if not {"pull_object", "confirm_message_received"} <= set(signature.parameters):
         return False
 
     @functools.wraps(original)
     def receive(*args: Any, **kwargs: Any) -> Any:
-        bound = inspect.signature(original).bind(*args, **kwargs)
+        bound = signature.bind(*args, **kwargs)
         for name in ("pull_object", "confirm_message_received"):
             bound.arguments[name] = _run_stop_is_a_failure(bound.arguments[name])
         return original(*bound.args, **bound.kwargs)
