@@ -27,7 +27,14 @@ from fedmol import wire
 from fedmol.client.provenance import FAB_HASH, outbox_provenance
 from fedmol.config import FederationConfig
 from fedmol.errors import ConfigError
-from fedmol.records import config_record, from_array_record, metric_record, scalar, to_array_record
+from fedmol.records import (
+    PackedRecordError,
+    config_record,
+    from_array_record,
+    metric_record,
+    scalar,
+    to_array_record,
+)
 
 LEGACY_FIT = "fitins.parameters"  # Flower's legacy record names (flwr.compat recorddict_compat)
 LEGACY_EVALUATE = "evaluateins.parameters"
@@ -112,14 +119,17 @@ def _handle(op: str, msg: Message, context: Context) -> Message:
         kwargs["proximal_mu"] = float(scalar(config, wire.CFG_PROXIMAL_MU, 0.0))
     site = site_for(node_config, cfg)
     try:  # float16 upcast; int8: the change applied to the copy this site kept (`fedmol.client.download`)
-        shared = received_model(from_array_record(msg.content.array_records[wire.ARRAYS]), config,
-                                store_path=site.store_path, federation_id=kwargs["federation_id"])
+        try:
+            arrays = from_array_record(msg.content.array_records[wire.ARRAYS])
+        except PackedRecordError as exc:
+            raise DownloadError(f"the message's model cannot be read: {exc}") from None
+        shared = received_model(arrays, config, store_path=site.store_path, federation_id=kwargs["federation_id"])
     except DownloadError as exc:
         log.warning("site %s: %s", site.name, exc)
         return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=f"site {site.name}: {exc}"),
                        reply_to=msg)
     site.provenance = outbox_provenance(cfg, run_config, secure_aggregation=cfg.secure_aggregation,
-                                        fab_hash=FAB_HASH.get())
+                                        fab_hash=FAB_HASH.get(), packed=True)
     evaluation = None
     if op == "train" and bool(config.get(wire.CFG_EVALUATE_FIRST, False)):
         # The model received is the last round's aggregate: evaluate it, then train on it, one reply.
@@ -131,7 +141,7 @@ def _handle(op: str, msg: Message, context: Context) -> Message:
         reply = site.evaluate_round(cfg, shared, final=bool(config.get(wire.CFG_FINAL, False)), **kwargs)
     content = RecordDict({wire.METRICS: metric_record(reply.metrics), wire.REPORT: config_record(reply.report)})
     if reply.arrays is not None:
-        content[wire.ARRAYS] = to_array_record(reply.arrays)
+        content[wire.ARRAYS] = to_array_record(reply.arrays, packed=True)  # one object to move, not ~20
     if evaluation is not None:
         content[wire.EVAL_METRICS] = config_record(evaluation.metrics)
         content[wire.EVAL_REPORT] = config_record(evaluation.report)

@@ -2,7 +2,9 @@
 
 Each ledger entry (`fedmol.client.site.SiteNode.record_outbox`) carries `outbox_provenance`:
 ``secure_aggregation`` (the run's training updates went through Flower's SecAgg+), ``transport``
-(the dtype the updates travel in, `fedmol.transport.effective_transport`) and ``app``: the
+(the dtype the updates travel in, `fedmol.transport.effective_transport`), ``packed`` (the arrays
+listed left as one uint8 array that holds them all, their bytes unchanged behind a JSON index of
+names, dtypes and shapes: `fedmol.records.pack_arrays`; not with SecAgg+) and ``app``: the
 installed fedmol and flwr versions, the sha256 of the run config the site received (`config_hash`,
 the notation of the site's ``approved-apps.txt``) and the hash of the run's FAB where the site knows
 it: the site runtime (`fedmol.client.worker`, ``fedmol site worker``) is handed the FAB and sets
@@ -47,10 +49,11 @@ def config_hash(config: Mapping[str, Any]) -> str:
 
 
 def outbox_provenance(cfg: FederationConfig, run_config: Mapping[str, Any], *, secure_aggregation: bool,
-                      fab_hash: str | None = None) -> dict[str, Any]:
+                      fab_hash: str | None = None, packed: bool = False) -> dict[str, Any]:
     """The ledger's fields for a run's replies (see the module docstring). ``transport`` is what
     `fedmol.client.site.SiteNode.train_round` encodes the update in: ``effective_transport(cfg)``."""
     return {"secure_aggregation": bool(secure_aggregation), "transport": effective_transport(cfg),
+            "packed": bool(packed),
             "app": {**_versions(), "run_config_sha256": config_hash(run_config), "fab_hash": fab_hash}}
 
 

@@ -25,7 +25,10 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
+import threading
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -35,7 +38,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedmol import wire
-from fedmol.records import from_array_record, metric_record, scalar, to_array_record
+from fedmol.records import PackedRecordError, from_array_record, metric_record, scalar, to_array_record
 from fedmol.transport import (
     TransportError,
     as_received,
@@ -169,13 +172,13 @@ def _as_float32(msg: Message, sent: Callable[[], dict[str, np.ndarray]],
     cannot be decoded (or None), and the decoded arrays (None when nothing was decoded)."""
     decoded: dict[str, np.ndarray] | None = None
     for key, record in list(msg.content.array_records.items()):
-        # uint8: compressed int8
+        # uint8: compressed int8, or a packed record (`fedmol.records.to_array_record`), unpacked here
         if received is not None or any(a.dtype in ("float16", "int8", "uint8") for a in record.values()):
-            arrays = from_array_record(record)
             try:
+                arrays = from_array_record(record)
                 updates = received is not None or any(v.dtype in (np.int8, np.uint8) for v in arrays.values())
                 decoded = decode_update(arrays, sent() if updates else None, received=received)
-            except TransportError as exc:
+            except (TransportError, PackedRecordError) as exc:
                 return str(exc), None
             msg.content[key] = to_array_record(decoded)
     return None, decoded
@@ -328,20 +331,20 @@ class HookedStrategy(RoundBook, Strategy):
             assert self._held is not None
             change, held = encode_download_delta(model, self._held)
             tag = model_tag(held)
-            delta_record, delta_bytes = to_array_record(change), _nbytes(change)
+            delta_record, delta_bytes = to_array_record(change, packed=True), _nbytes(change)
             whole = None
             for msg in messages:
                 if id(msg) in holders:
                     records[id(msg)] = (delta_record, {wire.CFG_DOWNLOAD_BASE: self._held_tag,
                                                        wire.CFG_DOWNLOAD_TAG: tag}, delta_bytes)
                 else:
-                    whole = whole or to_array_record(held)
+                    whole = whole or to_array_record(held, packed=True)
                     records[id(msg)] = (whole, {wire.CFG_DOWNLOAD_TAG: tag}, _nbytes(held))
         else:
             down = encode_download(model, "float16")
             held = as_received(down)
             tag = model_tag(held) if self.download_dtype == "int8" else ""
-            record = to_array_record(down)
+            record = to_array_record(down, packed=True)
             extra = {wire.CFG_DOWNLOAD_TAG: tag} if self.download_dtype == "int8" else {}
             records = {id(msg): (record, extra, _nbytes(down)) for msg in messages}
         sizes = []
@@ -374,6 +377,7 @@ class HookedStrategy(RoundBook, Strategy):
         if self._evaluate_round is not None:
             self._aggregate_embedded_evaluation(server_round, replies)
         accepted, rejected = [], []
+        checked = self._decode_and_validate([m for m in replies if not m.has_error()])
         for msg in replies:
             if msg.has_error():  # e.g. a site that refused the run or was stopped: say why
                 node = msg.metadata.src_node_id
@@ -381,8 +385,7 @@ class HookedStrategy(RoundBook, Strategy):
                             self.site_names.get(node, f"node-{node}"), msg.error.reason)
                 continue
             report = SiteReport.from_message(msg)
-            reason, decoded = _as_float32(msg, self._sent_arrays, self._received)
-            reason = reason or validate_update(msg, self._expected, decoded) or self._check_fingerprint(report)
+            reason = checked[id(msg)] or self._check_fingerprint(report)
             if reason:
                 log.warning("round %d: update from site %s rejected: %s", rnd, report.site, reason)
                 rejected.append((report.site, reason))
@@ -411,6 +414,26 @@ class HookedStrategy(RoundBook, Strategy):
         self._fire(RoundOutcome(rnd, "train", reports, rejected, missing, metrics, arrays,
                                 download_bytes=self.download_bytes, skipped=skipped))
         return arrays, metrics
+
+    def _decode_and_validate(self, replies: list[Message]) -> dict[int, str | None]:
+        """Per reply (by ``id``): why its update cannot be aggregated, or None. Decodes each reply to
+        float32 in place (`_as_float32`) and checks it (`validate_update`), the replies side by side:
+        inflating, dequantising and the finite checks run in numpy and zlib, which release the GIL,
+        and the sites wait for the next round meanwhile."""
+        lock = threading.Lock()
+
+        def sent() -> dict[str, np.ndarray]:
+            with lock:  # read from the record once, by whichever reply needs it first
+                return self._sent_arrays()
+
+        def check(msg: Message) -> str | None:
+            reason, decoded = _as_float32(msg, sent, self._received)
+            return reason or validate_update(msg, self._expected, decoded)
+
+        if len(replies) <= 1:
+            return {id(m): check(m) for m in replies}
+        with ThreadPoolExecutor(max_workers=min(len(replies), os.cpu_count() or 1, 8)) as pool:
+            return dict(zip((id(m) for m in replies), pool.map(check, replies), strict=True))
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

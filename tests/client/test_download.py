@@ -56,14 +56,16 @@ def test_a_site_refuses_a_change_against_a_copy_it_does_not_hold(tmp_path):
 def test_the_client_app_refuses_a_change_it_cannot_apply_and_sends_nothing(tmp_path):
     """The ClientApp's error reply names the site and the reason; the site trains nothing and its outbox
     ledger stays empty (nothing left the site). With the copy in place the same message trains."""
+    import hashlib
+    import json
     import time
 
-    from flwr.app import ConfigRecord, Context, Metadata, RecordDict
+    from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Metadata, RecordDict
     from flwr.app.message.message import make_message
 
     from fedmol.client import client_app
     from fedmol.config import FederationConfig
-    from fedmol.records import to_array_record
+    from fedmol.records import PACKED, from_array_record, to_array_record
     from fedmol.server.federation import initial_shared_arrays
     from tests.server.synthetic import write_sites
 
@@ -91,4 +93,17 @@ def test_the_client_app_refuses_a_change_it_cannot_apply_and_sends_nothing(tmp_p
                    store_path=store, federation_id="f")
     reply = client_app._handle("train", make_message(meta, content), context)
     assert not reply.has_error() and wire.ARRAYS in reply.content.array_records
+    assert len(outbox.read_text().splitlines()) == 1
+    # The update leaves packed in one array, and holds exactly the arrays the ledger lists.
+    record = reply.content.array_records[wire.ARRAYS]
+    assert list(record.keys()) == [PACKED]
+    entry = json.loads(outbox.read_text())
+    sent = from_array_record(record)
+    assert entry["packed"] is True and [a["name"] for a in entry["arrays"]] == list(sent)
+    assert all(hashlib.sha256(np.ascontiguousarray(sent[a["name"]]).tobytes()).hexdigest() == a["sha256"]
+               for a in entry["arrays"])
+    # A packed model that does not read back is refused the same way, naming why; nothing leaves.
+    content[wire.ARRAYS] = ArrayRecord({PACKED: Array(np.zeros(64, np.uint8))})
+    reply = client_app._handle("train", make_message(meta, content), context)
+    assert reply.has_error() and reply.error.reason.startswith("site acme: the message's model cannot be read")
     assert len(outbox.read_text().splitlines()) == 1

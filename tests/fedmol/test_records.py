@@ -1,8 +1,23 @@
+import json
+
 import numpy as np
 import pytest
-from flwr.app import ConfigRecord, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
-from fedmol.records import config_record, from_array_record, metric_record, scalar, to_array_record
+from fedmol.records import (
+    PACKED,
+    PackedRecordError,
+    config_record,
+    from_array_record,
+    metric_record,
+    pack_arrays,
+    scalar,
+    to_array_record,
+    unpack_arrays,
+)
 
 
 def test_arrays_round_trip_in_order():
@@ -24,3 +39,61 @@ def test_scalar_reads_numbers_and_strings_and_names_the_key_of_anything_else():
         scalar(record, "mu")
     with pytest.raises(ValueError, match="'names'.*list"):
         scalar(record, "names")
+
+
+# -- packed records: one array on the wire instead of one per array --------------------------------
+_DTYPES = st.sampled_from([np.float32, np.float16, np.float64, np.int8, np.uint8, np.int64, np.bool_])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.dictionaries(st.text(min_size=1, max_size=12),
+                       _DTYPES.flatmap(lambda dt: hnp.arrays(dt, hnp.array_shapes(min_dims=0, max_dims=3,
+                                                                                 min_side=0, max_side=5))),
+                       max_size=5))
+def test_a_packed_record_is_one_array_and_reads_back_exactly(arrays):
+    record = to_array_record(arrays, packed=True)
+    assert list(record.keys()) == [PACKED] and record[PACKED].dtype == "uint8"
+    back = from_array_record(record)
+    assert list(back) == list(arrays)  # names and order
+    for name, value in arrays.items():
+        assert back[name].dtype == value.dtype and back[name].shape == value.shape
+        assert back[name].tobytes() == value.tobytes()  # bit for bit (NaN payloads too)
+        assert back[name].flags.writeable and back[name].flags.c_contiguous
+
+
+def test_a_packed_record_holds_the_bytes_of_its_arrays_behind_a_small_index():
+    arrays = {"trunk": np.ones((300, 40), np.int8), "scales": np.ones(300, np.float32),
+              "view": np.arange(12.0).reshape(3, 4)[:, ::2]}  # not contiguous: packed in C order
+    blob = pack_arrays(arrays)
+    payload = sum(np.asarray(v).nbytes for v in arrays.values())
+    assert payload < blob.size < payload + 300
+    assert np.array_equal(unpack_arrays(blob)["view"], arrays["view"])
+
+
+def _blob(index, payload: bytes = b"") -> np.ndarray:
+    header = json.dumps(index).encode()
+    return np.frombuffer(b"FMPACK1\0" + len(header).to_bytes(4, "little") + header + payload, np.uint8)
+
+
+@pytest.mark.parametrize(("blob", "match"), [
+    (np.frombuffer(b"not a packed record at all", np.uint8), "header"),
+    (np.zeros((2, 8), np.uint8), "flat uint8"),
+    (np.frombuffer(b"FMPACK1\0" + (10**6).to_bytes(4, "little") + b"[]", np.uint8), "claims"),
+    (np.frombuffer(b"FMPACK1\0" + (3).to_bytes(4, "little") + b"[{]", np.uint8), "not JSON"),
+    (_blob({"name": "a"}), "not a list"),
+    (_blob([{"name": "a", "dtype": "<f4"}]), "entry 0"),
+    (_blob([{"name": "a", "dtype": "|O", "shape": [1]}], b"\0" * 8), "entry 0"),
+    (_blob([{"name": "a", "dtype": "<U4", "shape": [1]}], b"\0" * 16), "entry 0"),
+    (_blob([{"name": "a", "dtype": "<f4", "shape": [-1]}]), "entry 0"),
+    (_blob([{"name": "a", "dtype": "<f4", "shape": [2]}] * 2, b"\0" * 16), "entry 1"),  # a name twice
+    (_blob([{"name": "a", "dtype": "<f4", "shape": [10**12, 10**12]}], b"\0" * 8), "runs past the end"),
+    (_blob([{"name": "a", "dtype": "<f4", "shape": [1]}], b"\0" * 5), "1 bytes after"),
+])
+def test_a_malformed_packed_record_is_refused_with_the_reason(blob, match):
+    with pytest.raises(PackedRecordError, match=match):
+        from_array_record(ArrayRecord({PACKED: Array(blob)}))
+
+
+def test_only_numeric_arrays_are_packed():
+    with pytest.raises(PackedRecordError, match="'names'"):
+        pack_arrays({"names": np.array(["a", "b"])})

@@ -61,6 +61,29 @@ def test_fedavg_is_the_label_weighted_mean_and_bad_updates_are_dropped():
     assert out.rejected[0][0] == "site3" and "infinite" in out.rejected[0][1]
 
 
+def test_packed_replies_aggregate_like_plain_ones_and_a_malformed_one_is_rejected():
+    """Sites send their arrays packed in one array (`fedmol.records.to_array_record(packed=True)`):
+    the server reads them back, aggregates exactly as from plain replies (decoding the replies side
+    by side), and rejects a packed array that does not read back, naming why."""
+    from flwr.app import Array, ArrayRecord
+
+    from fedmol.records import PACKED, to_array_record
+
+    def packed(msg, record=None):
+        msg.content[wire.ARRAYS] = record or to_array_record(
+            {k: v.numpy() for k, v in msg.content[wire.ARRAYS].items()}, packed=True)
+        return msg
+
+    s, rec = wrapped(FedAvg(weighted_by_key=wire.NUM_TRAIN_LABELS, arrayrecord_key=wire.ARRAYS))
+    replies = [packed(reply(1, arrays(1.0), 10)), packed(reply(2, arrays(4.0), 30)),
+               packed(reply(3, arrays(9.0), 1000), ArrayRecord({PACKED: Array(np.arange(40, dtype=np.uint8))}))]
+    agg, _ = s.aggregate_train(1, replies)
+    np.testing.assert_allclose(agg["trunk.w"].numpy(), np.full((3, 2), (1 * 10 + 4 * 30) / 40))
+    out = rec.outcomes[-1]
+    assert [r.site for r in out.reports] == ["site1", "site2"]
+    assert out.rejected[0][0] == "site3" and "packing header" in out.rejected[0][1]
+
+
 def test_reference_hash_mismatch_is_rejected():
     s, rec = wrapped(FedAvg(weighted_by_key=wire.NUM_TRAIN_LABELS))
     s.aggregate_train(1, [reply(1, arrays(1.0), 10, reference_hash="A"), reply(2, arrays(2.0), 10, reference_hash="B")])

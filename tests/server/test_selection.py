@@ -21,7 +21,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from fedmol import wire
 from fedmol.config import FederationConfig
-from fedmol.records import join_metrics, to_array_record
+from fedmol.records import from_array_record, join_metrics, to_array_record
 from fedmol.server import federation
 from fedmol.server.rounds import HookedStrategy, RoundOutcome, SiteReport
 from fedmol.server.selection import BestRound, federated_valid_score, site_weight
@@ -160,7 +160,7 @@ class ScriptedGrid:
         out = []
         for msg in messages:
             config = msg.content[wire.CONFIG]
-            received = value_of({k: v.numpy() for k, v in msg.content[wire.ARRAYS].items()})
+            received = value_of(from_array_record(msg.content[wire.ARRAYS]))
             rnd = int(config["server-round"])
             self.sent.append((msg.metadata.message_type, rnd, bool(config.get(wire.CFG_FINAL, False)), received))
             node = msg.metadata.dst_node_id
