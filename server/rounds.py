@@ -481,6 +481,12 @@ class HookedStrategy(RoundBook, Strategy):
         config = ConfigRecord({**dict(config), wire.CFG_FINAL: final})
         self._evaluated = arrays
         messages = list(self.inner.configure_evaluate(rnd, arrays, config, grid))
+        packed: ArrayRecord | None = None
+        for msg in messages:  # the model packed in one array, as in train messages (`_download`)
+            for key, sent in list(msg.content.array_records.items()):
+                if sent is arrays or set(sent.keys()) == set(arrays.keys()):
+                    packed = packed or to_array_record(from_array_record(arrays), packed=True)
+                    msg.content = RecordDict({**dict(msg.content.items()), key: packed})
         self._sampled["evaluate"] = [m.metadata.dst_node_id for m in messages]
         return messages
 
