@@ -16,6 +16,7 @@ from fedmol.transport import (
     as_received,
     compress_int8,
     decode_update,
+    deflate,
     download_dtype,
     effective_transport,
     encode_download,
@@ -180,6 +181,30 @@ def test_incompressible_int8_travels_as_int8():
     rng = np.random.default_rng(5)
     values = rng.integers(-127, 128, size=(100, 40)).astype(np.int8)
     assert compress_int8(values) is values
+
+
+@pytest.mark.parametrize("size", [0, 1, 999, 1000, 1001, 3 * 1000 + 17])
+def test_deflate_in_pieces_is_one_standard_zlib_stream(size):
+    """Compressed side by side in pieces of 1,000 bytes (the default is 2 MB), the bytes are still one
+    zlib stream that any zlib reads back to its end, checksum included."""
+    import zlib
+
+    raw = np.random.default_rng(size).integers(0, 4, size, dtype=np.uint8).tobytes()
+    packed = deflate(raw, 1, piece=1000, workers=3)
+    assert zlib.decompress(packed) == raw
+    reader = zlib.decompressobj()
+    assert reader.decompress(packed) == raw and reader.eof and reader.unused_data == b""
+    if size > 1000:  # the Adler-32 of all the bytes ends the stream: a wrong one and zlib refuses it
+        with pytest.raises(zlib.error):
+            zlib.decompress(packed[:-4] + bytes(4))
+
+
+def test_a_large_int8_array_compressed_in_pieces_inflates_to_the_same_values():
+    values = np.zeros((3000, 1600), np.int8)  # 4.8 MB: three pieces of 2 MB
+    values[::7] = np.random.default_rng(8).integers(-5, 6, (len(values[::7]), 1600), dtype=np.int8)
+    packed = compress_int8(values)
+    assert packed.dtype == np.uint8 and packed.nbytes < 0.5 * values.nbytes
+    np.testing.assert_array_equal(inflate_int8("w", packed, values.shape), values)
 
 
 def test_decode_refuses_malformed_compressed_int8():
