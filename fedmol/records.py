@@ -25,8 +25,9 @@ def to_array_record(arrays: Mapping[str, np.ndarray], *, packed: bool = False) -
 
     ``packed``: every array in one uint8 array (`pack_arrays`), under the name `PACKED`. Flower moves
     each array of a message, and each 5 MB chunk of it, as an object of its own: one request to the
-    SuperLink per object and per side, each costing tens of milliseconds on a busy link. A model of 8
-    arrays and their scales is ~30 objects unpacked, ~5 packed (`benchmarks/rounds.py`).
+    SuperLink per object and per side, each costing tens of milliseconds on a busy link. A site's int8
+    update (4 arrays and their scales) is 17 objects unpacked and 3 packed; with the records around
+    it, a reply is ~30 objects unpacked and ~9 packed (`benchmarks/results/rounds_32k_packed.md`).
     `from_array_record` reads both forms."""
     if packed:
         return ArrayRecord({PACKED: Array(pack_arrays(arrays))})
@@ -86,6 +87,8 @@ def unpack_arrays(blob: np.ndarray) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for i, entry in enumerate(index):
         try:
+            if not isinstance(entry["dtype"], str):  # np.dtype(None) would be float64
+                raise TypeError(f"dtype {entry['dtype']!r} is not a string")
             name, dtype, shape = entry["name"], np.dtype(entry["dtype"]), entry["shape"]
         except (TypeError, KeyError, ValueError) as exc:
             raise PackedRecordError(f"entry {i} of the packed record's index is malformed ({exc!r})") from None

@@ -155,7 +155,8 @@ def deflate(raw: bytes, level: int, *, piece: int = ZLIB_PIECE, workers: int | N
     compressed in pieces side by side (as pigz does): each piece is raw deflate ended on a byte
     boundary (a sync flush; the last one finishes the stream), behind the zlib header, with the
     Adler-32 of all of ``raw`` at the end. zlib releases the GIL while it compresses, so the pieces
-    use the cores; a piece does not refer back into the one before, which costs ~1% of the ratio."""
+    use the cores; a piece does not refer back into the one before, which costs a little of the ratio
+    (0.03 % on a 13 MB int8 model update)."""
     workers = workers or min(os.cpu_count() or 1, 8)
     if len(raw) <= piece or workers <= 1:
         return zlib.compress(raw, level)

@@ -85,6 +85,7 @@ def _blob(index, payload: bytes = b"") -> np.ndarray:
     (_blob([{"name": "a", "dtype": "|O", "shape": [1]}], b"\0" * 8), "entry 0"),
     (_blob([{"name": "a", "dtype": "<U4", "shape": [1]}], b"\0" * 16), "entry 0"),
     (_blob([{"name": "a", "dtype": "<f4", "shape": [-1]}]), "entry 0"),
+    (_blob([{"name": "a", "dtype": None, "shape": [1]}], b"\0" * 8), "entry 0"),
     (_blob([{"name": "a", "dtype": "<f4", "shape": [2]}] * 2, b"\0" * 16), "entry 1"),  # a name twice
     (_blob([{"name": "a", "dtype": "<f4", "shape": [10**12, 10**12]}], b"\0" * 8), "runs past the end"),
     (_blob([{"name": "a", "dtype": "<f4", "shape": [1]}], b"\0" * 5), "1 bytes after"),
