@@ -184,6 +184,15 @@ def _as_float32(msg: Message, sent: Callable[[], dict[str, np.ndarray]],
     return None, decoded
 
 
+def _put_model(msg: Message, arrays: ArrayRecord, record: ArrayRecord) -> None:
+    """Put ``record`` in place of the model ``arrays`` a strategy put into ``msg``. Flower's strategies
+    give every message the same RecordDict: each gets its own here."""
+    msg.content = RecordDict(dict(msg.content.items()))
+    for key, sent in list(msg.content.array_records.items()):
+        if sent is arrays or set(sent.keys()) == set(arrays.keys()):
+            msg.content[key] = record
+
+
 def _nbytes(arrays: dict[str, np.ndarray]) -> int:
     return sum(int(a.nbytes) for a in arrays.values())
 
@@ -350,11 +359,7 @@ class HookedStrategy(RoundBook, Strategy):
         sizes = []
         for msg in messages:  # the strategy's own message, with the model as this site receives it
             record, extra, size = records[id(msg)]
-            # Flower's strategies give every message the same RecordDict: each gets its own here.
-            msg.content = RecordDict(dict(msg.content.items()))
-            for key, sent in list(msg.content.array_records.items()):
-                if sent is arrays or set(sent.keys()) == set(arrays.keys()):
-                    msg.content[key] = record
+            _put_model(msg, arrays, record)
             if extra:
                 config = msg.content.config_records.get(wire.CONFIG, ConfigRecord())
                 msg.content[wire.CONFIG] = ConfigRecord({**dict(config), **extra})
@@ -481,12 +486,10 @@ class HookedStrategy(RoundBook, Strategy):
         config = ConfigRecord({**dict(config), wire.CFG_FINAL: final})
         self._evaluated = arrays
         messages = list(self.inner.configure_evaluate(rnd, arrays, config, grid))
-        packed: ArrayRecord | None = None
-        for msg in messages:  # the model packed in one array, as in train messages (`_download`)
-            for key, sent in list(msg.content.array_records.items()):
-                if sent is arrays or set(sent.keys()) == set(arrays.keys()):
-                    packed = packed or to_array_record(from_array_record(arrays), packed=True)
-                    msg.content = RecordDict({**dict(msg.content.items()), key: packed})
+        if messages:  # the model packed in one array, as in train messages (`_download`)
+            packed = to_array_record(from_array_record(arrays), packed=True)
+            for msg in messages:
+                _put_model(msg, arrays, packed)
         self._sampled["evaluate"] = [m.metadata.dst_node_id for m in messages]
         return messages
 
