@@ -14,13 +14,15 @@ from flwr.app.typing import ConfigRecordValues, MetricRecordValues
 PACKED = "fedmol.packed"
 _MAGIC = b"FMPACK1\0"
 _HEADER_MAX = 1 << 24  # bytes of the JSON index: far above any model's (about 100 bytes per array)
+# The attribute under which `to_array_record` keeps the numpy arrays a record was made from.
+_KEPT = "_fedmol_numpy"
 
 
 class PackedRecordError(ValueError):
     """A packed array record that cannot be read back (names what is wrong)."""
 
 
-def to_array_record(arrays: Mapping[str, np.ndarray], *, packed: bool = False) -> ArrayRecord:
+def to_array_record(arrays: Mapping[str, np.ndarray], *, packed: bool = False, keep: bool = False) -> ArrayRecord:
     """Named numpy arrays (e.g. a state dict as numpy) -> ArrayRecord, order kept.
 
     ``packed``: every array in one uint8 array (`pack_arrays`), under the name `PACKED`. Flower moves
@@ -28,15 +30,35 @@ def to_array_record(arrays: Mapping[str, np.ndarray], *, packed: bool = False) -
     SuperLink per object and per side, each costing tens of milliseconds on a busy link. A site's int8
     update (4 arrays and their scales) is 17 objects unpacked and 3 packed; with the records around
     it, a reply is ~30 objects unpacked and ~9 packed (`benchmarks/results/rounds_32k_packed.md`).
-    `from_array_record` reads both forms."""
+    `from_array_record` reads both forms.
+
+    ``keep`` (unpacked only): the record keeps ``arrays`` and `from_array_record` gives them back
+    without reading the bytes again. The arrays become read-only: the caller hands them over and
+    must not change them through another name (a torch tensor's ``.numpy()`` view, for example)."""
     if packed:
         return ArrayRecord({PACKED: Array(pack_arrays(arrays))})
-    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+    kept = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+    record = ArrayRecord({k: Array(v) for k, v in kept.items()})
+    if keep:
+        for v in kept.values():  # shared by every reader of the record (`from_array_record`)
+            v.flags.writeable = False
+        setattr(record, _KEPT, (dict(record.items()), kept))  # the Array objects, kept alive: `is` holds
+    return record
 
 
 def from_array_record(record: ArrayRecord) -> dict[str, np.ndarray]:
     """The named numpy arrays of ``record``, packed (`to_array_record`) or not;
-    `PackedRecordError` for a packed record that does not read back."""
+    `PackedRecordError` for a packed record that does not read back.
+
+    A record made by ``to_array_record(..., keep=True)`` gives back the arrays it was made from,
+    read-only, for as long as it holds the same `Array` objects: no copy of the bytes (at the default
+    model each `Array.numpy` reads 52 MB again, and the server reads the global model 3-4 times a
+    round). Any other record is read from its bytes, into new arrays."""
+    kept = getattr(record, _KEPT, None)
+    if kept is not None:
+        made_of, arrays = kept
+        if len(made_of) == len(record) and all(record.get(k) is a for k, a in made_of.items()):
+            return dict(arrays)
     if set(record.keys()) == {PACKED}:
         return unpack_arrays(record[PACKED].numpy())
     return {k: v.numpy() for k, v in record.items()}

@@ -180,7 +180,7 @@ def _as_float32(msg: Message, sent: Callable[[], dict[str, np.ndarray]],
                 decoded = decode_update(arrays, sent() if updates else None, received=received)
             except (TransportError, PackedRecordError) as exc:
                 return str(exc), None
-            msg.content[key] = to_array_record(decoded)
+            msg.content[key] = to_array_record(decoded, keep=True)  # the aggregation reads them as they are
     return None, decoded
 
 

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from fedmol import wire
+from fedmol.records import from_array_record
 from fedmol.server.rounds import RoundBook, RoundOutcome, SiteReport
 
 log = logging.getLogger("fedmol.server")
@@ -104,7 +105,7 @@ class BestRound:
         if outcome.phase != "evaluate" or outcome.final:
             return
         fed = federated_valid_score(outcome.reports)
-        arrays = None if outcome.arrays is None else {k: v.numpy() for k, v in outcome.arrays.items()}
+        arrays = None if outcome.arrays is None else from_array_record(outcome.arrays)
         improved = self.observe(outcome.server_round, fed.score, arrays)
         if fed.score is None:
             log.info("round %d: no site reported a validation score", outcome.server_round)
@@ -116,7 +117,8 @@ class BestRound:
 
     def observe(self, server_round: int, score: float | None, arrays: dict[str, np.ndarray] | None) -> bool:
         """Record one evaluated round; True when it is the new best (strictly better: ties keep
-        the earlier round). ``arrays``: the global model that was evaluated (copied when kept)."""
+        the earlier round). ``arrays``: the global model that was evaluated (copied when kept, unless
+        read-only: a record's kept arrays, `fedmol.records.from_array_record`, never change)."""
         score = _number(score)
         self.scores[server_round] = score
         if score is None or (self.best_score is not None and not score > self.best_score):
@@ -125,7 +127,7 @@ class BestRound:
             log.warning("round %d: best validation score but no model to keep", server_round)
             return False
         self.best_round, self.best_score = server_round, score
-        self.best_arrays = {k: np.array(v, copy=True) for k, v in arrays.items()}
+        self.best_arrays = {k: np.array(v, copy=True) if v.flags.writeable else v for k, v in arrays.items()}
         return True
 
     # -- the decision ------------------------------------------------------------------------

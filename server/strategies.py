@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import (
     DifferentialPrivacyServerSideAdaptiveClipping,
@@ -28,6 +28,7 @@ from flwr.serverapp.strategy import (
 from fedmol import wire
 from fedmol.config import CENTRAL_DP_MODES, FederationConfig
 from fedmol.privacy import central_epsilon, central_noise_for_epsilon
+from fedmol.records import from_array_record, to_array_record
 from fedmol.server.rounds import SiteReport
 
 
@@ -205,11 +206,11 @@ def _base_strategy(cfg: FederationConfig) -> Strategy:
         configrecord_key=wire.CONFIG,
     )
     if cfg.strategy == "fedavg":
-        return FedAvg(**common)
+        return MeanFedAvg(**common)
     if cfg.strategy == "fednesterov":
         return FedNesterov(outer_lr=cfg.outer_lr, outer_momentum=cfg.outer_momentum, **common)
     if cfg.strategy == "fedprox":
-        return FedProx(proximal_mu=cfg.proximal_mu, **common)
+        return MeanFedProx(proximal_mu=cfg.proximal_mu, **common)
     if cfg.strategy == "fedadam":
         return FedAdam(eta=cfg.server_lr, eta_l=cfg.lr, **common)
     if cfg.strategy == "fedyogi":
@@ -219,6 +220,50 @@ def _base_strategy(cfg: FederationConfig) -> Strategy:
     if cfg.strategy == "trimmed-mean":
         return FedTrimmedAvg(beta=cfg.trimmed_beta, **common)
     raise AssertionError(cfg.strategy)  # FederationConfig.validate lists the choices
+
+
+def weighted_mean(updates: list[dict[str, np.ndarray]], weights: list[float]) -> dict[str, np.ndarray]:
+    """The weighted mean of ``updates``, with the arithmetic of Flower's `aggregate_arrayrecords`
+    (each update times ``w / sum(weights)``, a Python float, summed in order): the same bits
+    (tests/server/test_strategies.py compares them)."""
+    total = sum(weights)
+    out: dict[str, np.ndarray] = {}
+    for update, weight in zip(updates, (w / total for w in weights), strict=True):
+        for name, value in update.items():
+            if name not in out:
+                out[name] = value * weight
+            else:
+                out[name] += value * weight
+    return out
+
+
+class MeanFedAvg(FedAvg):
+    """Flower's FedAvg, aggregating the numpy arrays the server already holds.
+
+    Flower's `aggregate_arrayrecords` reads every reply's arrays from their serialised bytes
+    (`Array.numpy`), and serialises the mean again. The server has just decoded each reply into
+    numpy (`fedmol.server.rounds`, ``to_array_record(..., keep=True)``), and reads the new global
+    model back at least three times (the next download, the checkpoint, best-round selection). At
+    the default model (52 MB), those copies cost ~0.3-0.6 s per round on a 2-core server. So this
+    takes the same mean, with the same arithmetic (`weighted_mean`), over `from_array_record` of each
+    reply, which gives the kept arrays without a copy (and reads any other record from its bytes),
+    and keeps the mean in the record it returns. Everything else is Flower's: the checks of the
+    replies (`_check_and_log_replies`) and the metrics (``train_metrics_aggr_fn``)."""
+
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        valid, _ = self._check_and_log_replies(replies, is_train=True)
+        if not valid:
+            return None, None
+        contents = [msg.content for msg in valid]
+        weights = [float(next(iter(c.metric_records.values()))[self.weighted_by_key]) for c in contents]  # type: ignore[arg-type]
+        updates = [from_array_record(next(iter(c.array_records.values()))) for c in contents]
+        arrays = to_array_record(weighted_mean(updates, weights), keep=True)
+        return arrays, self.train_metrics_aggr_fn(contents, self.weighted_by_key)
+
+
+class MeanFedProx(MeanFedAvg, FedProx):
+    """Flower's FedProx (its configure_train sends ``proximal-mu``), aggregating as `MeanFedAvg`."""
 
 
 def outer_nesterov_step(current: dict[str, np.ndarray], averaged: dict[str, np.ndarray],
@@ -244,7 +289,7 @@ def outer_nesterov_step(current: dict[str, np.ndarray], averaged: dict[str, np.n
     return out
 
 
-class FedNesterov(FedAvg):
+class FedNesterov(MeanFedAvg):
     """FedAvg's label-weighted mean followed by an outer SGD step with Nesterov momentum.
 
     DiLoCo's outer optimiser (Douillard et al. 2023): the sites train locally (keeping their own
@@ -262,7 +307,7 @@ class FedNesterov(FedAvg):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        self.current_arrays = {k: a.numpy() for k, a in arrays.items()}
+        self.current_arrays = from_array_record(arrays)
         return super().configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(self, server_round: int,
@@ -270,9 +315,9 @@ class FedNesterov(FedAvg):
         arrays, metrics = super().aggregate_train(server_round, replies)
         if arrays is None or self.current_arrays is None:
             return arrays, metrics
-        stepped = outer_nesterov_step(self.current_arrays, {k: a.numpy() for k, a in arrays.items()}, self.m_t,
+        stepped = outer_nesterov_step(self.current_arrays, from_array_record(arrays), self.m_t,
                                       lr=self.outer_lr, mu=self.outer_momentum)
-        return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in stepped.items()}), metrics
+        return to_array_record(stepped, keep=True), metrics
 
 
 # The optimiser state a server-side optimiser (FedAdam/FedYogi/FedAdagrad) keeps between rounds.

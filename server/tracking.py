@@ -34,6 +34,7 @@ from mlflow.tracking import MlflowClient
 
 from fedmol.config import CENTRAL_DP_MODES, FederationConfig
 from fedmol.privacy import ACCOUNTANT, EPSILON_SPENT
+from fedmol.records import from_array_record
 from fedmol.server.checkpoint import Checkpoint
 from fedmol.server.rounds import RoundBook, RoundOutcome
 from fedmol.server.selection import BestRound, federated_valid_score
@@ -232,7 +233,7 @@ class Checkpointer:
             mlflow_run_id=self.mlflow_run_id,
             reference_hash=strategy.expected_fingerprint,
             sites=sorted(set(strategy.site_names.values())),
-            arrays={k: v.numpy() for k, v in strategy.last_arrays.items()},
+            arrays=from_array_record(strategy.last_arrays),
             strategy_state=strategy_state(strategy.inner),
             selection={} if selection is None else selection.state(),
             best_arrays=best,

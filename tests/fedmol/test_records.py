@@ -98,3 +98,21 @@ def test_a_malformed_packed_record_is_refused_with_the_reason(blob, match):
 def test_only_numeric_arrays_are_packed():
     with pytest.raises(PackedRecordError, match="'names'"):
         pack_arrays({"names": np.array(["a", "b"])})
+
+
+def test_a_kept_record_gives_back_its_arrays_read_only_until_an_entry_is_replaced():
+    arrays = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones(3, np.float32)}
+    record = to_array_record(arrays, keep=True)
+    out = from_array_record(record)
+    assert out["w"] is arrays["w"] and out["b"] is arrays["b"]  # no copy of the bytes
+    with pytest.raises(ValueError, match="read-only"):
+        out["w"][0, 0] = 5.0
+    assert np.array_equal(record["w"].numpy(), arrays["w"])  # the bytes agree with the kept arrays
+    # A replaced entry: the record no longer is what it was made of, so it is read from its bytes.
+    record["w"] = Array(np.zeros((2, 3), np.float32))
+    again = from_array_record(record)
+    assert again["w"] is not arrays["w"] and not again["w"].any() and again["w"].flags.writeable
+    # Without keep, a reader gets its own writable copy, and the caller's arrays stay writable.
+    mine = {"w": np.ones(2, np.float32)}
+    plain = from_array_record(to_array_record(mine))
+    assert plain["w"] is not mine["w"] and plain["w"].flags.writeable and mine["w"].flags.writeable

@@ -12,6 +12,7 @@ from fedmol.records import to_array_record
 from fedmol.server.strategies import (
     AccountedAdaptiveClipping,
     AccountedFixedClipping,
+    MeanFedAvg,
     central_noise_multiplier,
     make_strategy,
     restore_strategy_state,
@@ -44,7 +45,7 @@ def test_the_noise_comes_from_the_budget_and_the_rounds():
     sigma = central_noise_for_epsilon(3.0, 1e-5, 4)
     assert dp.noise_multiplier == pytest.approx(sigma) == central_noise_multiplier(cfg)
     assert central_epsilon([sigma] * 4, 1e-5) <= 3.0 < central_epsilon([sigma] * 5, 1e-5)
-    assert make_strategy(cfg.replace(dp="site-dp-sgd")).__class__.__name__ == "FedAvg"  # DP at the sites
+    assert type(make_strategy(cfg.replace(dp="site-dp-sgd"))) is MeanFedAvg  # DP at the sites: no wrapper
 
 
 def test_the_mean_is_unweighted_and_each_site_is_accounted():
