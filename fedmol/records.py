@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -9,6 +10,8 @@ from typing import Any
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord
 from flwr.app.typing import ConfigRecordValues, MetricRecordValues
+from flwr.common.constant import SType
+from numpy.lib import format as npformat
 
 # A packed ArrayRecord holds one array under this name: every array of the record in one uint8 blob.
 PACKED = "fedmol.packed"
@@ -36,14 +39,27 @@ def to_array_record(arrays: Mapping[str, np.ndarray], *, packed: bool = False, k
     without reading the bytes again. The arrays become read-only: the caller hands them over and
     must not change them through another name (a torch tensor's ``.numpy()`` view, for example)."""
     if packed:
-        return ArrayRecord({PACKED: Array(pack_arrays(arrays))})
-    kept = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
-    record = ArrayRecord({k: Array(v) for k, v in kept.items()})
+        return ArrayRecord({PACKED: numpy_array(pack_arrays(arrays))})
+    kept = {k: v if v.flags.c_contiguous else np.ascontiguousarray(v) for k, v in arrays.items()}
+    record = ArrayRecord({k: numpy_array(v) for k, v in kept.items()})
     if keep:
         for v in kept.values():  # shared by every reader of the record (`from_array_record`)
             v.flags.writeable = False
         setattr(record, _KEPT, (dict(record.items()), kept))  # the Array objects, kept alive: `is` holds
     return record
+
+
+def numpy_array(value: np.ndarray) -> Array:
+    """``Array(value)``: the same `Array`, down to its bytes (the .npy format that `Array.numpy` reads),
+    built with one copy of the array. Flower's `Array.from_numpy_ndarray` runs `np.save` into a
+    growing buffer and copies that; for a 52 MB array that costs 2-3 copies. The contract test
+    (tests/fedmol/test_records.py) checks that the bytes equal Flower's."""
+    if not value.flags.c_contiguous:
+        value = np.ascontiguousarray(value)
+    header = io.BytesIO()
+    npformat.write_array_header_1_0(header, npformat.header_data_from_array_1_0(value))
+    data = b"".join((header.getvalue(), value.reshape(-1).view(np.uint8)))
+    return Array(dtype=str(value.dtype), shape=tuple(value.shape), stype=SType.NUMPY, data=data)
 
 
 def from_array_record(record: ArrayRecord) -> dict[str, np.ndarray]:

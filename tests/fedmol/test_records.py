@@ -13,6 +13,7 @@ from fedmol.records import (
     config_record,
     from_array_record,
     metric_record,
+    numpy_array,
     pack_arrays,
     scalar,
     to_array_record,
@@ -116,3 +117,21 @@ def test_a_kept_record_gives_back_its_arrays_read_only_until_an_entry_is_replace
     mine = {"w": np.ones(2, np.float32)}
     plain = from_array_record(to_array_record(mine))
     assert plain["w"] is not mine["w"] and plain["w"].flags.writeable and mine["w"].flags.writeable
+
+
+@pytest.mark.parametrize("value", [
+    np.arange(12, dtype=np.float32).reshape(3, 4),
+    np.array(3.5, np.float16),  # 0-d stays 0-d
+    np.zeros((0, 3), np.int8),
+    np.arange(7, dtype=np.uint8),
+    np.ones((2, 3), bool),
+    np.asfortranarray(np.arange(6, dtype=np.float64).reshape(2, 3)),
+    np.arange(20, dtype=np.int64)[::3],
+])
+def test_numpy_array_is_flowers_array_down_to_the_bytes(value):
+    """A contract test of `numpy_array` against Flower's `Array(ndarray)`: if Flower changes how it
+    stores an array, this fails and `numpy_array` must follow."""
+    ours, flowers = numpy_array(value), Array(np.ascontiguousarray(value) if value.ndim else value)
+    assert (ours.dtype, ours.shape, ours.stype) == (flowers.dtype, flowers.shape, flowers.stype)
+    assert ours.data == flowers.data
+    assert np.array_equal(ours.numpy(), value) and ours.numpy().shape == value.shape
