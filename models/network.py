@@ -7,6 +7,7 @@ with `shared_state_dict` (trunk + shared heads) and keeps `private_state_dict` o
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import ItemsView, Mapping
 from typing import cast
 
@@ -183,7 +184,9 @@ class MultiTaskNet(nn.Module):
         with torch.no_grad():
             for key in expected:
                 value = state[key]
-                tensor = torch.as_tensor(value)
+                with warnings.catch_warnings():  # a read-only array (the server's kept model) is only read here
+                    warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+                    tensor = torch.as_tensor(value)
                 if tuple(tensor.shape) != tuple(own[key].shape):
                     raise ConfigError(
                         f"{part} state key {key}: shape {tuple(tensor.shape)}, model has "

@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -37,6 +39,24 @@ def test_load_shared_and_private_parts():
         assert torch.equal(v, b.state_dict()[k])
     with pytest.raises(ConfigError):
         b.load_shared_state_dict(a.private_state_dict())
+
+
+def test_read_only_arrays_load_quietly_and_stay_as_they_were():
+    """The server's kept model is read-only numpy (`fedmol.records.from_array_record`): loading it
+    copies the values in, without torch's warning about non-writable arrays, and never writes back."""
+    a, b = MultiTaskNet(_spec(), seed=0), MultiTaskNet(_spec(), seed=1)
+    state = {k: v.numpy().copy() for k, v in a.shared_state_dict().items()}
+    for v in state.values():
+        v.flags.writeable = False
+    before = {k: v.copy() for k, v in state.items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        b.load_shared_state_dict(state)
+    with torch.no_grad():
+        for p in b.parameters():
+            p.add_(1.0)
+    for k, v in state.items():
+        assert np.array_equal(v, before[k])
 
 
 def test_seeded_init_is_reproducible():
