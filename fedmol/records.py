@@ -58,7 +58,7 @@ def numpy_array(value: np.ndarray) -> Array:
         value = np.ascontiguousarray(value)
     header = io.BytesIO()
     npformat.write_array_header_1_0(header, npformat.header_data_from_array_1_0(value))
-    data = b"".join((header.getvalue(), value.reshape(-1).view(np.uint8)))
+    data = b"".join((header.getvalue(), value.reshape(-1).view(np.uint8).data))
     return Array(dtype=str(value.dtype), shape=tuple(value.shape), stype=SType.NUMPY, data=data)
 
 
