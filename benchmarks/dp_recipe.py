@@ -7,9 +7,10 @@ The Tox21 federation of `benchmarks.recipes` ("tox21": 4 scaffold sites of the p
 32,768 bits, seed 0; `site_stores`), run in process with the real `SiteNode.train_round` (which
 applies DP-SGD and accounts the budget) by `benchmarks.recipes.run_recipe`. Each candidate is a
 list of run-config overrides on today's defaults, plus ``dp=site-dp-sgd dp-epsilon=E``; its
-``num-server-rounds`` and ``patience`` drive the emulated federation too. A candidate with
-``n-bits`` below 32,768 runs on the same site stores folded to that width (bit j -> j mod n-bits;
-the stored bits are key-permuted, so this is a random grouping, as ECFP's own folding is).
+``dp-num-server-rounds`` (``num-server-rounds`` without DP) and ``patience`` drive the emulated
+federation too. A candidate with ``n-bits`` below 32,768 runs on the same site stores folded to that
+width (bit j -> j mod n-bits; the stored bits are key-permuted, so this is a random grouping, as
+ECFP's own folding is).
 
 Every candidate runs under its own federation id (a site's budget file survives between runs and
 refuses a changed plan). Reported: rounds run, the best round, the federated (shared) model's mean
@@ -80,9 +81,9 @@ def run_candidate(name: str, overrides: list[str], stores: list[Path], epsilon: 
     from fedmol.config import FederationConfig
     from fedmol.privacy import SiteBudget
 
-    planned = FederationConfig().with_overrides(overrides)  # the candidate's width, rounds and patience
-    n_bits, rounds, patience = planned.n_bits, planned.num_server_rounds, planned.patience
     dp = [] if epsilon <= 0 else ["dp=site-dp-sgd", f"dp-epsilon={epsilon:g}"]
+    planned = FederationConfig().with_overrides([*overrides, *dp])  # the candidate's width, rounds and patience
+    n_bits, rounds, patience = planned.n_bits, planned.max_rounds, planned.patience
     fid = f"dpr-{name}-eps{epsilon:g}-{time.strftime('%H%M%S')}"
     sites = folded_stores(stores, n_bits)
     t0 = time.perf_counter()

@@ -301,10 +301,10 @@ class SiteNode:
                                   "start a new federation")
             budget.target_epsilon = target  # the current target (a stricter one applies at once)
             return budget
-        steps = cfg.num_server_rounds * dp_steps_per_round(cfg, n_train)
+        steps = cfg.max_rounds * dp_steps_per_round(cfg, n_train)
         sigma = noise_for_epsilon(target, cfg.dp_delta, q, steps)
         log.info("site %s: per-compound DP-SGD, budget epsilon %g at delta %g over %d rounds (%d steps, q=%.4f): "
-                 "noise multiplier %.4f", self.name, target, cfg.dp_delta, cfg.num_server_rounds, steps, q, sigma)
+                 "noise multiplier %.4f", self.name, target, cfg.dp_delta, cfg.max_rounds, steps, q, sigma)
         return SiteBudget(federation_id=federation_id, target_epsilon=target, delta=cfg.dp_delta,
                           noise_multiplier=sigma, max_grad_norm=cfg.dp_sample_clip, sample_rate=q)
 
@@ -425,7 +425,7 @@ class SiteNode:
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         if final is None:
-            final = server_round >= cfg.num_server_rounds
+            final = server_round >= cfg.max_rounds
         # The final evaluation carries the server's chosen round: its shared model goes with the
         # private heads of that round, not the latest ones (trained on a later trunk).
         model, fresh = self.build_model(cfg, shared, federation_id, heads_round=server_round if final else None)

@@ -113,7 +113,7 @@ def run_federation(grid: Grid, context: Context) -> dict[str, Any]:
     final = FinalReport()
     checkpointer = Checkpointer(cfg, federation_id, tracker.run_id, selection=selection)
     hooks: list[RoundHook] = [selection, tracker, checkpointer, final]
-    hooked = HookedStrategy(inner, hooks, round_offset=start_round, total_rounds=cfg.num_server_rounds,
+    hooked = HookedStrategy(inner, hooks, round_offset=start_round, total_rounds=cfg.max_rounds,
                             expected_fingerprint=reference, evaluate_in_train=cfg.evaluate_in_train,
                             should_stop=lambda: selection.should_stop, download_dtype=download_dtype(cfg),
                             min_updates=robust_quorum(cfg))
@@ -128,7 +128,7 @@ def run_federation(grid: Grid, context: Context) -> dict[str, Any]:
         raise
     assert strategy.last_arrays is not None
     chosen_round, chosen = selection.chosen(strategy.last_round, from_array_record(strategy.last_arrays))
-    reason = selection.reason(cfg.num_server_rounds, discarded_round=discarded)
+    reason = selection.reason(cfg.max_rounds, discarded_round=discarded)
     tracker.log_selection(selection, rounds_run=strategy.last_round, reason=reason)
     log.info("federation %s: %s", federation_id, reason)
 
@@ -146,7 +146,7 @@ def run_federation(grid: Grid, context: Context) -> dict[str, Any]:
     model_dir = out_dir / "model"
     save_shared_model(model_dir, spec, chosen,  # the best round's model, not the last round's
                       meta={"federation_id": federation_id, "rounds": strategy.last_round,
-                            "max_rounds": cfg.num_server_rounds, "rounds_run": strategy.last_round,
+                            "max_rounds": cfg.max_rounds, "rounds_run": strategy.last_round,
                             "best_round": chosen_round, "best_valid_score": selection.best_score,
                             "selection": reason,
                             "reference_hash": strategy.expected_fingerprint,
@@ -171,12 +171,12 @@ def _run_rounds(grid: Grid, context: Context, cfg: FederationConfig, hooked: Hoo
     evaluation (``wire.CFG_FINAL``: the sites personalise) of the chosen round's model, once.
     Returns what ran the rounds (``hooked``, or `SecureFedAvg` with secure aggregation) and the
     round whose training was discarded by an early stop (evaluate-in-train), if any."""
-    remaining = cfg.num_server_rounds - start_round
+    remaining = cfg.max_rounds - start_round
     if selection.stopped_at is not None:
         log.info("the federation stopped early after round %d: no more rounds", selection.stopped_at)
         remaining = 0
     elif remaining <= 0:
-        log.info("nothing to do: the checkpoint already has all %d rounds", cfg.num_server_rounds)
+        log.info("nothing to do: the checkpoint already has all %d rounds", cfg.max_rounds)
     if cfg.secure_aggregation:  # Flower's SecAgg+ on its legacy path; the same hooks
         if remaining <= 0:  # its final evaluation runs inside Flower's legacy loop, which has no round left
             log.warning("a finished secure-aggregation federation: the final evaluation is not repeated")

@@ -106,7 +106,7 @@ class SecureFedAvg(RoundBook, LegacyFedAvg):
         self.hooks = hooks
         self.federation_id = federation_id
         self.round_offset = round_offset
-        self.total_rounds = cfg.num_server_rounds
+        self.total_rounds = cfg.max_rounds
         self.expected_fingerprint = expected_fingerprint
         self.inner = self  # strategy_state() finds the outer momentum of fednesterov (m_t) here
         self.m_t: dict[str, np.ndarray] = {}
@@ -235,7 +235,7 @@ def run_secure_rounds(grid: Any, context: Any, cfg: FederationConfig, arrays: di
     if resumed_state:
         restore_strategy_state(strategy, resumed_state)
     legacy = LegacyContext(context=context, strategy=strategy,
-                           config=ServerConfig(num_rounds=cfg.num_server_rounds - round_offset,
+                           config=ServerConfig(num_rounds=cfg.max_rounds - round_offset,
                                                round_timeout=cfg.round_timeout))
     strategy.workflow = SecAggPlusWorkflow(
         num_shares=cfg.secagg_num_shares, reconstruction_threshold=cfg.secagg_threshold,
@@ -243,7 +243,7 @@ def run_secure_rounds(grid: Any, context: Any, cfg: FederationConfig, arrays: di
     workflow = DefaultWorkflow(fit_workflow=strategy.workflow)
     fit, evaluate = workflow.fit_workflow, workflow.evaluate_workflow
     chooser = selection if selection is not None else BestRound()  # no scores: the last model
-    rounds = iter(range(round_offset + 1, cfg.num_server_rounds + 1))
+    rounds = iter(range(round_offset + 1, cfg.max_rounds + 1))
 
     def fit_step(grid: Any, context: Any) -> None:
         if not strategy.finished:
@@ -255,7 +255,7 @@ def run_secure_rounds(grid: Any, context: Any, cfg: FederationConfig, arrays: di
         rnd = next(rounds)
         evaluate(grid, context)  # the round's own evaluation (best-round selection sees it)
         stop = selection if selection is not None and selection.should_stop else None
-        if stop is None and rnd < cfg.num_server_rounds:
+        if stop is None and rnd < cfg.max_rounds:
             return
         if stop is not None:
             stop.stop()

@@ -17,8 +17,9 @@ from tests.server.synthetic import write_sites
 
 
 def _cfg(**kw) -> FederationConfig:
-    base = dict(n_bits=256, dp_hidden="16", dropout=0.0, consortium_tasks="c1:classification", num_server_rounds=2,
-                dp_batch_size=32, eval_min_labels=5, num_threads=1, local_baseline=False, dp_local_epochs=1,
+    base = dict(n_bits=256, dp_hidden="16", dropout=0.0, consortium_tasks="c1:classification",
+                dp_num_server_rounds=2, dp_batch_size=32, eval_min_labels=5, num_threads=1, local_baseline=False,
+                dp_local_epochs=1,
                 dp="site-dp-sgd", dp_epsilon=4.0)
     return FederationConfig(**{"transport_dtype": "float32", **base, **kw})
 
@@ -58,7 +59,7 @@ def test_a_site_spends_its_budget_over_the_planned_rounds_and_refuses_one_more(s
     assert data["epsilon_spent"] == pytest.approx(spent2) and data["target_epsilon"] == 4.0
     assert [r["round"] for r in data["rounds"]] == [1, 2]
     # A third round (a federation run with more rounds than planned, or resumed past its plan) is refused.
-    more = cfg.replace(num_server_rounds=3)
+    more = cfg.replace(dp_num_server_rounds=3)
     with pytest.raises(PrivacyBudgetExceeded, match=r"refuses round 3 .*budget is epsilon 4 at delta 1e-05"):
         node.train_round(more, second.arrays, server_round=3, federation_id="fa")
     assert len(SiteBudget.load(node.budget_path("fa")).rounds) == 2  # nothing trained, nothing spent
@@ -73,20 +74,23 @@ def test_a_site_spends_its_budget_over_the_planned_rounds_and_refuses_one_more(s
 def test_site_dp_trains_with_its_own_recipe_full_batch_by_default(store):
     """Without dp-* settings a DP site takes the DP recipe (fedmol.config): every training compound in
     each step (q = 1), dp-local-epochs steps a round, the noise planned for all of them, and the shared
-    model of dp-hidden (64) whatever hidden, batch-size and local-epochs say."""
+    model of dp-hidden (32) whatever hidden, batch-size and local-epochs say."""
     node = SiteNode(store, "site0")
     cfg = FederationConfig(n_bits=256, consortium_tasks="c1:classification", num_server_rounds=2, eval_min_labels=5,
                            num_threads=1, local_baseline=False, transport_dtype="float32", dp="site-dp-sgd",
                            dp_epsilon=8.0, hidden="400", batch_size=128, local_epochs=2)
-    assert (cfg.dp_hidden, cfg.dp_batch_size, cfg.dp_local_epochs) == ("64", 0, 2)
+    recipe = (cfg.dp_hidden, cfg.dp_batch_size, cfg.dp_local_epochs, cfg.dp_lr, cfg.dp_sample_clip)
+    assert recipe == ("32", 0, 3, 4.0, 1.0)
+    assert (cfg.dp_num_server_rounds, cfg.max_rounds) == (20, 20)  # the DP recipe's rounds, not num-server-rounds
     shared, _ = initial_shared_arrays(cfg)
     reply = node.train_round(cfg, shared, server_round=1, federation_id="fdefault")
-    assert reply.arrays is not None and reply.arrays["trunk.input.bag.weight"].shape == (256, 64)
+    assert reply.arrays is not None and reply.arrays["trunk.input.bag.weight"].shape == (256, 32)
     budget = SiteBudget.load(node.budget_path("fdefault"))
     n_train = node.rows(cfg, "train").size
-    assert budget.sample_rate == 1.0 and dp_steps_per_round(cfg, n_train) == 2
-    assert [r["steps"] for r in budget.rounds] == [2]
-    assert budget.noise_multiplier == pytest.approx(noise_for_epsilon(8.0, 1e-5, 1.0, 2 * 2), rel=1e-3)
+    assert budget.sample_rate == 1.0 and dp_steps_per_round(cfg, n_train) == 3
+    assert [r["steps"] for r in budget.rounds] == [3] and budget.max_grad_norm == 1.0
+    # The noise is planned for dp-num-server-rounds (20) rounds of 3 full-batch steps.
+    assert budget.noise_multiplier == pytest.approx(noise_for_epsilon(8.0, 1e-5, 1.0, 20 * 3), rel=1e-3)
     # Outside site-dp-sgd the dp-* keys do nothing: the model is hidden's.
     assert initial_shared_arrays(cfg.replace(dp="off", dp_epsilon=0.0))[0]["trunk.input.bag.weight"].shape == (256, 400)
 
@@ -121,7 +125,7 @@ def test_a_resumed_federation_with_other_dp_settings_is_refused(store):
     cfg = _cfg()
     shared, _ = initial_shared_arrays(cfg)
     node.train_round(cfg, shared, server_round=1, federation_id="fe")
-    with pytest.raises(ConfigError, match="dp-sample-clip 4.0 -> 2.0"):
+    with pytest.raises(ConfigError, match="dp-sample-clip 1.0 -> 2.0"):
         node.train_round(cfg.replace(dp_sample_clip=2.0), shared, server_round=2, federation_id="fe")
 
 
@@ -134,7 +138,8 @@ def test_site_dp_with_secure_aggregation_in_a_federation(tmp_path):
     from fedmol.deploy.launcher import LocalSuperLink, LocalSuperNode, flwr_run
 
     stores = write_sites(tmp_path / "sites", 2, n=160, n_bits=1024)
-    cfg = FederationConfig(num_server_rounds=2, min_sites=2, n_bits=1024, hidden="32", num_threads=1,
+    # dp-num-server-rounds, not num-server-rounds (40 by default), is what the server runs under site DP.
+    cfg = FederationConfig(dp_num_server_rounds=2, min_sites=2, n_bits=1024, hidden="32", num_threads=1,
                            consortium_tasks="c1:classification,c2:classification", register_model=False,
                            experiment="site-dp", finetune_epochs=0, local_baseline=False, eval_min_labels=2,
                            secagg_max_weight=1000.0, secure_aggregation=True, dp="site-dp-sgd", dp_epsilon=8.0,

@@ -43,7 +43,7 @@ def _evaluate(site: str, score: float) -> SiteReport:
                                "test_score": score - 0.1})
 
 
-def logged_federation(output_dir: Path, monkeypatch, *, rounds: int = 3, uri: str = "") -> object:
+def logged_federation(output_dir: Path, monkeypatch, *, rounds: int = 3, uri: str = "", **changes) -> object:
     """A federation's MLflow run as the server logs it: 10 rounds at most, patience 3, ``rounds`` done by
     sites a and b (b's update rejected in round 2; c sampled in round 3's evaluation, never answered)."""
     import fedmol.server.tracking as tracking
@@ -51,7 +51,7 @@ def logged_federation(output_dir: Path, monkeypatch, *, rounds: int = 3, uri: st
     clock = {"now": 1000.0}  # round-wall-seconds: the tracker's monotonic clock, moved by hand
     monkeypatch.setattr(tracking, "time", types.SimpleNamespace(monotonic=lambda: clock["now"], time=time.time))
     cfg = FederationConfig(output_dir=str(output_dir), tracking_uri=uri, num_server_rounds=10, patience=3,
-                           experiment="status")
+                           experiment="status", **changes)
     tracker = tracking.MlflowTracker(cfg, run_name="federation-f1")
     tracker.set_tag("fedmol.federation-id", "f1")
     arrays = to_array_record({"w": np.zeros(2, np.float32)})
@@ -230,3 +230,13 @@ def test_status_reads_a_tracking_server_and_links_its_ui(tmp_path, monkeypatch, 
         assert "mlflowui" not in flat and "about1min17sleft" in flat
     finally:
         server.stop()
+
+
+def test_under_site_dp_the_most_rounds_are_dp_num_server_rounds(tmp_path, monkeypatch):
+    """dp="site-dp-sgd" runs at most dp-num-server-rounds (the sites' noise plan), not num-server-rounds:
+    the status's rounds left and time left count those."""
+    tracker = logged_federation(tmp_path, monkeypatch, dp="site-dp-sgd", dp_epsilon=8.0, dp_num_server_rounds=6)
+    st = view.read_status(tracker.client, tracker.run_id)
+    assert st.max_rounds == 6 and st.last_round == 3
+    plain = logged_federation(tmp_path / "plain", monkeypatch)
+    assert view.read_status(plain.client, plain.run_id).max_rounds == 10

@@ -90,16 +90,20 @@ def test_site_dp_has_its_own_recipe_that_applies_only_under_site_dp_sgd():
     plain = FederationConfig()
     assert plain.hidden_sizes == (400,) and not plain.site_dp
     dp = FederationConfig.from_run_config({"dp": "site-dp-sgd", "dp-epsilon": 8})
-    assert dp.site_dp and dp.hidden_sizes == (64,)  # the shared model the server and every site build
+    assert dp.site_dp and dp.hidden_sizes == (32,)  # the shared model the server and every site build
     assert dp.dp_batch(1070) == 1070 and dp.replace(dp_batch_size=256).dp_batch(1070) == 256  # 0: full batch
     assert dp.replace(dp_hidden="128,32").hidden_sizes == (128, 32)
     central = FederationConfig.from_run_config({"dp": "server-fixed", "dp-epsilon": 8})
     assert central.hidden_sizes == (400,)  # central DP keeps the model and training of the defaults
+    # The most rounds: dp-num-server-rounds under site DP (the noise plan's), else num-server-rounds.
+    assert (plain.max_rounds, dp.max_rounds, central.max_rounds) == (40, 20, 40)
+    assert dp.replace(num_server_rounds=7).max_rounds == 20 and dp.replace(dp_num_server_rounds=7).max_rounds == 7
 
 
 @pytest.mark.parametrize("changes, match", [
     ({"dp-hidden": "64,x"}, "dp-hidden"),
     ({"dp-hidden": "0"}, "dp-hidden"),
+    ({"dp-num-server-rounds": 0}, "dp-num-server-rounds"),
     ({"dp-batch-size": -1}, "dp-batch-size"),
     ({"dp-local-epochs": 0}, "dp-local-epochs"),
     ({"dp-lr": 0.0}, "dp-lr"),
