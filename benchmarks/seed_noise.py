@@ -75,28 +75,23 @@ def site_models(path: Path, seed: int, work: Path) -> dict[str, Any]:
     """The three models of one site (loaded or trained) and their test predictions with the labels."""
     import torch
 
+    from fedmol.client.audit import load_plan
     from fedmol.client.local_only import LOCAL_ONLY_DIR
-    from fedmol.config import FederationConfig
     from fedmol.datasets.store import SiteStore
     from fedmol.models.baselines import local_only, local_only_key
     from fedmol.models.io import load_model, save_model
-    from fedmol.models.site_model import site_model, split_rows
+    from fedmol.models.site_model import split_rows
 
     store = SiteStore.load(path)
-    federations = sorted((path / "federations").glob("*/shared_final.json"), key=lambda p: p.stat().st_mtime)
-    if not federations:
-        raise SystemExit(f"{path}: no finished federation (no federations/*/shared_final.json)")
-    final = json.loads(federations[-1].read_text())
-    fed_dir = federations[-1].parent
-    cfg = FederationConfig.from_run_config(final["run_config"])
+    # The newest federation's models as the site keeps them (what `fedmol site audit` examines): the
+    # chosen round's shared arrays with that round's private heads, and the personalised model if kept.
+    plan = load_plan(path, store)
+    cfg = plan.cfg
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    with np.load(fed_dir / "shared_final.npz") as npz:
-        shared = {k: npz[k] for k in npz.files}
-    model, _ = site_model(store, path, cfg, shared, fed_dir.name, site=path.name, heads_round=int(final["round"]))
-    personalised = (fed_dir / "personalised.pt").exists()
-    if personalised:
-        model.load_state_dict(torch.load(fed_dir / "personalised.pt", weights_only=True))
+    personalised = plan.models["personalised"]
+    model = personalised if personalised is not None else plan.models["shared"]
+    assert model is not None
     key = local_only_key(store, cfg)
     local, _ = load_model(path / LOCAL_ONLY_DIR / key)
     other_dir = work / path.name / f"seed{seed}-{key}"
@@ -109,7 +104,8 @@ def site_models(path: Path, seed: int, work: Path) -> dict[str, Any]:
         log(f"  {path.name}: second local-only model (seed {seed}, recipe {result.recipe}) in "
             f"{time.perf_counter() - t0:.0f} s")
     other, _ = load_model(other_dir)
-    return {"cfg": cfg, "personalised": personalised, "federation_id": fed_dir.name, "round": final["round"],
+    return {"cfg": cfg, "personalised": personalised is not None, "federation_id": plan.federation_id,
+            "round": plan.final_round,
             "test": predictions(store, cfg, split_rows(store, cfg, "test"),
                                 {"local": local, "other": other, "site": model})}
 
