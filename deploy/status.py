@@ -35,11 +35,11 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from fedmol.config import SITE_DP_MODES
 from fedmol.errors import InputError
 
 ROUND_SECONDS = "round-wall-seconds"  # fedmol.server.tracking: per train aggregation, step = round
 FEDERATED_SCORE = "federated-valid-score"
+MAX_ROUNDS_TAG = "fedmol.max-rounds"  # fedmol.server.tracking: the most rounds of the run
 _REJECTED = re.compile(r"^fedmol\.rejected\.round-(\d+)$")
 _MISSING = re.compile(r"^fedmol\.missing\.round-(\d+)\.\w+$")
 
@@ -176,8 +176,9 @@ def read_status(client: Any, run_id: str) -> FederationStatus:
         tracking_uri=str(client.tracking_uri), experiment_id=str(info.experiment_id), run_id=info.run_id,
         run_name=info.run_name or "", status=str(info.status), start_ms=info.start_time, end_ms=info.end_time,
         federation_id=tags.get("fedmol.federation-id", ""), last_round=_int(tags.get("fedmol.last-round")),
-        max_rounds=_int(params.get("dp-num-server-rounds") if params.get("dp") in SITE_DP_MODES
-                        else params.get("num-server-rounds")), patience=_int(params.get("patience")),
+        # A run of an older fedmol has no max-rounds tag: its most rounds were num-server-rounds.
+        max_rounds=_int(tags.get(MAX_ROUNDS_TAG, params.get("num-server-rounds"))),
+        patience=_int(params.get("patience")),
         federated_valid_score=data.metrics.get(FEDERATED_SCORE), best_round=tags.get("fedmol.best-round", ""),
         stop_reason=tags.get("fedmol.stop-reason", ""))
     history = client.get_metric_history(run_id, ROUND_SECONDS)

@@ -43,6 +43,7 @@ from fedmol.server.strategies import central_noise_multiplier, strategy_state
 log = logging.getLogger("fedmol.server")
 
 _SAFE = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-. /")
+MAX_ROUNDS_TAG = "fedmol.max-rounds"  # `FederationConfig.max_rounds`; `fedmol consortium status` reads it
 
 
 def metric_key(*parts: str) -> str:
@@ -80,7 +81,9 @@ class MlflowTracker:
             self.run_id = run.info.run_id
             params = {k: str(v)[:500] for k, v in cfg.to_run_config().items()}
             self.log_params(params)
-        self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in dp_tags(cfg).items()])
+        # The most rounds (num-server-rounds, or dp-num-server-rounds under site DP): what status counts down.
+        tags = {**dp_tags(cfg), MAX_ROUNDS_TAG: str(cfg.max_rounds)}
+        self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
     # -- generic logging -------------------------------------------------------------------
     def log_params(self, params: dict[str, Any]) -> None:

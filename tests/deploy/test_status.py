@@ -240,3 +240,7 @@ def test_under_site_dp_the_most_rounds_are_dp_num_server_rounds(tmp_path, monkey
     assert st.max_rounds == 6 and st.last_round == 3
     plain = logged_federation(tmp_path / "plain", monkeypatch)
     assert view.read_status(plain.client, plain.run_id).max_rounds == 10
+    plain.client.delete_tag(plain.run_id, view.MAX_ROUNDS_TAG)  # a run of an older fedmol: num-server-rounds
+    assert view.read_status(plain.client, plain.run_id).max_rounds == 10
+    tracker.client.delete_tag(tracker.run_id, view.MAX_ROUNDS_TAG)
+    assert view.read_status(tracker.client, tracker.run_id).max_rounds == 10
