@@ -55,7 +55,7 @@ def test_a_site_spends_its_budget_over_the_planned_rounds_and_refuses_one_more(s
     assert spent2 > 0.9 * 4.0  # the noise is the smallest that fits the plan: the budget is nearly used up
     data = json.loads(node.budget_path("fa").read_text())
     assert data["kind"] == "fedmol.site-dp" and data["version"] == 1 and data["federation_id"] == "fa"
-    assert data["mechanism"] == "site-dp-sgd" and data["accountant"] == "rdp"
+    assert data["mechanism"] == "site-dp-sgd" and data["accountant"] == "pld"
     assert data["epsilon_spent"] == pytest.approx(spent2) and data["target_epsilon"] == 4.0
     assert [r["round"] for r in data["rounds"]] == [1, 2]
     # A third round (a federation run with more rounds than planned, or resumed past its plan) is refused.
