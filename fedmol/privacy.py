@@ -43,7 +43,9 @@ from fedmol.errors import FedmolError
 ACCOUNTANT = "pld"  # named in the budget file and the MLflow tags
 ACCOUNTANTS = ("pld", "rdp")  # rdp: budget files written before PLD (2026-12-02) keep theirs
 # PLD's discretisation of the privacy loss: pessimistic (the epsilon is an upper bound); 1e-4 moves
-# the figures of the tests by < 0.01 and takes 10x longer.
+# the figures of the tests by < 0.01 and takes 10x longer. Below a noise multiplier of 1 the grid is
+# coarser by 1 / sigma^2, as the privacy loss's range grows: sigma 0.1 over 60 steps (epsilon ~3,330)
+# takes 0.1 s instead of 15 s, within 0.05 of the fine grid's figure.
 PLD_INTERVAL = 1e-3
 MECHANISM_SITE = "site-dp-sgd"
 EPSILON_SPENT = "dp_epsilon_spent"  # the metric a DP site sends with each training reply
@@ -98,7 +100,8 @@ def _epsilon(releases: tuple[tuple[float, float, int], ...], delta: float, accou
     from dp_accounting.rdp import RdpAccountant
 
     engine: dp_accounting.PrivacyAccountant = (
-        PLDAccountant(value_discretization_interval=PLD_INTERVAL) if accountant == "pld"
+        PLDAccountant(value_discretization_interval=PLD_INTERVAL * max(1.0, min(s for s, _, _ in releases) ** -2))
+        if accountant == "pld"
         else RdpAccountant(list(ORDERS)))
     absl = logging.getLogger("absl")  # rdp: "failed to converge ... excluding this order": the others remain
     quiet = _Quiet()
